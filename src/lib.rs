@@ -1,1 +1,17 @@
+//! elb-drain: take this server out of its Huawei Cloud ELB pools when it stops, and keep it alive
+//! until the connections it already has are gone.
+//!
+//! The flow is a straight line; each module knows nothing of the stages after it:
+//!
+//! ```text
+//! config ─▶ credentials ─▶ cloud (ELB, IAM, metadata, AS)
+//!                              │
+//! trigger (signals | hook | command) ─▶ drain engine ─▶ census (netlink sock_diag; /proc fallback)
+//!                              │
+//!                       events ─▶ sinks: log, systemd notify, progress, status
+//! ```
+//!
+//! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 
+pub mod ids;
+pub mod secret;
