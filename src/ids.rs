@@ -107,7 +107,9 @@ impl ProjectId {
         if s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
             Ok(Self(s.to_ascii_lowercase()))
         } else {
-            Err(IdError::NotProjectId { value: s.to_owned() })
+            Err(IdError::NotProjectId {
+                value: s.to_owned(),
+            })
         }
     }
 
@@ -156,7 +158,12 @@ mod tests {
     fn uuids_are_validated_and_normalised() {
         let id = PoolId::parse("36CE7086-A496-4666-9064-5BA0E6840C75").unwrap();
         assert_eq!(id.as_str(), "36ce7086-a496-4666-9064-5ba0e6840c75");
-        for bad in ["", "abc", "36ce7086a49646669064-5ba0e6840c75x", "36ce7086-a496-4666-9064-5ba0e6840c7g"] {
+        for bad in [
+            "",
+            "abc",
+            "36ce7086a49646669064-5ba0e6840c75x",
+            "36ce7086-a496-4666-9064-5ba0e6840c7g",
+        ] {
             assert!(MemberId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

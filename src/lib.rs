@@ -11,7 +11,9 @@
 //!                       events ─▶ sinks: log, systemd notify, progress, status
 //! ```
 //!
+//! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 
+pub mod config;
 pub mod ids;
 pub mod secret;

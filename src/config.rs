@@ -1,0 +1,1007 @@
+//! Configuration: the TOML file plus the environment, parsed once into typed values.
+//!
+//! Everything downstream receives durations, IDs, CIDRs and URLs, never strings to re-parse. Every error
+//! names the field it came from and says what was wrong, and all of it happens before any API call, so a
+//! bad configuration exits 78 having touched nothing. Secrets are read from files or the environment here
+//! (never from the command line) and wrapped in [`Secret`] at once.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::ids::{InstanceId, MemberId, PoolId, ProjectId, ScalingGroupId};
+use crate::secret::Secret;
+
+/// Where the configuration is read from when neither `--config` nor `ELB_DRAIN_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/elb-drain/elb-drain.toml";
+
+/// The default address of the ECS metadata service (link-local, so plain HTTP is expected there).
+pub const METADATA_ENDPOINT: &str = "http://169.254.169.254";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cloud: Cloud,
+    pub auth: Auth,
+    pub members: Vec<MemberSpec>,
+    pub drain: Drain,
+    pub autoscaling: Option<Autoscaling>,
+    /// Things worth telling the operator that are not errors (e.g. a secret file readable by others).
+    /// Printed once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// `[cloud]`: where the APIs are and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct Cloud {
+    /// Endpoints default from it; may also come from the metadata service.
+    pub region: Option<String>,
+    /// Else read from the metadata service (or `HUAWEICLOUD_SDK_PROJECT_ID`).
+    pub project_id: Option<ProjectId>,
+    pub elb_endpoint: Option<Url>,
+    pub iam_endpoint: Option<Url>,
+    pub as_endpoint: Option<Url>,
+    pub metadata_endpoint: Url,
+    /// This server's instance ID, for discovery by `member_instance_id`; else from metadata.
+    pub instance_id: Option<InstanceId>,
+    /// This server's address in the pools, for discovery by `member_address`; else from metadata.
+    pub address: Option<IpAddr>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How long deregistration may keep retrying before it is declared failed (exit 69).
+    pub retry_deadline: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow_insecure_http: bool,
+}
+
+impl Cloud {
+    /// The ELB endpoint: configured, or derived from the region.
+    pub fn elb_endpoint(&self, region: Option<&str>) -> Option<Url> {
+        self.elb_endpoint
+            .clone()
+            .or_else(|| regional("elb", region.or(self.region.as_deref())))
+    }
+
+    pub fn iam_endpoint(&self, region: Option<&str>) -> Option<Url> {
+        self.iam_endpoint
+            .clone()
+            .or_else(|| regional("iam", region.or(self.region.as_deref())))
+    }
+
+    pub fn as_endpoint(&self, region: Option<&str>) -> Option<Url> {
+        self.as_endpoint
+            .clone()
+            .or_else(|| regional("as", region.or(self.region.as_deref())))
+    }
+}
+
+fn regional(service: &str, region: Option<&str>) -> Option<Url> {
+    Url::parse(&format!("https://{service}.{}.myhuaweicloud.com", region?)).ok()
+}
+
+/// `[auth]`: how requests are authenticated.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A ready IAM token; `file` is re-read when the token is refused.
+    Token {
+        token: Secret,
+        file: Option<PathBuf>,
+    },
+    /// IAM password authentication; the token is fetched and refreshed by the agent.
+    Password {
+        user: String,
+        domain: String,
+        password: Secret,
+    },
+    /// A permanent (or, with a security token, temporary) access key pair; requests are signed.
+    AkSk {
+        ak: String,
+        sk: Secret,
+        security_token: Option<Secret>,
+    },
+    /// Temporary keys of the server's agency, from the metadata service. No secret on disk.
+    Metadata,
+}
+
+impl Auth {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Auth::Token { .. } => "token",
+            Auth::Password { .. } => "password",
+            Auth::AkSk { .. } => "aksk",
+            Auth::Metadata => "metadata",
+        }
+    }
+}
+
+/// One `[[member]]`: a pool this server is in, and optionally which membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpec {
+    pub pool_id: PoolId,
+    /// Omitted: discovered in this pool by address (and port) or instance ID.
+    pub member_id: Option<MemberId>,
+    pub address: Option<IpAddr>,
+    pub protocol_port: Option<u16>,
+    pub subnet_cidr_id: Option<String>,
+    pub weight: Option<u8>,
+}
+
+/// `[drain]`: what counts as a live connection, and how long to wait for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drain {
+    /// Local ports whose established connections count; empty means "the members' ports".
+    pub ports: Vec<u16>,
+    pub timeout: Duration,
+    pub settle: Duration,
+    pub poll_interval: Duration,
+    pub exclude_peers: Vec<IpNet>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            ports: Vec::new(),
+            timeout: Duration::from_secs(300),
+            settle: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(200),
+            exclude_peers: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+        }
+    }
+}
+
+/// `[autoscaling]`: answer this instance's scale-in lifecycle hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autoscaling {
+    pub scaling_group_id: ScalingGroupId,
+    pub poll_interval: Duration,
+    pub on_failure: HookResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookResult {
+    Continue,
+    Abandon,
+}
+
+// ---- the file as written -------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    cloud: RawCloud,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    member: Vec<RawMember>,
+    #[serde(default)]
+    drain: RawDrain,
+    autoscaling: Option<RawAutoscaling>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    region: Option<String>,
+    project_id: Option<String>,
+    elb_endpoint: Option<String>,
+    iam_endpoint: Option<String>,
+    as_endpoint: Option<String>,
+    metadata_endpoint: Option<String>,
+    instance_id: Option<String>,
+    address: Option<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    retry_deadline: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    method: Option<String>,
+    token_file: Option<PathBuf>,
+    user: Option<String>,
+    domain: Option<String>,
+    password_file: Option<PathBuf>,
+    ak: Option<String>,
+    sk_file: Option<PathBuf>,
+    security_token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    pool_id: Option<String>,
+    member_id: Option<String>,
+    address: Option<String>,
+    protocol_port: Option<i64>,
+    subnet_cidr_id: Option<String>,
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    ports: Option<Vec<i64>>,
+    timeout: Option<String>,
+    settle: Option<String>,
+    poll_interval: Option<String>,
+    exclude_peers: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoscaling {
+    scaling_group_id: Option<String>,
+    poll_interval: Option<String>,
+    on_failure: Option<String>,
+}
+
+/// Reads environment variables; a function so tests can hand in their own environment.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, with empty values treated as unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Validates configuration text; `origin` names it in errors. Relative file paths inside are taken
+    /// relative to the current directory, as a shell user would expect.
+    pub fn parse(text: &str, origin: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let mut warnings = Vec::new();
+        let cloud = cloud(raw.cloud, env)?;
+        let auth = auth(raw.auth, env, &mut warnings)?;
+        let members = raw
+            .member
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| member(i + 1, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = BTreeSet::new();
+        for (i, m) in members.iter().enumerate() {
+            if let Some(id) = &m.member_id
+                && !seen.insert((m.pool_id.clone(), id.clone()))
+            {
+                return Err(invalid(
+                    format!("[[member]] #{}", i + 1),
+                    format!("pool {} member {id} is listed twice", m.pool_id),
+                ));
+            }
+        }
+        let drain = drain(raw.drain)?;
+        let autoscaling = raw.autoscaling.map(autoscaling).transpose()?;
+        if matches!(auth, Auth::Password { .. })
+            && cloud.project_id.is_none()
+            && cloud.iam_endpoint.is_none()
+            && cloud.region.is_none()
+        {
+            return Err(invalid(
+                "cloud.region",
+                "password authentication needs a region or cloud.iam_endpoint",
+            ));
+        }
+        Ok(Config {
+            cloud,
+            auth,
+            members,
+            drain,
+            autoscaling,
+            warnings,
+        })
+    }
+
+    /// The ports whose connections count: `[drain] ports`, else every configured member's port.
+    pub fn drain_ports(&self) -> Vec<u16> {
+        if !self.drain.ports.is_empty() {
+            return self.drain.ports.clone();
+        }
+        let ports: BTreeSet<u16> = self
+            .members
+            .iter()
+            .filter_map(|m| m.protocol_port)
+            .collect();
+        ports.into_iter().collect()
+    }
+}
+
+fn duration(
+    field: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(invalid(
+            field,
+            format!("{text:?} is negative; give a duration such as \"30s\""),
+        ));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        invalid(
+            field,
+            format!("{text:?} is not a duration ({e}); use e.g. \"200ms\", \"30s\", \"5m\""),
+        )
+    })
+}
+
+fn positive(field: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(field, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn port(field: &str, value: i64) -> Result<u16, ConfigError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(field, format!("{value} is not a TCP port (1-65535)")))
+}
+
+fn endpoint(field: &str, value: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+    let url =
+        Url::parse(value).map_err(|e| invalid(field, format!("{value:?} is not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http || is_trusted_plain_http_host(&url) => {}
+        "http" => {
+            return Err(invalid(
+                field,
+                format!(
+                    "{value:?} uses plain http to a non-loopback host; use https, or set \
+                     cloud.allow_insecure_http = true if you really mean it"
+                ),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                field,
+                format!("{value:?}: unsupported scheme {other:?} (use https)"),
+            ));
+        }
+    }
+    if url.host().is_none() {
+        return Err(invalid(field, format!("{value:?} has no host")));
+    }
+    Ok(url)
+}
+
+/// Plain HTTP is acceptable without opting in only where it cannot leave the machine, or to the
+/// link-local metadata service, which only speaks HTTP.
+pub fn is_trusted_plain_http_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip == std::net::Ipv4Addr::new(169, 254, 169, 254)
+        }
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
+    let insecure = raw.allow_insecure_http;
+    let opt_endpoint =
+        |field: &str, v: Option<String>| v.map(|v| endpoint(field, &v, insecure)).transpose();
+    let region = raw.region.map(|r| r.trim().to_owned());
+    if let Some(r) = &region
+        && (r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+    {
+        return Err(invalid(
+            "cloud.region",
+            format!("{r:?} is not a region name such as \"cn-north-4\""),
+        ));
+    }
+    let project_id = match raw.project_id {
+        Some(p) => {
+            Some(ProjectId::parse(&p).map_err(|e| invalid("cloud.project_id", e.to_string()))?)
+        }
+        None => match env("HUAWEICLOUD_SDK_PROJECT_ID") {
+            Some(p) => Some(
+                ProjectId::parse(&p)
+                    .map_err(|e| invalid("HUAWEICLOUD_SDK_PROJECT_ID", e.to_string()))?,
+            ),
+            None => None,
+        },
+    };
+    let metadata_endpoint = endpoint(
+        "cloud.metadata_endpoint",
+        raw.metadata_endpoint
+            .as_deref()
+            .unwrap_or(METADATA_ENDPOINT),
+        insecure,
+    )?;
+    let instance_id = raw
+        .instance_id
+        .map(|i| InstanceId::parse(&i).map_err(|e| invalid("cloud.instance_id", e.to_string())))
+        .transpose()?;
+    let address = raw
+        .address
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| invalid("cloud.address", format!("{a:?} is not an IP address")))
+        })
+        .transpose()?;
+    let ca_file = match raw.ca_file {
+        Some(path) => {
+            std::fs::metadata(&path).map_err(|e| {
+                invalid(
+                    "cloud.ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Cloud {
+        region,
+        project_id,
+        elb_endpoint: opt_endpoint("cloud.elb_endpoint", raw.elb_endpoint)?,
+        iam_endpoint: opt_endpoint("cloud.iam_endpoint", raw.iam_endpoint)?,
+        as_endpoint: opt_endpoint("cloud.as_endpoint", raw.as_endpoint)?,
+        metadata_endpoint,
+        instance_id,
+        address,
+        connect_timeout: positive(
+            "cloud.connect_timeout",
+            duration(
+                "cloud.connect_timeout",
+                raw.connect_timeout,
+                Duration::from_secs(3),
+            )?,
+        )?,
+        request_timeout: positive(
+            "cloud.request_timeout",
+            duration(
+                "cloud.request_timeout",
+                raw.request_timeout,
+                Duration::from_secs(10),
+            )?,
+        )?,
+        retry_deadline: positive(
+            "cloud.retry_deadline",
+            duration(
+                "cloud.retry_deadline",
+                raw.retry_deadline,
+                Duration::from_secs(60),
+            )?,
+        )?,
+        ca_file,
+        allow_insecure_http: insecure,
+    })
+}
+
+/// Reads a secret file: whole content, surrounding white space trimmed, must not be empty. A file that
+/// group or others may read is accepted with a warning naming it.
+fn secret_file(
+    field: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(invalid(field, format!("{} is empty", path.display())));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            warnings.push(format!(
+                "{field}: {} is readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+    }
+    Ok(Secret::new(value))
+}
+
+fn required(field: &str, value: Option<String>, why: &str) -> Result<String, ConfigError> {
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(invalid(field, format!("missing; {why}"))),
+    }
+}
+
+fn auth(raw: RawAuth, env: Env<'_>, warnings: &mut Vec<String>) -> Result<Auth, ConfigError> {
+    let method = raw.method.as_deref().unwrap_or("token");
+    let unused = |field: &str, set: bool| {
+        if set {
+            Err(invalid(
+                format!("auth.{field}"),
+                format!("does not apply to method {method:?}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match method {
+        "token" => {
+            unused("user", raw.user.is_some())?;
+            unused("password_file", raw.password_file.is_some())?;
+            unused("ak", raw.ak.is_some())?;
+            unused("sk_file", raw.sk_file.is_some())?;
+            if let Some(file) = raw.token_file {
+                let token = secret_file("auth.token_file", &file, warnings)?;
+                Ok(Auth::Token {
+                    token,
+                    file: Some(file),
+                })
+            } else if let Some(token) = env("ELB_DRAIN_TOKEN") {
+                Ok(Auth::Token {
+                    token: Secret::new(token.trim()),
+                    file: None,
+                })
+            } else {
+                Err(invalid(
+                    "auth.token_file",
+                    "missing; method \"token\" needs auth.token_file or ELB_DRAIN_TOKEN",
+                ))
+            }
+        }
+        "password" => {
+            unused("token_file", raw.token_file.is_some())?;
+            unused("ak", raw.ak.is_some())?;
+            unused("sk_file", raw.sk_file.is_some())?;
+            let user = required(
+                "auth.user",
+                raw.user,
+                "method \"password\" needs the IAM user name",
+            )?;
+            let domain = required(
+                "auth.domain",
+                raw.domain,
+                "method \"password\" needs the account (domain) name",
+            )?;
+            let file = raw.password_file.ok_or_else(|| {
+                invalid(
+                    "auth.password_file",
+                    "missing; method \"password\" reads it from a file",
+                )
+            })?;
+            let password = secret_file("auth.password_file", &file, warnings)?;
+            Ok(Auth::Password {
+                user,
+                domain,
+                password,
+            })
+        }
+        "aksk" => {
+            unused("token_file", raw.token_file.is_some())?;
+            unused("password_file", raw.password_file.is_some())?;
+            let ak = match raw.ak.or_else(|| env("HUAWEICLOUD_SDK_AK")) {
+                Some(ak) if !ak.trim().is_empty() => ak.trim().to_owned(),
+                _ => {
+                    return Err(invalid(
+                        "auth.ak",
+                        "missing; set auth.ak or HUAWEICLOUD_SDK_AK",
+                    ));
+                }
+            };
+            if !ak.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(invalid(
+                    "auth.ak",
+                    "an access key is letters and digits only",
+                ));
+            }
+            let sk = match raw.sk_file {
+                Some(file) => secret_file("auth.sk_file", &file, warnings)?,
+                None => Secret::new(env("HUAWEICLOUD_SDK_SK").ok_or_else(|| {
+                    invalid(
+                        "auth.sk_file",
+                        "missing; set auth.sk_file or HUAWEICLOUD_SDK_SK",
+                    )
+                })?),
+            };
+            let security_token = match raw.security_token_file {
+                Some(file) => Some(secret_file("auth.security_token_file", &file, warnings)?),
+                None => env("HUAWEICLOUD_SDK_SECURITY_TOKEN").map(Secret::new),
+            };
+            Ok(Auth::AkSk {
+                ak,
+                sk,
+                security_token,
+            })
+        }
+        "metadata" => {
+            for (field, set) in [
+                ("token_file", raw.token_file.is_some()),
+                ("user", raw.user.is_some()),
+                ("password_file", raw.password_file.is_some()),
+                ("ak", raw.ak.is_some()),
+                ("sk_file", raw.sk_file.is_some()),
+            ] {
+                unused(field, set)?;
+            }
+            Ok(Auth::Metadata)
+        }
+        other => Err(invalid(
+            "auth.method",
+            format!(
+                "unknown method {other:?}; expected one of \"token\", \"password\", \"aksk\", \"metadata\""
+            ),
+        )),
+    }
+}
+
+fn member(n: usize, raw: RawMember) -> Result<MemberSpec, ConfigError> {
+    let field = |name: &str| format!("[[member]] #{n}: {name}");
+    let pool_id = raw
+        .pool_id
+        .ok_or_else(|| invalid(field("pool_id"), "missing"))?;
+    let pool_id = PoolId::parse(&pool_id).map_err(|e| invalid(field("pool_id"), e.to_string()))?;
+    let member_id = raw
+        .member_id
+        .map(|m| MemberId::parse(&m).map_err(|e| invalid(field("member_id"), e.to_string())))
+        .transpose()?;
+    let address = raw
+        .address
+        .map(|a| {
+            a.parse::<IpAddr>()
+                .map_err(|_| invalid(field("address"), format!("{a:?} is not an IP address")))
+        })
+        .transpose()?;
+    let protocol_port = raw
+        .protocol_port
+        .map(|p| port(&field("protocol_port"), p))
+        .transpose()?;
+    let weight = raw
+        .weight
+        .map(|w| {
+            u8::try_from(w)
+                .ok()
+                .filter(|w| *w <= 100)
+                .ok_or_else(|| invalid(field("weight"), format!("{w} is not a weight (0-100)")))
+        })
+        .transpose()?;
+    Ok(MemberSpec {
+        pool_id,
+        member_id,
+        address,
+        protocol_port,
+        subnet_cidr_id: raw.subnet_cidr_id,
+        weight,
+    })
+}
+
+fn drain(raw: RawDrain) -> Result<Drain, ConfigError> {
+    let defaults = Drain::default();
+    let ports = raw
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| port(&format!("drain.ports[{i}]"), p))
+        .collect::<Result<BTreeSet<u16>, _>>()?
+        .into_iter()
+        .collect();
+    let exclude_peers = match raw.exclude_peers {
+        None => defaults.exclude_peers,
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.parse::<IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        invalid(
+                            format!("drain.exclude_peers[{i}]"),
+                            format!("{c:?} is not a CIDR"),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let timeout = positive(
+        "drain.timeout",
+        duration("drain.timeout", raw.timeout, defaults.timeout)?,
+    )?;
+    let settle = duration("drain.settle", raw.settle, defaults.settle)?;
+    let poll_interval = positive(
+        "drain.poll_interval",
+        duration(
+            "drain.poll_interval",
+            raw.poll_interval,
+            defaults.poll_interval,
+        )?,
+    )?;
+    if settle >= timeout {
+        return Err(invalid(
+            "drain.settle",
+            "must be shorter than drain.timeout",
+        ));
+    }
+    Ok(Drain {
+        ports,
+        timeout,
+        settle,
+        poll_interval,
+        exclude_peers,
+    })
+}
+
+fn autoscaling(raw: RawAutoscaling) -> Result<Autoscaling, ConfigError> {
+    let id = required(
+        "autoscaling.scaling_group_id",
+        raw.scaling_group_id,
+        "no metadata key exposes it; copy it from the AS console",
+    )?;
+    let scaling_group_id = ScalingGroupId::parse(&id)
+        .map_err(|e| invalid("autoscaling.scaling_group_id", e.to_string()))?;
+    let poll_interval = positive(
+        "autoscaling.poll_interval",
+        duration(
+            "autoscaling.poll_interval",
+            raw.poll_interval,
+            Duration::from_secs(5),
+        )?,
+    )?;
+    let on_failure = match raw.on_failure.as_deref().unwrap_or("abandon") {
+        "abandon" => HookResult::Abandon,
+        "continue" => HookResult::Continue,
+        other => {
+            return Err(invalid(
+                "autoscaling.on_failure",
+                format!("{other:?}: expected \"abandon\" or \"continue\""),
+            ));
+        }
+    };
+    Ok(Autoscaling {
+        scaling_group_id,
+        poll_interval,
+        on_failure,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
+    const MEMBER: &str = "1923923e-fe8a-484f-bdbc-e11559b1f48f";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), &no_env)
+    }
+
+    fn token_env(name: &str) -> Option<String> {
+        (name == "ELB_DRAIN_TOKEN").then(|| "tok".to_owned())
+    }
+
+    fn with_token(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), &token_env)
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let cfg = with_token(&format!(
+            "[cloud]\nregion = \"cn-north-4\"\nproject_id = \"99a3fff0d03c428eac3678da6a7d0f24\"\n\
+             [[member]]\npool_id = \"{POOL}\"\nmember_id = \"{MEMBER}\"\nprotocol_port = 8080\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.drain, Drain { ..Drain::default() });
+        assert_eq!(cfg.drain_ports(), vec![8080]);
+        assert_eq!(
+            cfg.cloud.elb_endpoint(None).unwrap().as_str(),
+            "https://elb.cn-north-4.myhuaweicloud.com/"
+        );
+        assert_eq!(
+            cfg.cloud.metadata_endpoint.as_str(),
+            "http://169.254.169.254/"
+        );
+        assert!(matches!(cfg.auth, Auth::Token { file: None, .. }));
+    }
+
+    #[test]
+    fn durations_ports_and_cidrs_are_typed() {
+        let cfg = with_token(
+            "[drain]\nports = [443, 80, 443]\ntimeout = \"90s\"\nsettle = \"500ms\"\npoll_interval = \"50ms\"\n\
+             exclude_peers = [\"10.0.0.0/8\", \"fd00::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.drain.ports, vec![80, 443]);
+        assert_eq!(cfg.drain.timeout, Duration::from_secs(90));
+        assert_eq!(cfg.drain.settle, Duration::from_millis(500));
+        assert_eq!(cfg.drain.exclude_peers[1].to_string(), "fd00::1/128");
+    }
+
+    /// Every malformed configuration names its field.
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[[member]]\nmember_id = \"x\"\n".into(),
+                "[[member]] #1: pool_id",
+            ),
+            (
+                "[[member]]\npool_id = \"abc\"\n".into(),
+                "[[member]] #1: pool_id",
+            ),
+            (
+                format!("[[member]]\npool_id = \"{POOL}\"\nmember_id = \"zz\"\n"),
+                "member_id",
+            ),
+            (
+                format!("[[member]]\npool_id = \"{POOL}\"\nprotocol_port = 70000\n"),
+                "protocol_port",
+            ),
+            ("[drain]\ntimeout = \"-5s\"\n".into(), "drain.timeout"),
+            ("[drain]\ntimeout = \"soon\"\n".into(), "drain.timeout"),
+            (
+                "[drain]\npoll_interval = \"0s\"\n".into(),
+                "drain.poll_interval",
+            ),
+            (
+                "[drain]\nexclude_peers = [\"10.0.0.0/33\"]\n".into(),
+                "drain.exclude_peers[0]",
+            ),
+            ("[auth]\nmethod = \"kerberos\"\n".into(), "auth.method"),
+            (
+                format!("[auth]\ntoken_file = \"{}\"\n", missing.display()),
+                "auth.token_file",
+            ),
+            (
+                "[cloud]\nproject_id = \"nope\"\n".into(),
+                "cloud.project_id",
+            ),
+            (
+                "[cloud]\nelb_endpoint = \"http://elb.example.com\"\n".into(),
+                "cloud.elb_endpoint",
+            ),
+            (
+                "[cloud]\nelb_endpoint = \"ftp://x\"\n".into(),
+                "cloud.elb_endpoint",
+            ),
+            ("[cloud]\nregoin = \"x\"\n".into(), "regoin"),
+            (
+                "[auth]\nmethod = \"password\"\nuser = \"u\"\n".into(),
+                "auth.domain",
+            ),
+            ("[auth]\nmethod = \"aksk\"\n".into(), "auth.ak"),
+            (
+                "[autoscaling]\npoll_interval = \"1s\"\n".into(),
+                "autoscaling.scaling_group_id",
+            ),
+            (
+                "[drain]\nsettle = \"10m\"\ntimeout = \"1m\"\n".into(),
+                "drain.settle",
+            ),
+            ("[drain\n".into(), "test.toml"),
+        ];
+        for (text, field) in cases {
+            let err = with_token(&text).expect_err(&text).to_string();
+            assert!(
+                err.contains(field),
+                "{text:?}: error {err:?} does not name {field:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_method_without_a_token_is_an_error() {
+        let err = parse("").unwrap_err().to_string();
+        assert!(
+            err.contains("auth.token_file") && err.contains("ELB_DRAIN_TOKEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plain_http_is_allowed_to_loopback_metadata_or_by_opt_in() {
+        for ok in [
+            "http://127.0.0.1:1",
+            "http://[::1]:80",
+            "http://localhost:9",
+            "http://169.254.169.254",
+        ] {
+            with_token(&format!("[cloud]\nelb_endpoint = \"{ok}\"\n")).unwrap();
+        }
+        with_token("[cloud]\nelb_endpoint = \"http://10.1.2.3\"\nallow_insecure_http = true\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn secret_files_are_read_trimmed_and_checked_for_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = parse(&format!(
+            "[cloud]\nregion = \"r1\"\n[auth]\nmethod = \"password\"\nuser = \"u\"\ndomain = \"d\"\n\
+             password_file = \"{}\"\n",
+            path.display()
+        ))
+        .unwrap();
+        let Auth::Password { password, .. } = &cfg.auth else {
+            panic!("{:?}", cfg.auth)
+        };
+        assert_eq!(password.expose(), "s3cret");
+        assert!(
+            cfg.warnings[0].contains("readable by group or others"),
+            "{:?}",
+            cfg.warnings
+        );
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn aksk_comes_from_the_sdk_environment() {
+        let env = |n: &str| match n {
+            "HUAWEICLOUD_SDK_AK" => Some("AKEXAMPLE".to_owned()),
+            "HUAWEICLOUD_SDK_SK" => Some("sk".to_owned()),
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN" => Some("st".to_owned()),
+            "HUAWEICLOUD_SDK_PROJECT_ID" => Some("99a3fff0d03c428eac3678da6a7d0f24".to_owned()),
+            _ => None,
+        };
+        let cfg = Config::parse("[auth]\nmethod = \"aksk\"\n", Path::new("t"), &env).unwrap();
+        assert!(
+            matches!(&cfg.auth, Auth::AkSk { ak, security_token: Some(_), .. } if ak == "AKEXAMPLE")
+        );
+        assert_eq!(
+            cfg.cloud.project_id.unwrap().as_str(),
+            "99a3fff0d03c428eac3678da6a7d0f24"
+        );
+    }
+}
