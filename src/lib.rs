@@ -17,3 +17,5 @@
 pub mod config;
 pub mod ids;
 pub mod secret;
+pub mod census;
+pub mod drain;
