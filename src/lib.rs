@@ -14,8 +14,12 @@
 //! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 
-pub mod config;
-pub mod ids;
-pub mod secret;
 pub mod census;
+pub mod config;
 pub mod drain;
+pub mod exit;
+pub mod ids;
+pub mod logging;
+pub mod report;
+pub mod secret;
+pub mod signals;
