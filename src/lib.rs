@@ -23,3 +23,4 @@ pub mod logging;
 pub mod report;
 pub mod secret;
 pub mod signals;
+pub mod notify;
