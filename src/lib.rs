@@ -24,3 +24,4 @@ pub mod report;
 pub mod secret;
 pub mod signals;
 pub mod notify;
+pub mod supervise;
