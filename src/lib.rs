@@ -25,3 +25,4 @@ pub mod secret;
 pub mod signals;
 pub mod notify;
 pub mod supervise;
+pub mod sign;
