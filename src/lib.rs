@@ -14,15 +14,20 @@
 //! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 
+pub mod agent;
 pub mod census;
+pub mod cli;
+pub mod cloud;
+pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod drain;
 pub mod exit;
 pub mod ids;
 pub mod logging;
+pub mod notify;
 pub mod report;
 pub mod secret;
-pub mod signals;
-pub mod notify;
-pub mod supervise;
 pub mod sign;
+pub mod signals;
+pub mod supervise;

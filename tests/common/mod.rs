@@ -22,13 +22,19 @@ pub struct ProcGuard {
 
 impl ProcGuard {
     pub fn spawn(mut cmd: Command) -> ProcGuard {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn");
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
         pump(child.stderr.take().expect("stderr"), stderr.clone());
         pump(child.stdout.take().expect("stdout"), stdout.clone());
-        ProcGuard { child: Some(child), stderr, stdout }
+        ProcGuard {
+            child: Some(child),
+            stderr,
+            stdout,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -57,7 +63,12 @@ impl ProcGuard {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().expect("running").try_wait().expect("try_wait").is_none()
+        self.child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("try_wait")
+            .is_none()
     }
 
     pub fn stderr(&self) -> String {
@@ -91,7 +102,10 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
     });

@@ -1,0 +1,103 @@
+//! The command line: parse, set up logging, run one command, turn its outcome into an exit code.
+//!
+//! Library code returns typed errors; only here is it decided how they look to a person (one line on
+//! stderr) and which documented exit code they map to.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::exit::Exit;
+use crate::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "elb-drain",
+    version,
+    about = "Take this server out of its Huawei Cloud ELB pools on stop, \
+    and keep it alive until its connections have drained."
+)]
+pub struct Args {
+    /// Configuration file.
+    #[arg(long, global = true, env = "ELB_DRAIN_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Log line format (logs go to stderr; filter with ELB_DRAIN_LOG, RUST_LOG syntax).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The daemon: resolve memberships and credentials now, wait for SIGTERM/SIGINT, then deregister and
+    /// drain, and exit.
+    Run,
+    /// Deregister and drain now, then exit (for ExecStop=, hook scripts, deploy tools).
+    Drain,
+    /// Validate the configuration and credentials, resolve and print the memberships; changes nothing.
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Memberships, their health and the live connection count.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the live connection census for the drain ports.
+    Connections {
+        #[arg(long)]
+        json: bool,
+        /// Count these ports instead of the configured ones (no configuration file needed).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+    },
+}
+
+/// The whole program, for `main`.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("elb-drain: cannot start the runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    runtime.block_on(run(args)).into()
+}
+
+/// Loads the configuration, printing the error (and returning exit 78) when it is bad.
+pub fn load_config(args: &Args) -> Result<Config, Exit> {
+    match Config::load(&args.config, &config::process_env) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(cfg)
+        }
+        Err(e) => {
+            eprintln!("elb-drain: {e}");
+            Err(Exit::Config)
+        }
+    }
+}
+
+async fn run(args: Args) -> Exit {
+    let result = match &args.command {
+        Command::Connections { json, ports } => crate::commands::connections(&args, ports, *json),
+        Command::Run => crate::commands::run(&args).await,
+        Command::Drain => crate::commands::drain(&args).await,
+        Command::Check { json } => crate::commands::check(&args, *json).await,
+        Command::Status { json } => crate::commands::status(&args, *json).await,
+    };
+    result.unwrap_or_else(|e| e)
+}

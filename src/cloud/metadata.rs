@@ -1,0 +1,204 @@
+//! The ECS metadata service, on the server itself: who this server is (instance ID, project, region,
+//! local IPv4) and its agency's temporary keys.
+//!
+//! Session tokens (IMDSv2 style) are used when the service offers them; a 404/405/503 on the token
+//! request means an older platform without them, remembered so it is asked only once.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+
+use super::{CloudError, api_error, read_bounded, transport};
+use crate::ids::{InstanceId, ProjectId};
+use crate::secret::Secret;
+use crate::sign::SigningKey;
+
+#[derive(Clone)]
+pub struct Metadata {
+    http: reqwest::Client,
+    base: Url,
+    /// `None` not asked yet; `Some(None)` the platform has no session tokens.
+    session: Arc<Mutex<Option<Option<Secret>>>>,
+}
+
+/// `meta_data.json`, the fields that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub instance_id: InstanceId,
+    pub project_id: Option<ProjectId>,
+    pub region: Option<String>,
+    pub hostname: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawIdentity {
+    uuid: String,
+    project_id: Option<String>,
+    region_id: Option<String>,
+    hostname: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SecurityKey {
+    credential: RawKey,
+}
+
+#[derive(Deserialize)]
+struct RawKey {
+    access: String,
+    secret: String,
+    securitytoken: Option<String>,
+    expires_at: String,
+}
+
+const TOKEN_TTL: &str = "21600";
+
+impl Metadata {
+    pub fn new(http: reqwest::Client, base: Url) -> Metadata {
+        Metadata {
+            http,
+            base,
+            session: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        url
+    }
+
+    async fn session_token(&self) -> Result<Option<Secret>, CloudError> {
+        if let Some(known) = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(known);
+        }
+        const OP: &str = "metadata PUT api/token";
+        let response = self
+            .http
+            .request(Method::PUT, self.url("/meta-data/latest/api/token"))
+            .header("X-Metadata-Token-Ttl-Seconds", TOKEN_TTL)
+            .send()
+            .await
+            .map_err(|e| transport(OP, &e))?;
+        let status = response.status();
+        let token = match status {
+            s if s.is_success() => {
+                let body = read_bounded(response, OP).await?;
+                Some(Secret::new(String::from_utf8_lossy(&body).trim()))
+            }
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::SERVICE_UNAVAILABLE => None,
+            _ => {
+                let headers = response.headers().clone();
+                let body = read_bounded(response, OP).await.unwrap_or_default();
+                return Err(api_error(OP, status, &headers, &body));
+            }
+        };
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+
+    /// GETs a path, retrying transient failures a few times (the service is local; a hiccup is short).
+    async fn get(&self, path: &str) -> Result<Vec<u8>, CloudError> {
+        let op = format!("metadata GET {path}");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.get_once(path, &op).await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(CloudError::Api { status: 401, .. }) if attempt < 2 => {
+                    // The session token may have expired: get a new one.
+                    *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_once(&self, path: &str, op: &str) -> Result<Vec<u8>, CloudError> {
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = self.session_token().await? {
+            req = req.header("X-Metadata-Token", token.expose());
+        }
+        let response = req.send().await.map_err(|e| transport(op, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_bounded(response, op).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(api_error(op, status, &headers, &body))
+        }
+    }
+
+    pub async fn identity(&self) -> Result<Identity, CloudError> {
+        const PATH: &str = "/openstack/latest/meta_data.json";
+        let body = self.get(PATH).await?;
+        let decode = |reason: String| CloudError::Decode {
+            op: format!("metadata GET {PATH}"),
+            reason,
+        };
+        let raw: RawIdentity = serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))?;
+        Ok(Identity {
+            instance_id: InstanceId::parse(&raw.uuid).map_err(|e| decode(e.to_string()))?,
+            project_id: raw
+                .project_id
+                .as_deref()
+                .and_then(|p| ProjectId::parse(p).ok()),
+            region: raw.region_id.filter(|r| !r.is_empty()),
+            hostname: raw.hostname,
+        })
+    }
+
+    pub async fn local_ipv4(&self) -> Result<Ipv4Addr, CloudError> {
+        const PATH: &str = "/latest/meta-data/local-ipv4";
+        let body = self.get(PATH).await?;
+        let text = String::from_utf8_lossy(&body);
+        text.trim().parse().map_err(|_| CloudError::Decode {
+            op: format!("metadata GET {PATH}"),
+            reason: format!("{:?} is not an IPv4 address", text.trim()),
+        })
+    }
+
+    /// The agency's temporary keys and their expiry.
+    pub async fn security_key(&self) -> Result<(SigningKey, SystemTime), CloudError> {
+        const PATH: &str = "/openstack/latest/securitykey";
+        let body = match self.get(PATH).await {
+            Err(CloudError::Api {
+                status: 401,
+                message: Some(m),
+                ..
+            }) if m.contains("Cloud Service Agency") => {
+                return Err(CloudError::NoAgency);
+            }
+            other => other?,
+        };
+        let decode = |reason: String| CloudError::Decode {
+            op: format!("metadata GET {PATH}"),
+            reason,
+        };
+        let raw: SecurityKey = serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))?;
+        let expires = super::iam::parse_time(&raw.credential.expires_at)
+            .ok_or_else(|| decode(format!("bad expires_at {:?}", raw.credential.expires_at)))?;
+        Ok((
+            SigningKey {
+                ak: raw.credential.access,
+                sk: Secret::new(raw.credential.secret),
+                security_token: raw.credential.securitytoken.map(Secret::new),
+            },
+            expires,
+        ))
+    }
+}

@@ -1,0 +1,558 @@
+//! The cloud client: one `reqwest` client (rustls, verified TLS), one request path with a retry policy,
+//! typed errors that carry the API's `error_code`, `error_msg` and request id.
+//!
+//! Every API call goes through [`Service::send`]: the credential authenticates it (token header or AK/SK
+//! signature), transient failures (409 busy, 429, 5xx, network) are retried with jittered exponential
+//! backoff inside a deadline, a 401 refreshes the credential once, and response bodies are read with a
+//! size bound so a hostile or broken endpoint cannot make the agent buffer without limit. The service
+//! modules ([`elb`], [`metadata`], [`iam`]) are thin callers.
+
+pub mod elb;
+pub mod iam;
+pub mod metadata;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use tokio::time::Instant;
+
+use crate::credentials::Credential;
+
+pub use elb::{DeleteOutcome, Elb};
+
+/// The most a response body may be. ELB list pages of 2000 members are well below this.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub allow_insecure_http: bool,
+}
+
+/// Builds the one HTTP client of the process: rustls with the platform's roots (plus `ca_file`), no
+/// proxy discovery surprises, bounded timeouts.
+pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.request_timeout)
+        .user_agent(concat!("elb-drain/", env!("CARGO_PKG_VERSION")))
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(50))
+        .tcp_nodelay(true);
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            CloudError::Setup(format!(
+                "cloud.ca_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            CloudError::Setup(format!(
+                "cloud.ca_file: {} is not a PEM bundle: {e}",
+                path.display()
+            ))
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| CloudError::Setup(format!("cannot build the HTTP client: {e}")))
+}
+
+/// An API error, as typed as the API allows.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    #[error("{op}: HTTP {status}{}{}{}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default(),
+        request_id.as_deref().map(|r| format!(" (request id {r})")).unwrap_or_default())]
+    Api {
+        op: String,
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+        request_id: Option<String>,
+    },
+    #[error("{op}: {reason}")]
+    Transport { op: String, reason: String },
+    #[error("{op}: response body larger than {limit} bytes; refused")]
+    TooLarge { op: String, limit: usize },
+    #[error("{op}: cannot parse the response: {reason}")]
+    Decode { op: String, reason: String },
+    #[error("{op}: pool {pool} does not exist; check [[member]] pool_id and the project")]
+    PoolNotFound { op: String, pool: String },
+    #[error(
+        "metadata: this server has no agency (\"Please configure Cloud Service Agency first\"); attach an \
+         agency with ELB permissions to the ECS, or use another auth method"
+    )]
+    NoAgency,
+    #[error("{0}")]
+    Setup(String),
+    #[error("{op}: gave up after {attempts} attempts in {} ms: {last}", elapsed.as_millis())]
+    GaveUp {
+        op: String,
+        attempts: u32,
+        elapsed: Duration,
+        last: Box<CloudError>,
+    },
+}
+
+impl CloudError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CloudError::Api { status, .. } => Some(*status),
+            CloudError::GaveUp { last, .. } => last.status(),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { code, .. } => code.as_deref(),
+            CloudError::GaveUp { last, .. } => last.code(),
+            _ => None,
+        }
+    }
+
+    /// Worth another attempt: the condition is expected to pass (busy, throttled, server-side, network).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CloudError::Transport { .. } => true,
+            CloudError::Decode { .. } | CloudError::TooLarge { .. } => true,
+            CloudError::Api { status, code, .. } => match status {
+                409 => code.as_deref() != Some("ELB.8905"), // quota exceeded will not pass
+                429 | 500 | 502 | 503 | 504 => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The configuration (or the permissions behind it) is wrong; retrying cannot help. Exit 78.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            CloudError::Api { status, .. } => matches!(status, 400 | 401 | 403 | 404),
+            CloudError::PoolNotFound { .. } | CloudError::NoAgency | CloudError::Setup(_) => true,
+            CloudError::GaveUp { .. } => false,
+            _ => false,
+        }
+    }
+}
+
+/// When and how often a failed call is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// No attempt starts after this much time since the first.
+    pub deadline: Duration,
+    pub base: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn within(deadline: Duration) -> RetryPolicy {
+        RetryPolicy {
+            deadline,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// "Full jitter" exponential backoff: a random delay in [0, min(max, base * 2^attempt)]. A server's
+    /// `Retry-After` is a floor (plus a little jitter, so a fleet does not come back in lock-step).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rand01: f64) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
+        let jitter = cap.mul_f64(rand01.clamp(0.0, 1.0));
+        match retry_after {
+            Some(after) => after + self.base.mul_f64(rand01.clamp(0.0, 1.0)),
+            None => jitter,
+        }
+    }
+}
+
+/// One request, described once, sent as often as the policy allows.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// For errors and logs: "DeleteMember pool=… member=…".
+    pub op: String,
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl Request {
+    pub fn new(op: impl Into<String>, method: Method, path: impl Into<String>) -> Request {
+        Request {
+            op: op.into(),
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn query(mut self, key: &str, value: impl ToString) -> Request {
+        self.query.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    pub fn json(mut self, body: &serde_json::Value) -> Request {
+        self.body = Some(body.to_string().into_bytes());
+        self
+    }
+}
+
+/// A successful (2xx) reply.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json<T: serde::de::DeserializeOwned>(&self, op: &str) -> Result<T, CloudError> {
+        serde_json::from_slice(&self.body).map_err(|e| CloudError::Decode {
+            op: op.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The parts of a request a credential may add to before it is sent.
+#[derive(Debug)]
+pub struct Parts {
+    pub method: Method,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// One API endpoint with its credential and retry policy: the single request path.
+#[derive(Clone)]
+pub struct Service {
+    http: reqwest::Client,
+    base: Url,
+    credential: Arc<dyn Credential>,
+    retry: RetryPolicy,
+}
+
+impl Service {
+    pub fn new(
+        http: reqwest::Client,
+        base: Url,
+        credential: Arc<dyn Credential>,
+        retry: RetryPolicy,
+    ) -> Service {
+        Service {
+            http,
+            base,
+            credential,
+            retry,
+        }
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Sends with retries; `Ok` only for a 2xx answer.
+    pub async fn send(&self, req: &Request) -> Result<Reply, CloudError> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            let (result, retry_after) = self.once(req).await;
+            let err = match result {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            if err.status() == Some(401) && !refreshed {
+                refreshed = true;
+                tracing::info!(op = %req.op, "credential refused (401); refreshing it once");
+                self.credential.refresh().await?;
+                continue;
+            }
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let delay = self.retry.delay(attempt - 1, retry_after, fastrand::f64());
+            let elapsed = started.elapsed();
+            if elapsed + delay >= self.retry.deadline {
+                return Err(CloudError::GaveUp {
+                    op: req.op.clone(),
+                    attempts: attempt,
+                    elapsed,
+                    last: Box::new(err),
+                });
+            }
+            tracing::debug!(op = %req.op, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn url(&self, req: &Request) -> Url {
+        let mut url = self.base.clone();
+        let path = format!("{}{}", self.base.path().trim_end_matches('/'), req.path);
+        url.set_path(&path);
+        let query = crate::sign::canonical_query(&req.query);
+        url.set_query(if query.is_empty() { None } else { Some(&query) });
+        url
+    }
+
+    /// One attempt. Also returns the server's `Retry-After`, if any.
+    async fn once(&self, req: &Request) -> (Result<Reply, CloudError>, Option<Duration>) {
+        let mut parts = Parts {
+            method: req.method.clone(),
+            url: self.url(req),
+            headers: Vec::new(),
+            body: req.body.clone().unwrap_or_default(),
+        };
+        if req.body.is_some() {
+            parts.headers.push((
+                "Content-Type".into(),
+                "application/json;charset=UTF-8".into(),
+            ));
+        }
+        if let Err(e) = self.credential.apply(&mut parts).await {
+            return (Err(e), None);
+        }
+        let mut builder = self.http.request(parts.method, parts.url);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if !parts.body.is_empty() {
+            builder = builder.body(parts.body);
+        }
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => return (Err(transport(&req.op, &e)), None),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(300)));
+        let body = match read_bounded(response, &req.op).await {
+            Ok(b) => b,
+            Err(e) => return (Err(e), retry_after),
+        };
+        if status.is_success() {
+            return (
+                Ok(Reply {
+                    status: status.as_u16(),
+                    headers,
+                    body,
+                }),
+                None,
+            );
+        }
+        (
+            Err(api_error(&req.op, status, &headers, &body)),
+            retry_after,
+        )
+    }
+}
+
+pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
+    use std::error::Error;
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_timeout() {
+        reason = format!("timed out ({reason})");
+    }
+    CloudError::Transport {
+        op: op.to_owned(),
+        reason,
+    }
+}
+
+/// Reads a body, refusing more than [`MAX_BODY`] bytes without buffering them.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    op: &str,
+) -> Result<Vec<u8>, CloudError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY as u64)
+    {
+        return Err(CloudError::TooLarge {
+            op: op.to_owned(),
+            limit: MAX_BODY,
+        });
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(CloudError::TooLarge {
+                        op: op.to_owned(),
+                        limit: MAX_BODY,
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(transport(op, &e)),
+        }
+    }
+}
+
+/// Parses any of the error shapes this cloud uses: `error_code/error_msg`, `errorCode/errorMsg`,
+/// `code/message`, at the top level or nested under `error`; anything else keeps the status alone.
+pub fn api_error(
+    op: &str,
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> CloudError {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let pick = |v: &serde_json::Value, keys: &[&str]| -> Option<String> {
+        keys.iter().find_map(|k| match v.get(*k)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let (mut code, mut message, mut request_id) = (None, None, None);
+    if let Some(v) = &json {
+        for scope in [Some(v), v.get("error")].into_iter().flatten() {
+            code = code.or_else(|| pick(scope, &["error_code", "errorCode", "code"]));
+            message = message.or_else(|| pick(scope, &["error_msg", "errorMsg", "message"]));
+            request_id = request_id.or_else(|| pick(scope, &["request_id", "requestId"]));
+        }
+    }
+    let request_id = request_id.or_else(|| {
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    // A number as "code" (IAM's {"error": {"code": 401}}) is the status again, not an error code.
+    if code
+        .as_deref()
+        .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        code = None;
+    }
+    if message.is_none() && json.is_none() && !body.is_empty() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_owned();
+        if !text.is_empty() {
+            message = Some(text);
+        }
+    }
+    CloudError::Api {
+        op: op.to_owned(),
+        status: status.as_u16(),
+        code,
+        message,
+        request_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    fn parse(status: u16, body: &str) -> CloudError {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", "hdr-id".parse().unwrap());
+        api_error(
+            "Op",
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn every_error_shape_is_understood() {
+        let e = parse(
+            404,
+            r#"{"error_msg":"Member x could not be found.","error_code":"ELB.8904","request_id":"r1"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Op: HTTP 404 ELB.8904: Member x could not be found. (request id r1)"
+        );
+        let e = parse(400, r#"{"errorCode":"AS.7042","errorMsg":"not hanging"}"#);
+        assert_eq!(
+            (e.code(), e.to_string().contains("hdr-id")),
+            (Some("AS.7042"), true)
+        );
+        let e = parse(
+            401,
+            r#"{"error":{"code":401,"message":"The password is incorrect","title":"Unauthorized"}}"#,
+        );
+        assert_eq!(e.code(), None);
+        assert!(e.to_string().contains("The password is incorrect"));
+        let e = parse(
+            429,
+            r#"{"error":{"error_code":"APIGW.0308","error_msg":"throttled"}}"#,
+        );
+        assert_eq!(e.code(), Some("APIGW.0308"));
+        let e = parse(502, "<html>Bad Gateway</html>");
+        assert!(e.to_string().contains("Bad Gateway"));
+        let e = parse(503, "{\"truncated");
+        assert_eq!(e.status(), Some(503));
+    }
+
+    #[test]
+    fn classification_follows_the_reference_table() {
+        assert!(parse(409, r#"{"error_code":"ELB.8907"}"#).is_retryable());
+        assert!(!parse(409, r#"{"error_code":"ELB.8905"}"#).is_retryable());
+        for s in [429, 500, 503] {
+            assert!(parse(s, "{}").is_retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404] {
+            let e = parse(s, "{}");
+            assert!(!e.is_retryable() && e.is_configuration(), "{s}");
+        }
+        assert!(
+            CloudError::Transport {
+                op: "x".into(),
+                reason: "reset".into()
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn backoff_is_jittered_exponential_with_retry_after_as_a_floor() {
+        let p = RetryPolicy {
+            deadline: Duration::from_secs(30),
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        };
+        assert_eq!(p.delay(0, None, 1.0), Duration::from_millis(100));
+        assert_eq!(p.delay(3, None, 1.0), Duration::from_millis(800));
+        assert_eq!(p.delay(10, None, 1.0), Duration::from_secs(2));
+        assert_eq!(p.delay(10, None, 0.0), Duration::ZERO);
+        assert_eq!(p.delay(0, None, 0.5), Duration::from_millis(50));
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(3)), 0.5),
+            Duration::from_millis(3050)
+        );
+    }
+}

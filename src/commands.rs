@@ -1,0 +1,204 @@
+//! One function per command of the CLI. Each returns the documented exit code, having printed what the
+//! person or script asked for (stdout) and why it failed (stderr, one line).
+
+use tokio::time::Instant;
+
+use crate::agent::{Agent, PrepareError};
+use crate::census::{self, CensusSpec};
+use crate::cli::{Args, load_config};
+use crate::drain::{Fanout, Sink};
+use crate::exit::Exit;
+use crate::notify::Notifier;
+use crate::report::LogSink;
+use crate::signals::{self, Signals};
+
+fn prepare_failed(e: PrepareError) -> Exit {
+    eprintln!("elb-drain: {e}");
+    match e {
+        PrepareError::Config(_) => Exit::Config,
+        PrepareError::Unavailable(_) => Exit::Unavailable,
+    }
+}
+
+/// `connections`: the census, now.
+pub fn connections(args: &Args, ports: &[u16], json: bool) -> Result<Exit, Exit> {
+    let spec = if ports.is_empty() {
+        let cfg = load_config(args)?;
+        if cfg.drain_ports().is_empty() {
+            eprintln!(
+                "elb-drain: config: drain.ports: no ports configured and no [[member]] protocol_port; use --ports"
+            );
+            return Err(Exit::Config);
+        }
+        CensusSpec {
+            ports: cfg.drain_ports(),
+            exclude_peers: cfg.drain.exclude_peers.clone(),
+        }
+    } else {
+        CensusSpec {
+            ports: ports.to_vec(),
+            exclude_peers: Vec::new(),
+        }
+    };
+    let mut census = census::open(&spec);
+    let count = census.count().map_err(|e| {
+        eprintln!("elb-drain: {e}");
+        Exit::Failure
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ports": spec.ports,
+                "established": count.established,
+                "backend": format!("{:?}", census.backend()).to_lowercase(),
+            })
+        );
+    } else {
+        let ports: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
+        println!(
+            "{} established connections on port {}",
+            count.established,
+            ports.join(",")
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// `run`: get ready, wait for the stop, drain.
+pub async fn run(args: &Args) -> Result<Exit, Exit> {
+    // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
+    let mut signals = Signals::install().map_err(|e| {
+        eprintln!("elb-drain: cannot install signal handlers: {e}");
+        Exit::Failure
+    })?;
+    let cfg = load_config(args)?;
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    notifier.status("starting: resolving memberships");
+    let agent = tokio::select! {
+        agent = Agent::prepare(cfg) => agent.map_err(prepare_failed)?,
+        sig = signals.stop() => {
+            eprintln!("elb-drain: {} before the agent was ready; nothing was deregistered", signals::name(sig));
+            return Err(Exit::Unavailable);
+        }
+    };
+    let memberships: Vec<String> = agent
+        .memberships
+        .iter()
+        .map(|m| format!("{}/{}", m.pool_id, m.member_id))
+        .collect();
+    tracing::info!(memberships = ?memberships, credential = agent.credential.describe().kind, "ready: waiting for SIGTERM or SIGINT");
+    notifier.ready(&format!("serving; {} memberships", agent.memberships.len()));
+    notifier.spawn_watchdog();
+
+    let sig = signals.stop().await;
+    let started = Instant::now();
+    tracing::info!(signal = signals::name(sig), "stop signal received");
+    notifier.stopping(agent.memberships.len());
+    Ok(drain_with_abort(&agent, started, &mut signals, Some(sig), notifier).await)
+}
+
+/// `drain`: the same stop sequence, now.
+pub async fn drain(args: &Args) -> Result<Exit, Exit> {
+    let started = Instant::now();
+    let mut signals = Signals::install().map_err(|e| {
+        eprintln!("elb-drain: cannot install signal handlers: {e}");
+        Exit::Failure
+    })?;
+    let cfg = load_config(args)?;
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    notifier.stopping(agent.memberships.len());
+    Ok(drain_with_abort(&agent, started, &mut signals, None, notifier).await)
+}
+
+async fn drain_with_abort(
+    agent: &Agent,
+    started: Instant,
+    signals: &mut Signals,
+    started_by: Option<i32>,
+    notifier: &'static Notifier,
+) -> Exit {
+    let sink = Fanout(vec![
+        Box::new(LogSink::default()),
+        Box::new(NotifierRef(notifier)),
+    ]);
+    let on_deregistered = |n: usize| notifier.deregistered(n);
+    tokio::select! {
+        verdict = agent.drain(started, &sink, &on_deregistered) => verdict.into(),
+        _ = signals.abort(started_by) => Exit::Interrupted,
+    }
+}
+
+struct NotifierRef(&'static Notifier);
+
+impl Sink for NotifierRef {
+    fn emit(&self, event: &crate::drain::Event) {
+        self.0.emit(event);
+    }
+}
+
+/// `check`: everything a stop would need, verified without changing anything.
+pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
+    let cfg = load_config(args)?;
+    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    let spec = agent.census_spec();
+    let info = agent.credential.describe();
+    if json {
+        let out = serde_json::json!({
+            "project_id": agent.elb.project_id().as_str(),
+            "credential": { "kind": info.kind, "expires_at": info.expires_at_rfc3339() },
+            "memberships": agent.memberships,
+            "drain_ports": spec.ports,
+            "connection_drain": agent.lb_drain.iter().map(|(p, t)| serde_json::json!({"pool_id": p.as_str(), "timeout_s": t.as_secs()})).collect::<Vec<_>>(),
+        });
+        println!("{out:#}");
+    } else {
+        println!("project:     {}", agent.elb.project_id());
+        println!(
+            "credential:  {} (expires {})",
+            info.kind,
+            info.expires_at_rfc3339().unwrap_or_else(|| "never".into())
+        );
+        println!("memberships: {}", agent.memberships.len());
+        for m in &agent.memberships {
+            let at = match (m.address, m.protocol_port) {
+                (Some(a), Some(p)) => format!(" {a}:{p}"),
+                _ => String::new(),
+            };
+            println!("  pool {} member {}{at}", m.pool_id, m.member_id);
+        }
+        let ports: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
+        println!("drain ports: {}", ports.join(","));
+    }
+    if spec.ports.is_empty() {
+        eprintln!(
+            "elb-drain: config: drain.ports: nothing to count (no ports configured or known from members)"
+        );
+        return Err(Exit::Config);
+    }
+    Ok(Exit::Ok)
+}
+
+/// `status`: memberships and the live connection count.
+pub async fn status(args: &Args, json: bool) -> Result<Exit, Exit> {
+    let cfg = load_config(args)?;
+    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    let spec = agent.census_spec();
+    let count = census::open(&spec).count().map_err(|e| {
+        eprintln!("elb-drain: {e}");
+        Exit::Failure
+    })?;
+    if json {
+        println!(
+            "{:#}",
+            serde_json::json!({"memberships": agent.memberships, "drain_ports": spec.ports, "established": count.established})
+        );
+    } else {
+        for m in &agent.memberships {
+            println!("pool {} member {}", m.pool_id, m.member_id);
+        }
+        println!("{} established connections", count.established);
+    }
+    Ok(Exit::Ok)
+}
