@@ -1,1 +1,346 @@
+//! elb-sim: the Huawei Cloud side of elb-drain's world, as a local program.
+//!
+//! * [`scenario`]: what the simulated cloud starts with (TOML or a Rust builder);
+//! * [`state`]: the data, faults, request log and rate limits behind one mutex;
+//! * [`api`]: ELB v3, IAM and Auto Scaling over HTTP, with the real paths, bodies and error codes;
+//! * [`auth`]: server-side verification of AK/SK (`SDK-HMAC-SHA256`) signatures;
+//! * [`metadata`]: the ECS metadata service of one server;
+//! * [`admin`]: the admin API for tests and demos (faults, log, scale-in, ...);
+//! * [`dataplane`]: a real TCP load balancer in front of the members;
+//! * [`health`]: TCP health checks that drive `operating_status`.
+//!
+//! [`Sim::start`] runs it all in-process on `127.0.0.1:0` ports; the `elb-sim` binary runs it as a
+//! process. Nothing here ever talks to a real cloud.
 
+// Handlers return an HTTP error answer as their `Err`: the idiomatic axum shape, cold paths only.
+#![allow(clippy::result_large_err)]
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod dataplane;
+pub mod health;
+pub mod metadata;
+pub mod scenario;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use scenario::Scenario;
+pub use state::{AuthKind, Fault, FaultAction, HookState, LoggedRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("elb-sim: scenario: {0}")]
+    Scenario(String),
+    #[error("elb-sim: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What the HTTP handlers share.
+pub struct Shared {
+    inner: Mutex<state::Inner>,
+    listeners: Mutex<HashMap<String, dataplane::Listener>>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, state::Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn log(&self, entry: LoggedRequest) {
+        tracing::debug!(service = %entry.service, method = %entry.method, path = %entry.path, status = entry.status, "request");
+        self.lock().log.push(entry);
+    }
+
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.lock().log.clone()
+    }
+
+    pub fn inject_fault(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    pub fn set_rate_limit(&self, project_id: &str, per_second: f64, burst: u32) {
+        let burst = f64::from(burst.max(1));
+        self.lock().buckets.insert(
+            project_id.into(),
+            state::Bucket {
+                per_second,
+                burst,
+                tokens: burst,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    pub fn expire_tokens(&self) {
+        let past = SystemTime::now() - Duration::from_secs(1);
+        for t in self.lock().tokens.values_mut() {
+            t.expires = past;
+        }
+    }
+
+    pub fn members(&self, pool_id: &str) -> Vec<serde_json::Value> {
+        let inner = self.lock();
+        let Some(pool) = inner.pool(pool_id) else {
+            return Vec::new();
+        };
+        inner
+            .members
+            .iter()
+            .filter(|m| m.pool_id == pool_id)
+            .map(|m| m.to_json(pool))
+            .collect()
+    }
+
+    pub fn connection_stats(&self) -> Vec<(String, usize, u64)> {
+        let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: HashMap<String, (usize, u64)> = HashMap::new();
+        for l in listeners.values() {
+            for (id, live, accepted) in l.stats() {
+                let e = all.entry(id).or_default();
+                e.0 += live;
+                e.1 += accepted;
+            }
+        }
+        let mut out: Vec<_> = all.into_iter().map(|(id, (l, a))| (id, l, a)).collect();
+        out.sort();
+        out
+    }
+}
+
+/// A running simulator. Dropping it stops every listener and task.
+pub struct Sim {
+    shared: Arc<Shared>,
+    api: SocketAddr,
+    metadata: SocketAddr,
+    admin: SocketAddr,
+    listener_addrs: HashMap<String, SocketAddr>,
+    cancel: CancellationToken,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, SimError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: addr.into(),
+            source,
+        })
+}
+
+fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+    });
+}
+
+impl Sim {
+    pub async fn start(scenario: Scenario) -> Result<Sim, SimError> {
+        let inner = state::Inner::from_scenario(&scenario).map_err(SimError::Scenario)?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            listeners: Mutex::new(HashMap::new()),
+        });
+        let cancel = CancellationToken::new();
+        let s = &scenario.settings;
+        let api = bind(&s.api_listen).await?;
+        let metadata = bind(&s.metadata_listen).await?;
+        let admin = bind(&s.admin_listen).await?;
+        let (api_addr, metadata_addr, admin_addr) = (
+            api.local_addr().map_err(|e| SimError::Bind {
+                addr: s.api_listen.clone(),
+                source: e,
+            })?,
+            metadata.local_addr().map_err(|e| SimError::Bind {
+                addr: s.metadata_listen.clone(),
+                source: e,
+            })?,
+            admin.local_addr().map_err(|e| SimError::Bind {
+                addr: s.admin_listen.clone(),
+                source: e,
+            })?,
+        );
+        serve(
+            api,
+            axum::Router::new()
+                .fallback(api::handle)
+                .with_state(shared.clone()),
+            cancel.clone(),
+        );
+        serve(
+            metadata,
+            axum::Router::new()
+                .fallback(metadata::handle)
+                .with_state(shared.clone()),
+            cancel.clone(),
+        );
+        serve(
+            admin,
+            axum::Router::new()
+                .fallback(admin::handle)
+                .with_state(shared.clone()),
+            cancel.clone(),
+        );
+        let mut listener_addrs = HashMap::new();
+        for l in &scenario.listener {
+            let (tx, rx) = watch::channel(shared.lock().view(&l.pool_id));
+            shared.lock().views.insert(l.pool_id.clone(), tx);
+            let addr: SocketAddr = l.listen.parse().map_err(|_| {
+                SimError::Scenario(format!("listener {}: bad listen {:?}", l.id, l.listen))
+            })?;
+            let dp = dataplane::Listener::bind(addr, rx, cancel.clone())
+                .await
+                .map_err(|source| SimError::Bind {
+                    addr: l.listen.clone(),
+                    source,
+                })?;
+            listener_addrs.insert(l.id.clone(), dp.local_addr());
+            shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(l.id.clone(), dp);
+        }
+        tokio::spawn(health::run(shared.clone(), cancel.clone()));
+        tokio::spawn(hook_clock(shared.clone(), cancel.clone()));
+        Ok(Sim {
+            shared,
+            api: api_addr,
+            metadata: metadata_addr,
+            admin: admin_addr,
+            listener_addrs,
+            cancel,
+        })
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn metadata_url(&self) -> String {
+        format!("http://{}", self.metadata)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    pub fn listener_addr(&self, listener_id: &str) -> Option<SocketAddr> {
+        self.listener_addrs.get(listener_id).copied()
+    }
+
+    pub fn listeners(&self) -> &HashMap<String, SocketAddr> {
+        &self.listener_addrs
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The pool's members, as the API would show them.
+    pub fn members(&self, pool_id: &str) -> Vec<serde_json::Value> {
+        self.shared.members(pool_id)
+    }
+
+    pub fn member_exists(&self, pool_id: &str, member_id: &str) -> bool {
+        self.shared
+            .lock()
+            .members
+            .iter()
+            .any(|m| m.pool_id == pool_id && m.id == member_id)
+    }
+
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.shared.request_log()
+    }
+
+    pub fn inject_fault(&self, fault: Fault) {
+        self.shared.inject_fault(fault);
+    }
+
+    pub fn set_rate_limit(&self, project_id: &str, per_second: f64, burst: u32) {
+        self.shared.set_rate_limit(project_id, per_second, burst);
+    }
+
+    pub fn expire_tokens(&self) {
+        self.shared.expire_tokens();
+    }
+
+    pub fn start_scale_in(&self, instance_id: &str) -> Result<(), SimError> {
+        api::start_scale_in(&mut self.shared.lock(), instance_id).map_err(SimError::Scenario)
+    }
+
+    pub fn hooks(&self, scaling_group_id: &str) -> Vec<HookState> {
+        self.shared
+            .lock()
+            .hooks
+            .iter()
+            .filter(|h| h.scaling_group_id == scaling_group_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Connections the data plane has open to this member now.
+    pub fn live_connections(&self, member_id: &str) -> usize {
+        self.shared
+            .connection_stats()
+            .into_iter()
+            .find(|(id, _, _)| id == member_id)
+            .map_or(0, |(_, l, _)| l)
+    }
+
+    /// Connections the data plane ever sent to this member.
+    pub fn accepted_connections(&self, member_id: &str) -> u64 {
+        self.shared
+            .connection_stats()
+            .into_iter()
+            .find(|(id, _, _)| id == member_id)
+            .map_or(0, |(_, _, a)| a)
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Times out hanging lifecycle hooks: at its deadline a hook takes its default result.
+async fn hook_clock(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        {
+            let mut inner = shared.lock();
+            let now = SystemTime::now();
+            for h in inner
+                .hooks
+                .iter_mut()
+                .filter(|h| h.status == "HANGING" && h.deadline <= now)
+            {
+                h.status = h.default_result.clone();
+                h.timed_out = true;
+                tracing::info!(instance = %h.instance_id, result = %h.status, "lifecycle hook timed out");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}

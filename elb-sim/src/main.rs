@@ -1,1 +1,81 @@
-fn main() {}
+//! `elb-sim --config FILE`: runs the simulator until SIGTERM or Ctrl-C. When every listener is up it
+//! prints one JSON line on stdout with the addresses, for a parent process to read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use elb_sim::{Scenario, Sim};
+
+#[derive(Parser)]
+#[command(
+    name = "elb-sim",
+    version,
+    about = "A local Huawei Cloud ELB v3 / IAM / ECS metadata / Auto Scaling emulator with a real TCP data plane"
+)]
+struct Args {
+    /// Scenario file (TOML); see config/elb-sim.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the API listen address (ELB, IAM, AS).
+    #[arg(long)]
+    api_listen: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = std::env::var("ELB_SIM_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let mut scenario = match &args.config {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Scenario::from_toml(&t))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("elb-sim: {}: {e}", path.display());
+                return ExitCode::from(78);
+            }
+        },
+        None => Scenario::default(),
+    };
+    if let Some(a) = args.api_listen {
+        scenario.settings.api_listen = a;
+    }
+    let sim = match Sim::start(scenario).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listeners: serde_json::Map<String, serde_json::Value> = sim
+        .listeners()
+        .iter()
+        .map(|(id, a)| (id.clone(), a.to_string().into()))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"api": sim.api_url(), "metadata": sim.metadata_url(), "admin": sim.admin_url(), "listeners": listeners})
+    );
+    tracing::info!(api = %sim.api_url(), metadata = %sim.metadata_url(), admin = %sim.admin_url(), "elb-sim ready");
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("elb-sim: signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("elb-sim stopping");
+    sim.shutdown().await;
+    ExitCode::SUCCESS
+}

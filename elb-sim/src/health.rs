@@ -1,0 +1,70 @@
+//! Health checks: a real TCP connect to each member of a pool that has a health monitor, at the
+//! scenario's interval. Members answer ONLINE or OFFLINE; pools without a monitor show NO_MONITOR.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// A TCP connect health check.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let (interval, targets) = {
+            let inner = shared.lock();
+            let targets: Vec<(String, SocketAddr)> = inner
+                .members
+                .iter()
+                .filter(|m| inner.pool(&m.pool_id).is_some_and(|p| p.health_monitor))
+                .filter_map(|m| Some((m.id.clone(), m.addr()?)))
+                .collect();
+            (inner.settings.health_interval, targets)
+        };
+        let timeout = interval.min(Duration::from_secs(1));
+        let results = join_all(targets.iter().map(|(_, addr)| probe(*addr, timeout))).await;
+        {
+            let mut inner = shared.lock();
+            let mut changed = false;
+            for ((id, _), up) in targets.iter().zip(results) {
+                if let Some(m) = inner.members.iter_mut().find(|m| m.id == *id) {
+                    let status = if up { "ONLINE" } else { "OFFLINE" };
+                    if m.operating_status != status {
+                        m.operating_status = status.into();
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                inner.publish();
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probe_tells_listening_from_closed() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(probe(l.local_addr().unwrap(), Duration::from_secs(1)).await);
+        let closed = l.local_addr().unwrap();
+        drop(l);
+        assert!(!probe(closed, Duration::from_secs(1)).await);
+    }
+}
