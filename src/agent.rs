@@ -85,7 +85,7 @@ impl Agent {
         let retry = cloud::RetryPolicy::within(config.cloud.retry_deadline);
         let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry);
         let memberships = resolve(&config, &elb, &metadata).await?;
-        let lb_drain = connection_drain(&elb, &memberships).await;
+        let lb_drain = connection_drain(&elb, &memberships).await?;
         Ok(Agent {
             config,
             elb,
@@ -263,21 +263,30 @@ async fn identity(
     Ok((Some(IpAddr::V4(address)), None))
 }
 
-/// Each pool's `connection_drain`, read ahead of time. A failure here only costs the lowered deadline.
-async fn connection_drain(elb: &Elb, memberships: &[Membership]) -> Vec<(PoolId, Duration)> {
+/// Each pool's `connection_drain`, read ahead of time. This also proves every configured pool exists,
+/// so a wrong pool ID is a configuration error at start-up rather than a failed DELETE at stop time.
+/// Other failures only cost the lowered deadline.
+async fn connection_drain(
+    elb: &Elb,
+    memberships: &[Membership],
+) -> Result<Vec<(PoolId, Duration)>, PrepareError> {
     let mut pools: Vec<&PoolId> = memberships.iter().map(|m| &m.pool_id).collect();
     pools.sort();
     pools.dedup();
     let shown = join_all(pools.iter().map(|p| elb.show_pool(p))).await;
-    pools
-        .into_iter()
-        .zip(shown)
-        .filter_map(|(pool, result)| match result {
-            Ok(p) => p.connection_drain_timeout().map(|t| (pool.clone(), t)),
-            Err(e) => {
-                tracing::warn!(pool = %pool, error = %e, "could not read the pool's connection_drain");
-                None
+    let mut out = Vec::new();
+    for (pool, result) in pools.into_iter().zip(shown) {
+        match result {
+            Ok(p) => out.extend(p.connection_drain_timeout().map(|t| (pool.clone(), t))),
+            Err(CloudError::Api { status: 404, .. }) => {
+                return Err(PrepareError::Config(format!(
+                    "config: [[member]] pool_id {pool}: no such pool in this project (ShowPool answered 404)"
+                )));
             }
-        })
-        .collect()
+            Err(e) => {
+                tracing::warn!(pool = %pool, error = %e, "could not read the pool's connection_drain")
+            }
+        }
+    }
+    Ok(out)
 }

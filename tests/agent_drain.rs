@@ -9,97 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use elb_sim::{Scenario, Sim};
-
-const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
-const MEMBER: &str = "1923923e-fe8a-484f-bdbc-e11559b1f48f";
-const OTHER: &str = "5d0b7f53-2c3e-4d61-9a8e-0d9d4b1c2a77";
-const LISTENER: &str = "0b5c5a2e-8f37-4a57-8b7e-4c2f1b0d9e11";
-
-struct Setup {
-    sim: Sim,
-    app: EchoServer,
-    other_app: EchoServer,
-    dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let app = EchoServer::start();
-    let other_app = EchoServer::start();
-    let scenario = Scenario::builder()
-        .project(PROJECT)
-        .user("alice", "acme", "correct horse")
-        .pool(POOL, |p| p.health_monitor(true))
-        .listener(LISTENER, POOL)
-        .member(POOL, MEMBER, "127.0.0.1", app.addr.port())
-        .member(POOL, OTHER, "127.0.0.1", other_app.addr.port())
-        .build();
-    let sim = Sim::start(scenario).await.expect("elb-sim starts");
-    Setup {
-        sim,
-        app,
-        other_app,
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
-
-impl Setup {
-    fn config(&self, drain: &str) -> std::path::PathBuf {
-        let password = write_file(self.dir.path(), "password", "correct horse");
-        std::fs::set_permissions(
-            &password,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        let api = self.sim.api_url();
-        write_file(
-            self.dir.path(),
-            "elb-drain.toml",
-            &format!(
-                "[cloud]\nproject_id = \"{PROJECT}\"\nelb_endpoint = \"{api}\"\niam_endpoint = \"{api}\"\n\
-                 retry_deadline = \"3s\"\nrequest_timeout = \"1s\"\n\
-                 [auth]\nmethod = \"password\"\nuser = \"alice\"\ndomain = \"acme\"\npassword_file = \"{}\"\n\
-                 [[member]]\npool_id = \"{POOL}\"\nmember_id = \"{MEMBER}\"\nprotocol_port = {}\n\
-                 [drain]\nexclude_peers = []\n{drain}\n",
-                password.display(),
-                self.app.addr.port()
-            ),
-        )
-    }
-
-    fn lb(&self) -> TcpStream {
-        TcpStream::connect(self.sim.listener_addr(LISTENER).expect("listener"))
-            .expect("connect to the LB")
-    }
-
-    /// Opens connections through the load balancer until `n` of them landed on our member.
-    fn connections_to_us(&self, n: usize) -> Vec<TcpStream> {
-        let mut ours = Vec::new();
-        for i in 0..(n * 10) {
-            let mut c = self.lb();
-            assert_eq!(
-                echo(&mut c, &format!("hello {i}")).unwrap(),
-                format!("hello {i}")
-            );
-            if wait_until(Duration::from_secs(2), || {
-                self.sim.live_connections(MEMBER) > ours.len()
-            }) {
-                ours.push(c);
-                if ours.len() == n {
-                    return ours;
-                }
-            }
-        }
-        panic!("round robin never gave us {n} connections");
-    }
-}
-
-fn deletes(sim: &Sim) -> Vec<elb_sim::LoggedRequest> {
-    sim.request_log()
-        .into_iter()
-        .filter(|r| r.method == "DELETE")
-        .collect()
-}
+use elb_sim::Sim;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_deregisters_then_waits_for_the_last_connection() {
@@ -148,7 +58,11 @@ async fn sigterm_deregisters_then_waits_for_the_last_connection() {
             format!("new {i}")
         );
     }
-    assert_eq!(*s.other_app.accepted.lock().unwrap(), other_before + 6, "all new connections on the other server");
+    assert_eq!(
+        *s.other_app.accepted.lock().unwrap(),
+        other_before + 6,
+        "all new connections on the other server"
+    );
     assert_eq!(s.sim.live_connections(MEMBER), 3);
     std::thread::sleep(Duration::from_millis(600)); // longer than settle: the agent must still be waiting
     assert!(

@@ -286,9 +286,8 @@ impl Service {
             if !err.is_retryable() {
                 return Err(err);
             }
-            let delay = self.retry.delay(attempt - 1, retry_after, fastrand::f64());
             let elapsed = started.elapsed();
-            if elapsed + delay >= self.retry.deadline {
+            if elapsed >= self.retry.deadline {
                 return Err(CloudError::GaveUp {
                     op: req.op.clone(),
                     attempts: attempt,
@@ -296,6 +295,11 @@ impl Service {
                     last: Box::new(err),
                 });
             }
+            // Use the whole budget: the last attempt happens at the deadline, not one backoff before it.
+            let delay = self
+                .retry
+                .delay(attempt - 1, retry_after, fastrand::f64())
+                .min(self.retry.deadline - elapsed);
             tracing::debug!(op = %req.op, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
             tokio::time::sleep(delay).await;
         }

@@ -10,7 +10,106 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use elb_sim::{Scenario, Sim};
+
 pub const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
+
+pub const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
+pub const MEMBER: &str = "1923923e-fe8a-484f-bdbc-e11559b1f48f";
+pub const OTHER: &str = "5d0b7f53-2c3e-4d61-9a8e-0d9d4b1c2a77";
+pub const LISTENER: &str = "0b5c5a2e-8f37-4a57-8b7e-4c2f1b0d9e11";
+
+pub struct Setup {
+    pub sim: Sim,
+    pub app: EchoServer,
+    pub other_app: EchoServer,
+    pub dir: tempfile::TempDir,
+}
+
+/// elb-sim with one pool behind a listener: our member (the echo server `app`) and another server's.
+pub async fn setup() -> Setup {
+    setup_with(|s| s).await
+}
+
+/// [`setup`] with the scenario adjusted by `f` before the simulator starts.
+pub async fn setup_with(f: impl FnOnce(Scenario) -> Scenario) -> Setup {
+    let app = EchoServer::start();
+    let other_app = EchoServer::start();
+    let scenario = Scenario::builder()
+        .project(PROJECT)
+        .user("alice", "acme", "correct horse")
+        .pool(POOL, |p| p.health_monitor(true))
+        .listener(LISTENER, POOL)
+        .member(POOL, MEMBER, "127.0.0.1", app.addr.port())
+        .member(POOL, OTHER, "127.0.0.1", other_app.addr.port())
+        .build();
+    let sim = Sim::start(f(scenario)).await.expect("elb-sim starts");
+    Setup {
+        sim,
+        app,
+        other_app,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Setup {
+    /// A config for our member, password auth, with extra `[drain]` lines.
+    pub fn config(&self, drain: &str) -> std::path::PathBuf {
+        let password = write_file(self.dir.path(), "password", "correct horse");
+        std::fs::set_permissions(
+            &password,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let api = self.sim.api_url();
+        write_file(
+            self.dir.path(),
+            "elb-drain.toml",
+            &format!(
+                "[cloud]\nproject_id = \"{PROJECT}\"\nelb_endpoint = \"{api}\"\niam_endpoint = \"{api}\"\n\
+                 retry_deadline = \"3s\"\nrequest_timeout = \"1s\"\n\
+                 [auth]\nmethod = \"password\"\nuser = \"alice\"\ndomain = \"acme\"\npassword_file = \"{}\"\n\
+                 [[member]]\npool_id = \"{POOL}\"\nmember_id = \"{MEMBER}\"\nprotocol_port = {}\n\
+                 [drain]\nexclude_peers = []\n{drain}\n",
+                password.display(),
+                self.app.addr.port()
+            ),
+        )
+    }
+
+    pub fn lb(&self) -> TcpStream {
+        TcpStream::connect(self.sim.listener_addr(LISTENER).expect("listener"))
+            .expect("connect to the LB")
+    }
+
+    /// Opens connections through the load balancer until `n` of them landed on our member.
+    pub fn connections_to_us(&self, n: usize) -> Vec<TcpStream> {
+        let mut ours = Vec::new();
+        for i in 0..(n * 10) {
+            let mut c = self.lb();
+            assert_eq!(
+                echo(&mut c, &format!("hello {i}")).unwrap(),
+                format!("hello {i}")
+            );
+            if wait_until(Duration::from_secs(2), || {
+                self.sim.live_connections(MEMBER) > ours.len()
+            }) {
+                ours.push(c);
+                if ours.len() == n {
+                    return ours;
+                }
+            }
+        }
+        panic!("round robin never gave us {n} connections");
+    }
+}
+
+pub fn deletes(sim: &Sim) -> Vec<elb_sim::LoggedRequest> {
+    sim.request_log()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect()
+}
 
 /// A child process that is killed (by its PID) and reaped when the guard is dropped, also when the test
 /// panics.
