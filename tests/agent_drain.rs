@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use elb_sim::Sim;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_deregisters_then_waits_for_the_last_connection() {
