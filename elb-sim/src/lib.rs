@@ -279,6 +279,18 @@ impl Sim {
         self.shared.expire_tokens();
     }
 
+    /// Every IAM token and temporary secret this simulator has handed out: tests look for them in
+    /// places they must never appear (logs, status output).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let inner = self.shared.lock();
+        let mut out: Vec<String> = inner.tokens.keys().cloned().collect();
+        for key in inner.keys.values().filter(|k| k.security_token.is_some()) {
+            out.push(key.sk.clone());
+            out.extend(key.security_token.clone());
+        }
+        out
+    }
+
     pub fn start_scale_in(&self, instance_id: &str) -> Result<(), SimError> {
         api::start_scale_in(&mut self.shared.lock(), instance_id).map_err(SimError::Scenario)
     }

@@ -283,3 +283,9 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write");
     path
 }
+
+/// A plain reqwest client for talking to elb-sim directly (installs the TLS provider reqwest needs).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
