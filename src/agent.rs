@@ -6,13 +6,14 @@
 //! themselves, all memberships in parallel, and hands the rest to the drain engine.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::census::{self, CensusSpec};
+use crate::cloud::metadata::Metadata;
 use crate::cloud::{self, CloudError, DeleteOutcome, Elb};
 use crate::config::Config;
 use crate::credentials;
@@ -26,6 +27,8 @@ pub struct Membership {
     pub member_id: MemberId,
     pub address: Option<IpAddr>,
     pub protocol_port: Option<u16>,
+    /// As the load balancer sees it, when known (discovered, or asked by `check`).
+    pub health: Option<String>,
 }
 
 /// Why the agent could not get ready. The binary maps the class to an exit code.
@@ -52,10 +55,21 @@ impl From<CloudError> for PrepareError {
 pub struct Agent {
     pub config: Config,
     pub elb: Elb,
-    pub memberships: Vec<Membership>,
+    /// This server as the metadata service describes it, when it was asked.
+    pub identity: Option<Identity>,
+    memberships: Arc<RwLock<Vec<Membership>>>,
     /// Pools with `connection_drain` enabled, and its timeout.
     pub lb_drain: Vec<(PoolId, Duration)>,
     pub credential: Arc<dyn credentials::Credential>,
+    metadata: Metadata,
+}
+
+/// Who this server is, for discovery and for `check`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    pub instance_id: Option<String>,
+    pub region: Option<String>,
+    pub address: Option<IpAddr>,
 }
 
 impl Agent {
@@ -67,32 +81,162 @@ impl Agent {
             ca_file: config.cloud.ca_file.clone(),
             allow_insecure_http: config.cloud.allow_insecure_http,
         })?;
-        let metadata =
-            cloud::metadata::Metadata::new(http.clone(), config.cloud.metadata_endpoint.clone());
-        let project_id = match &config.cloud.project_id {
-            Some(p) => p.clone(),
-            None => metadata.identity().await?.project_id.ok_or_else(|| {
+        let metadata = Metadata::new(http.clone(), config.cloud.metadata_endpoint.clone());
+        // The metadata service is asked only for what the configuration leaves open.
+        let discovering =
+            config.members.is_empty() || config.members.iter().any(|m| m.member_id.is_none());
+        let needs_region = config.cloud.region.is_none() && config.cloud.elb_endpoint.is_none();
+        let from_metadata = if config.cloud.project_id.is_none() || needs_region || discovering {
+            Some(metadata.identity().await?)
+        } else {
+            None
+        };
+        let project_id = match (&config.cloud.project_id, &from_metadata) {
+            (Some(p), _) => p.clone(),
+            (None, Some(m)) => m.project_id.clone().ok_or_else(|| {
                 PrepareError::Config(
-                    "cloud.project_id: not configured and the metadata service has none".into(),
+                    "config: cloud.project_id: not configured and the metadata service has none"
+                        .into(),
                 )
             })?,
+            (None, None) => unreachable!("asked above"),
         };
-        let elb_endpoint = config.cloud.elb_endpoint(None).ok_or_else(|| {
-            PrepareError::Config("cloud.region: needed to find the ELB endpoint".into())
-        })?;
-        let credential =
-            credentials::from_config(&config, &http, &project_id, metadata.clone(), None).await?;
+        let region = config
+            .cloud
+            .region
+            .clone()
+            .or_else(|| from_metadata.as_ref().and_then(|m| m.region.clone()));
+        let elb_endpoint = config
+            .cloud
+            .elb_endpoint(region.as_deref())
+            .ok_or_else(|| {
+                PrepareError::Config(
+                    "config: cloud.region: not configured and not known to the metadata service"
+                        .into(),
+                )
+            })?;
+        let credential = credentials::from_config(
+            &config,
+            &http,
+            &project_id,
+            metadata.clone(),
+            region.as_deref(),
+        )
+        .await?;
         let retry = cloud::RetryPolicy::within(config.cloud.retry_deadline);
         let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry);
-        let memberships = resolve(&config, &elb, &metadata).await?;
+        let identity = match from_metadata {
+            Some(m) if discovering => {
+                let address = match config.cloud.address {
+                    Some(a) => Some(a),
+                    None => Some(IpAddr::V4(metadata.local_ipv4().await?)),
+                };
+                Some(Identity {
+                    instance_id: Some(m.instance_id.to_string()),
+                    region: region.clone(),
+                    address,
+                })
+            }
+            Some(m) => Some(Identity {
+                instance_id: Some(m.instance_id.to_string()),
+                region: region.clone(),
+                address: config.cloud.address,
+            }),
+            None => None,
+        };
+        if let Some(addr) = identity
+            .as_ref()
+            .and_then(|i| i.address)
+            .or(config.cloud.address)
+        {
+            warn_if_not_local(addr);
+        }
+        let memberships = resolve(&config, &elb, identity.as_ref()).await?;
         let lb_drain = connection_drain(&elb, &memberships).await?;
         Ok(Agent {
             config,
             elb,
-            memberships,
+            identity,
+            memberships: Arc::new(RwLock::new(memberships)),
             lb_drain,
             credential,
+            metadata,
         })
+    }
+
+    /// The memberships as last resolved.
+    pub fn memberships(&self) -> Vec<Membership> {
+        self.memberships
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether memberships are discovered (no `member_id` somewhere), so worth re-discovering.
+    pub fn discovers(&self) -> bool {
+        self.config.members.is_empty() || self.config.members.iter().any(|m| m.member_id.is_none())
+    }
+
+    /// Re-discovers the memberships every `every` while the daemon serves, so a membership added by
+    /// someone else after start is drained too. Only runs when discovery is in use.
+    pub fn spawn_rediscovery(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.discovers() {
+            return None;
+        }
+        let (config, elb, identity, live) = (
+            self.config.clone(),
+            self.elb.clone(),
+            self.identity.clone(),
+            self.memberships.clone(),
+        );
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match resolve(&config, &elb, identity.as_ref()).await {
+                    Ok(found) => {
+                        let mut current = live.write().unwrap_or_else(|p| p.into_inner());
+                        if *current != found {
+                            tracing::info!(
+                                before = current.len(),
+                                now = found.len(),
+                                "memberships changed"
+                            );
+                            *current = found;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-discovery failed; keeping the memberships known")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// The memberships with their current health, asking ShowMember where it is not known. A member
+    /// that no longer exists shows `MISSING`.
+    pub async fn memberships_with_health(&self) -> Vec<Membership> {
+        let memberships = self.memberships();
+        join_all(memberships.iter().map(|m| async {
+            if m.health.is_some() {
+                return m.clone();
+            }
+            let mut m = m.clone();
+            m.health = Some(match self.elb.show_member(&m.pool_id, &m.member_id).await {
+                Ok(member) => {
+                    m.address = m.address.or(member.address.parse().ok());
+                    m.protocol_port = m.protocol_port.or(Some(member.protocol_port));
+                    member.health()
+                }
+                Err(CloudError::Api { status: 404, .. }) => "MISSING".into(),
+                Err(e) => format!("unknown ({e})"),
+            });
+            m
+        }))
+        .await
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     pub fn plan(&self) -> Plan {
@@ -108,7 +252,7 @@ impl Agent {
         let mut ports = self.config.drain_ports();
         if ports.is_empty() {
             ports = self
-                .memberships
+                .memberships()
                 .iter()
                 .filter_map(|m| m.protocol_port)
                 .collect();
@@ -127,7 +271,8 @@ impl Agent {
         on_each: &(dyn Fn(usize) + Sync),
     ) -> Vec<Result<DeleteOutcome, CloudError>> {
         let done = std::sync::atomic::AtomicUsize::new(0);
-        join_all(self.memberships.iter().map(|m| async {
+        let memberships = self.memberships();
+        join_all(memberships.iter().map(|m| async {
             let started = Instant::now();
             let result = self.elb.delete_member(&m.pool_id, &m.member_id).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -153,12 +298,8 @@ impl Agent {
         on_deregistered: &(dyn Fn(usize) + Sync),
     ) -> Verdict {
         let spec = self.census_spec();
-        tracing::info!(
-            members = self.memberships.len(),
-            ports = ?spec.ports,
-            "stop: deregistering {} memberships, then draining",
-            self.memberships.len()
-        );
+        let n = self.memberships().len();
+        tracing::info!(members = n, ports = ?spec.ports, "stop: deregistering {n} memberships, then draining");
         // Subscribe to socket-destroy notifications before the first census so none is missed.
         let destroyed = census::destroy_channel(&spec);
         let census = census::open(&spec);
@@ -190,28 +331,36 @@ impl Agent {
 async fn resolve(
     config: &Config,
     elb: &Elb,
-    metadata: &cloud::metadata::Metadata,
+    identity: Option<&Identity>,
 ) -> Result<Vec<Membership>, PrepareError> {
-    let mut out = Vec::new();
-    let needs_discovery =
-        config.members.is_empty() || config.members.iter().any(|m| m.member_id.is_none());
-    let identity = if needs_discovery {
-        Some(identity(config, metadata).await?)
-    } else {
-        None
+    let address = identity.and_then(|i| i.address).or(config.cloud.address);
+    let instance = match (
+        &config.cloud.instance_id,
+        identity.and_then(|i| i.instance_id.as_deref()),
+    ) {
+        (Some(i), _) => Some(i.clone()),
+        (None, Some(i)) => crate::ids::InstanceId::parse(i).ok(),
+        (None, None) => None,
     };
+    let found_to_membership = |m: cloud::elb::Found| Membership {
+        pool_id: m.pool_id,
+        member_id: m.member_id,
+        address: Some(m.address),
+        protocol_port: Some(m.protocol_port),
+        health: Some(m.health),
+    };
+    let mut out = Vec::new();
     if config.members.is_empty() {
-        let (address, instance) = identity.clone().expect("resolved above");
+        if address.is_none() && instance.is_none() {
+            return Err(PrepareError::Config(
+                "config: [[member]]: none configured, and this server's address and instance ID are unknown".into(),
+            ));
+        }
         let found = elb.discover(address, instance.as_ref(), None).await?;
         if found.is_empty() {
             tracing::warn!(?address, "no membership found for this server in any pool");
         }
-        out.extend(found.into_iter().map(|m| Membership {
-            pool_id: m.pool_id,
-            member_id: m.member_id,
-            address: Some(m.address),
-            protocol_port: Some(m.protocol_port),
-        }));
+        out.extend(found.into_iter().map(found_to_membership));
     }
     for spec in &config.members {
         match &spec.member_id {
@@ -220,9 +369,9 @@ async fn resolve(
                 member_id: id.clone(),
                 address: spec.address,
                 protocol_port: spec.protocol_port,
+                health: None,
             }),
             None => {
-                let (address, instance) = identity.clone().expect("resolved above");
                 let address = spec.address.or(address);
                 let found = elb
                     .discover_in_pool(
@@ -234,33 +383,36 @@ async fn resolve(
                     .await?;
                 if found.is_empty() {
                     return Err(PrepareError::Config(format!(
-                        "[[member]] pool {}: no member with address {address:?} port {:?} in this pool",
-                        spec.pool_id, spec.protocol_port
+                        "config: [[member]] pool {}: no member with address {} port {} in this pool",
+                        spec.pool_id,
+                        address.map_or("?".into(), |a| a.to_string()),
+                        spec.protocol_port.map_or("any".into(), |p| p.to_string())
                     )));
                 }
-                out.extend(found.into_iter().map(|m| Membership {
-                    pool_id: m.pool_id,
-                    member_id: m.member_id,
-                    address: Some(m.address),
-                    protocol_port: Some(m.protocol_port),
-                }));
+                out.extend(found.into_iter().map(found_to_membership));
             }
         }
     }
     out.sort_by(|a, b| (&a.pool_id, &a.member_id).cmp(&(&b.pool_id, &b.member_id)));
-    out.dedup();
+    out.dedup_by(|a, b| a.pool_id == b.pool_id && a.member_id == b.member_id);
     Ok(out)
 }
 
-async fn identity(
-    config: &Config,
-    metadata: &cloud::metadata::Metadata,
-) -> Result<(Option<IpAddr>, Option<crate::ids::InstanceId>), PrepareError> {
-    if config.cloud.address.is_some() || config.cloud.instance_id.is_some() {
-        return Ok((config.cloud.address, config.cloud.instance_id.clone()));
+/// A member address that is not on any local interface is almost always a configuration mistake (or a
+/// NAT the operator knows about): say so, but do not refuse.
+fn warn_if_not_local(address: IpAddr) {
+    let networks = sysinfo::Networks::new_with_refreshed_list();
+    let local = networks.iter().any(|(_, data)| {
+        data.ip_networks().iter().any(|n| {
+            ipnet::IpNet::new(n.addr, n.prefix).is_ok_and(|net| net.contains(&address))
+                || n.addr == address
+        })
+    });
+    if local {
+        tracing::debug!(%address, "member address is on a local interface");
+    } else {
+        tracing::warn!(%address, "this server's member address is on no local interface; check cloud.address");
     }
-    let address = metadata.local_ipv4().await?;
-    Ok((Some(IpAddr::V4(address)), None))
 }
 
 /// Each pool's `connection_drain`, read ahead of time. This also proves every configured pool exists,

@@ -83,18 +83,25 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
         }
     };
     let memberships: Vec<String> = agent
-        .memberships
+        .memberships()
         .iter()
         .map(|m| format!("{}/{}", m.pool_id, m.member_id))
         .collect();
     tracing::info!(memberships = ?memberships, credential = agent.credential.describe().kind, "ready: waiting for SIGTERM or SIGINT");
-    notifier.ready(&format!("serving; {} memberships", agent.memberships.len()));
+    notifier.ready(&format!(
+        "serving; {} memberships",
+        agent.memberships().len()
+    ));
     notifier.spawn_watchdog();
+    let rediscovery = agent.spawn_rediscovery(agent.config.cloud.discovery_interval);
 
     let sig = signals.stop().await;
     let started = Instant::now();
     tracing::info!(signal = signals::name(sig), "stop signal received");
-    notifier.stopping(agent.memberships.len());
+    if let Some(task) = rediscovery {
+        task.abort();
+    }
+    notifier.stopping(agent.memberships().len());
     Ok(drain_with_abort(&agent, started, &mut signals, Some(sig), notifier).await)
 }
 
@@ -108,7 +115,7 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
-    notifier.stopping(agent.memberships.len());
+    notifier.stopping(agent.memberships().len());
     Ok(drain_with_abort(&agent, started, &mut signals, None, notifier).await)
 }
 
@@ -144,40 +151,86 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
     let spec = agent.census_spec();
     let info = agent.credential.describe();
+    let memberships = agent.memberships_with_health().await;
+    let problems: Vec<String> = memberships
+        .iter()
+        .filter_map(|m| match m.health.as_deref() {
+            Some("MISSING") => Some(format!(
+                "pool {} member {}: not found",
+                m.pool_id, m.member_id
+            )),
+            _ => None,
+        })
+        .chain(spec.ports.is_empty().then(|| {
+            "drain.ports: nothing to count (no ports configured or known from members)".to_owned()
+        }))
+        .collect();
     if json {
         let out = serde_json::json!({
+            "ok": problems.is_empty(),
+            "problems": problems,
             "project_id": agent.elb.project_id().as_str(),
+            "identity": agent.identity,
             "credential": { "kind": info.kind, "expires_at": info.expires_at_rfc3339() },
-            "memberships": agent.memberships,
+            "memberships": memberships,
             "drain_ports": spec.ports,
+            "exclude_peers": spec.exclude_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "connection_drain": agent.lb_drain.iter().map(|(p, t)| serde_json::json!({"pool_id": p.as_str(), "timeout_s": t.as_secs()})).collect::<Vec<_>>(),
         });
         println!("{out:#}");
     } else {
-        println!("project:     {}", agent.elb.project_id());
+        println!("project:      {}", agent.elb.project_id());
+        if let Some(id) = &agent.identity {
+            println!(
+                "server:       instance {} address {} region {}",
+                id.instance_id.as_deref().unwrap_or("?"),
+                id.address.map_or("?".into(), |a| a.to_string()),
+                id.region.as_deref().unwrap_or("?")
+            );
+        }
         println!(
-            "credential:  {} (expires {})",
+            "credential:   {} (expires {})",
             info.kind,
             info.expires_at_rfc3339().unwrap_or_else(|| "never".into())
         );
-        println!("memberships: {}", agent.memberships.len());
-        for m in &agent.memberships {
+        println!("memberships:  {}", memberships.len());
+        for m in &memberships {
             let at = match (m.address, m.protocol_port) {
                 (Some(a), Some(p)) => format!(" {a}:{p}"),
                 _ => String::new(),
             };
-            println!("  pool {} member {}{at}", m.pool_id, m.member_id);
+            println!(
+                "  pool {} member {}{at} {}",
+                m.pool_id,
+                m.member_id,
+                m.health.as_deref().unwrap_or("?")
+            );
+        }
+        for (p, t) in &agent.lb_drain {
+            println!(
+                "  pool {p}: connection_drain {} s (the load balancer cuts what is left then)",
+                t.as_secs()
+            );
         }
         let ports: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
-        println!("drain ports: {}", ports.join(","));
-    }
-    if spec.ports.is_empty() {
-        eprintln!(
-            "elb-drain: config: drain.ports: nothing to count (no ports configured or known from members)"
+        println!("drain ports:  {}", ports.join(","));
+        println!(
+            "result:       {}",
+            if problems.is_empty() {
+                "ok"
+            } else {
+                "PROBLEMS"
+            }
         );
-        return Err(Exit::Config);
     }
-    Ok(Exit::Ok)
+    for p in &problems {
+        eprintln!("elb-drain: check: {p}");
+    }
+    Ok(if problems.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Config
+    })
 }
 
 /// `status`: memberships and the live connection count.
@@ -192,11 +245,16 @@ pub async fn status(args: &Args, json: bool) -> Result<Exit, Exit> {
     if json {
         println!(
             "{:#}",
-            serde_json::json!({"memberships": agent.memberships, "drain_ports": spec.ports, "established": count.established})
+            serde_json::json!({"memberships": agent.memberships_with_health().await, "drain_ports": spec.ports, "established": count.established})
         );
     } else {
-        for m in &agent.memberships {
-            println!("pool {} member {}", m.pool_id, m.member_id);
+        for m in agent.memberships_with_health().await {
+            println!(
+                "pool {} member {} {}",
+                m.pool_id,
+                m.member_id,
+                m.health.as_deref().unwrap_or("?")
+            );
         }
         println!("{} established connections", count.established);
     }

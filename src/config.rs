@@ -77,6 +77,8 @@ pub struct Cloud {
     pub retry_deadline: Duration,
     pub ca_file: Option<PathBuf>,
     pub allow_insecure_http: bool,
+    /// How often `run` re-discovers memberships (only when some are discovered rather than listed).
+    pub discovery_interval: Duration,
 }
 
 impl Cloud {
@@ -221,6 +223,7 @@ struct RawCloud {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     retry_deadline: Option<String>,
+    discovery_interval: Option<String>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_insecure_http: bool,
@@ -518,6 +521,14 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
         )?,
         ca_file,
         allow_insecure_http: insecure,
+        discovery_interval: positive(
+            "cloud.discovery_interval",
+            duration(
+                "cloud.discovery_interval",
+                raw.discovery_interval,
+                Duration::from_secs(60),
+            )?,
+        )?,
     })
 }
 
