@@ -124,7 +124,8 @@ impl Agent {
         )
         .await?;
         let retry = cloud::RetryPolicy::within(config.cloud.retry_deadline);
-        let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry);
+        let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry)
+            .with_page_size(config.cloud.page_size);
         let identity = match from_metadata {
             Some(m) if discovering => {
                 let address = match config.cloud.address {

@@ -79,6 +79,8 @@ pub struct Cloud {
     pub allow_insecure_http: bool,
     /// How often `run` re-discovers memberships (only when some are discovered rather than listed).
     pub discovery_interval: Duration,
+    /// Items per page when listing pools and members (the API allows 1-2000).
+    pub page_size: usize,
 }
 
 impl Cloud {
@@ -224,6 +226,7 @@ struct RawCloud {
     request_timeout: Option<String>,
     retry_deadline: Option<String>,
     discovery_interval: Option<String>,
+    page_size: Option<i64>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_insecure_http: bool,
@@ -529,6 +532,16 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
                 Duration::from_secs(60),
             )?,
         )?,
+        page_size: match raw.page_size {
+            None => 2000,
+            Some(n @ 1..=2000) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "cloud.page_size",
+                    format!("{n} is not a page size (1-2000)"),
+                ));
+            }
+        },
     })
 }
 

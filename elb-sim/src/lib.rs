@@ -104,6 +104,15 @@ impl Shared {
             .collect()
     }
 
+    /// Direct access to the state, for tests that need to do what no API offers (someone else's
+    /// change behind the agent's back).
+    pub fn lock_for_tests<R>(&self, f: impl FnOnce(&mut state::Inner) -> R) -> R {
+        let mut inner = self.lock();
+        let r = f(&mut inner);
+        inner.publish();
+        r
+    }
+
     pub fn connection_stats(&self) -> Vec<(String, usize, u64)> {
         let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: HashMap<String, (usize, u64)> = HashMap::new();

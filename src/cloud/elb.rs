@@ -274,7 +274,9 @@ impl Elb {
             let n = page.members.len();
             out.extend(page.members);
             match next_marker(page.page_info, n, self.page_size) {
-                Some(m) => marker = Some(m),
+                // A server repeating its marker would loop forever: that page was the last.
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                Some(_) => return Ok(out),
                 None => return Ok(out),
             }
         }
@@ -292,7 +294,9 @@ impl Elb {
             let n = page.pools.len();
             out.extend(page.pools);
             match next_marker(page.page_info, n, self.page_size) {
-                Some(m) => marker = Some(m),
+                // A server repeating its marker would loop forever: that page was the last.
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                Some(_) => return Ok(out),
                 None => return Ok(out),
             }
         }

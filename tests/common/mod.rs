@@ -245,7 +245,12 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start() -> EchoServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on("127.0.0.1")
+    }
+
+    /// On another loopback address (127.0.0.2, ...), to stand for another server.
+    pub fn start_on(ip: &str) -> EchoServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(0));
         let count = accepted.clone();

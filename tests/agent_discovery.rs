@@ -1,0 +1,181 @@
+//! Zero-secret identity: no password or key on disk, no member IDs in the config. The agent learns
+//! who it is and gets temporary keys from the metadata service, finds its memberships through
+//! ListPools + ListMembers (several pages), keeps the keys fresh, and drains every pool at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use elb_sim::scenario::Instance;
+use elb_sim::{AuthKind, Scenario, Sim};
+
+const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
+const POOLS: [&str; 5] = [
+    "11111111-1111-4111-8111-111111111111",
+    "22222222-2222-4222-8222-222222222222",
+    "33333333-3333-4333-8333-333333333333",
+    "44444444-4444-4444-8444-444444444444",
+    "55555555-5555-4555-8555-555555555555",
+];
+
+fn member_id(pool: usize, n: usize) -> String {
+    format!("{pool:08x}-0000-4000-8000-{n:012x}")
+}
+
+async fn cloud(our_port: u16) -> Sim {
+    let mut s = Scenario::builder().project(PROJECT).settings(|s| {
+        s.temp_key_lifetime = Duration::from_secs(3);
+    });
+    s = s.instance(Instance {
+        uuid: INSTANCE.into(),
+        project_id: PROJECT.into(),
+        local_ipv4: "127.0.0.2".into(),
+        region_id: Some("cn-north-4".into()),
+        hostname: "web-1".into(),
+        name: "web-1".into(),
+        agency: true,
+        scaling_group_id: None,
+    });
+    for (i, pool) in POOLS.iter().enumerate() {
+        s = s.pool(pool, |p| p);
+        // Other servers everywhere; this server (127.0.0.2) in the first three pools.
+        for other in 3..6 {
+            s = s.member(
+                pool,
+                &member_id(i, other),
+                &format!("127.0.0.{other}"),
+                8000 + other as u16,
+            );
+        }
+        if i < 3 {
+            s = s.member(pool, &member_id(i, 2), "127.0.0.2", our_port);
+        }
+    }
+    Sim::start(s.build()).await.expect("elb-sim")
+}
+
+fn config(dir: &std::path::Path, sim: &Sim, port: u16) -> std::path::PathBuf {
+    write_file(
+        dir,
+        "elb-drain.toml",
+        &format!(
+            "[cloud]\nelb_endpoint = \"{}\"\nmetadata_endpoint = \"{}\"\ndiscovery_interval = \"300ms\"\npage_size = 2\n\
+             [auth]\nmethod = \"metadata\"\n\
+             [drain]\nports = [{port}]\nexclude_peers = []\nsettle = \"100ms\"\npoll_interval = \"20ms\"\n",
+            sim.api_url(),
+            sim.metadata_url()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_no_member_ids_every_pool_drained() {
+    let app = EchoServer::start_on("127.0.0.2");
+    let port = app.addr.port();
+    let sim = cloud(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sim, port);
+
+    // check: identity, credential and the three memberships, changing nothing.
+    let mut check = ProcGuard::spawn(agent(&config, &["check", "--json"]));
+    let exit = check
+        .wait_timeout(Duration::from_secs(20))
+        .expect("check exits");
+    assert_eq!(exit.code(), Some(0), "{}", check.stderr());
+    let report: serde_json::Value = serde_json::from_str(&check.stdout()).expect("JSON");
+    assert_eq!(report["project_id"], PROJECT);
+    assert_eq!(report["identity"]["instance_id"], INSTANCE);
+    assert_eq!(report["identity"]["address"], "127.0.0.2");
+    assert_eq!(report["credential"]["kind"], "metadata (agency)");
+    assert!(report["credential"]["expires_at"].is_string());
+    let found: Vec<&str> = report["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["pool_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, &POOLS[..3]);
+    assert!(
+        sim.request_log()
+            .iter()
+            .all(|r| r.method == "GET" || r.method == "PUT"),
+        "check changes nothing"
+    );
+    let pages = sim
+        .request_log()
+        .iter()
+        .filter(|r| r.path.ends_with("/elb/pools") && r.query.contains("marker="))
+        .count();
+    assert!(pages >= 1, "ListPools was followed to a second page");
+
+    // run: ready, keys refreshed before they expire, then SIGTERM.
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    // Someone else registers this server in a fourth pool after the start: re-discovery picks it up.
+    sim.shared().lock_for_tests(|inner| {
+        inner
+            .add_member(&elb_sim::scenario::MemberConfig {
+                id: Some(member_id(3, 2)),
+                pool_id: POOLS[3].into(),
+                address: "127.0.0.2".into(),
+                protocol_port: port,
+                weight: 1,
+                instance_id: None,
+                name: String::new(),
+                subnet_cidr_id: None,
+            })
+            .unwrap();
+    });
+    assert!(
+        agent.wait_stderr("memberships changed", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    // Outlive the first temporary key (3 s): the agent must have fetched a new one in time.
+    let key_fetches = || {
+        sim.request_log()
+            .iter()
+            .filter(|r| r.path.ends_with("/securitykey"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || key_fetches() >= 3),
+        "fetches: {}",
+        key_fetches()
+    );
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+
+    for (i, pool) in POOLS.iter().enumerate() {
+        assert_eq!(
+            sim.member_exists(pool, &member_id(i, 2)),
+            false,
+            "ours in pool {i} deleted"
+        );
+        for other in 3..6 {
+            assert!(
+                sim.member_exists(pool, &member_id(i, other)),
+                "another server's member in pool {i} untouched"
+            );
+        }
+    }
+    let log = sim.request_log();
+    let deletes: Vec<_> = log.iter().filter(|r| r.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 4, "{deletes:?}");
+    assert!(
+        deletes
+            .iter()
+            .all(|r| r.status == 204 && r.auth == AuthKind::AkskTemporary),
+        "{deletes:?}"
+    );
+    assert!(
+        log.iter().all(|r| r.status != 401 && r.status != 403),
+        "no failed request: {log:?}"
+    );
+}
