@@ -117,6 +117,7 @@ pub struct ProcGuard {
     pub child: Option<Child>,
     pub stderr: Arc<Mutex<String>>,
     pub stdout: Arc<Mutex<String>>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ProcGuard {
@@ -127,12 +128,15 @@ impl ProcGuard {
         let mut child = cmd.spawn().expect("spawn");
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
-        pump(child.stderr.take().expect("stderr"), stderr.clone());
-        pump(child.stdout.take().expect("stdout"), stdout.clone());
+        let pumps = vec![
+            pump(child.stderr.take().expect("stderr"), stderr.clone()),
+            pump(child.stdout.take().expect("stdout"), stdout.clone()),
+        ];
         ProcGuard {
             child: Some(child),
             stderr,
             stdout,
+            pumps,
         }
     }
 
@@ -152,6 +156,10 @@ impl ProcGuard {
         let child = self.child.as_mut().expect("running");
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
+                // Everything it wrote is read once its pipes close.
+                for pump in self.pumps.drain(..) {
+                    let _ = pump.join();
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -195,7 +203,10 @@ impl Drop for ProcGuard {
     }
 }
 
-fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn pump(
+    mut from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
@@ -207,7 +218,7 @@ fn pump(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
                     .push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
-    });
+    })
 }
 
 /// Polls `cond` every few milliseconds until it holds or `limit` passes.
