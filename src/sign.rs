@@ -51,9 +51,15 @@ pub fn encode(s: &str) -> String {
     utf8_percent_encode(s, ENCODE).to_string()
 }
 
-/// The canonical URI: each path segment percent-encoded, always ending in `/`.
+/// The canonical URI: each path segment percent-encoded, always ending in `/`. Segments are decoded
+/// first, as the official SDK does, so an already-encoded URL path (what goes on the wire) and its raw
+/// form canonicalise alike.
 pub fn canonical_uri(path: &str) -> String {
-    let mut out: String = path.split('/').map(encode).collect::<Vec<_>>().join("/");
+    let mut out: String = path
+        .split('/')
+        .map(|seg| encode(&percent_encoding::percent_decode_str(seg).decode_utf8_lossy()))
+        .collect::<Vec<_>>()
+        .join("/");
     if !out.ends_with('/') {
         out.push('/');
     }
