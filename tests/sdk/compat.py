@@ -1,0 +1,97 @@
+"""Wire compatibility: the official Huawei Cloud Python SDK (huaweicloudsdkelb) against elb-sim.
+
+Run by tests/sdk_compat.rs with ELB_SIM_ENDPOINT, ELB_SIM_AK, ELB_SIM_SK, ELB_SIM_PROJECT and
+ELB_SIM_POOL set. Signs every request with AK/SK (the SDK's default), and checks that each call
+succeeds and its response parses into the SDK's models. Prints one summary line; exits non-zero on
+any failure.
+"""
+import os
+import sys
+
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.exceptions import exceptions
+from huaweicloudsdkcore.http.http_config import HttpConfig
+from huaweicloudsdkelb.v3 import (
+    CreateMemberOption, CreateMemberRequest, CreateMemberRequestBody, DeleteMemberRequest,
+    ElbClient, ListMembersRequest, ListPoolsRequest, ShowMemberRequest, ShowPoolRequest,
+    UpdateMemberOption, UpdateMemberRequest, UpdateMemberRequestBody,
+)
+
+
+def main():
+    endpoint = os.environ["ELB_SIM_ENDPOINT"]
+    pool = os.environ["ELB_SIM_POOL"]
+    config = HttpConfig.get_default_config()
+    config.timeout = (5, 10)
+    client = (
+        ElbClient.new_builder()
+        .with_http_config(config)
+        .with_credentials(BasicCredentials(os.environ["ELB_SIM_AK"], os.environ["ELB_SIM_SK"],
+                                           os.environ["ELB_SIM_PROJECT"]))
+        .with_endpoints([endpoint])
+        .build()
+    )
+    calls = 0
+
+    created = []
+    for port in (9001, 9002, 9003):
+        body = CreateMemberRequestBody(member=CreateMemberOption(address="10.0.0.9", protocol_port=port, weight=5))
+        resp = client.create_member(CreateMemberRequest(pool_id=pool, body=body))
+        calls += 1
+        assert resp.member.id and resp.member.protocol_port == port, resp
+        assert resp.member.address == "10.0.0.9" and resp.member.weight == 5, resp
+        created.append(resp.member.id)
+
+    # Paging: two per page until no next_marker.
+    seen, marker, pages = [], None, 0
+    while True:
+        resp = client.list_members(ListMembersRequest(pool_id=pool, limit=2, marker=marker, address=["10.0.0.9"]))
+        calls += 1
+        pages += 1
+        seen += [m.id for m in resp.members]
+        marker = resp.page_info.next_marker
+        if not marker:
+            break
+    assert sorted(seen) == sorted(created), (seen, created)
+    assert pages == 2, pages
+
+    resp = client.show_member(ShowMemberRequest(pool_id=pool, member_id=created[0]))
+    calls += 1
+    assert resp.member.id == created[0] and resp.member.operating_status, resp
+
+    body = UpdateMemberRequestBody(member=UpdateMemberOption(weight=0))
+    resp = client.update_member(UpdateMemberRequest(pool_id=pool, member_id=created[0], body=body))
+    calls += 1
+    assert resp.member.weight == 0, resp
+
+    resp = client.show_pool(ShowPoolRequest(pool_id=pool))
+    calls += 1
+    assert resp.pool.id == pool and resp.pool.connection_drain is not None, resp
+
+    resp = client.list_pools(ListPoolsRequest(member_address=["10.0.0.9"]))
+    calls += 1
+    assert [p.id for p in resp.pools] == [pool], resp
+
+    for member in created:
+        client.delete_member(DeleteMemberRequest(pool_id=pool, member_id=member))
+        calls += 1
+
+    # A second delete: the SDK raises a typed error carrying the API's code.
+    try:
+        client.delete_member(DeleteMemberRequest(pool_id=pool, member_id=created[0]))
+        raise AssertionError("deleting a deleted member succeeded")
+    except exceptions.ClientRequestException as e:
+        calls += 1
+        assert e.status_code == 404 and e.error_code == "ELB.8904", (e.status_code, e.error_code, e.error_msg)
+        assert created[0] in e.error_msg and e.request_id, e.error_msg
+        code = e.error_code
+
+    print(f"SDK compat ok: {calls} calls, {pages} pages, 404 {code}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - report any failure as one line and a non-zero exit
+        print(f"SDK compat FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
