@@ -1,0 +1,172 @@
+//! elb-sim as a user runs it: the binary with the sample scenario (ports moved to 127.0.0.1:0), the
+//! ready line on stdout, a working API, and a clean exit on SIGTERM.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
+
+/// The simulator process, killed by PID when the test ends however it ends.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stdout, stderr) = (
+            Arc::new(Mutex::new(String::new())),
+            Arc::new(Mutex::new(String::new())),
+        );
+        for (mut pipe, into) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                stdout.clone(),
+            ),
+            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    into.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(20)); // let the readers drain the pipes
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn the_sample_scenario_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/elb-sim.toml"
+    ))
+    .unwrap();
+    let s = elb_sim::Scenario::from_toml(&text).expect("config/elb-sim.toml is valid");
+    assert_eq!(
+        (
+            s.pool.len(),
+            s.member.len(),
+            s.listener.len(),
+            s.instance.len()
+        ),
+        (1, 2, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_its_addresses_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/elb-sim.toml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8443", "127.0.0.1:0")
+    .replace("127.0.0.1:8775", "127.0.0.1:0")
+    .replace("127.0.0.1:8776", "127.0.0.1:0")
+    .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let config = write_file(dir.path(), "sim.toml", &text);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_elb-sim"));
+    cmd.arg("--config").arg(&config);
+    let mut sim = Proc::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || sim.stdout().contains('\n')),
+        "{}",
+        sim.stderr()
+    );
+    let ready: serde_json::Value =
+        serde_json::from_str(sim.stdout().lines().next().unwrap()).unwrap();
+    let api = ready["api"].as_str().unwrap();
+    assert!(ready["listeners"]["0b5c5a2e-8f37-4a57-8b7e-4c2f1b0d9e11"].is_string());
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v3/auth/tokens"))
+        .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "deployer", "password": "change-me", "domain": {"name": "acme"}}}},
+            "scope": {"project": {"id": PROJECT}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    sim.signal(libc::SIGTERM);
+    let exit = sim
+        .wait_timeout(Duration::from_secs(10))
+        .expect("stops on SIGTERM");
+    assert_eq!(exit.code(), Some(0), "{}", sim.stderr());
+}
+
+#[test]
+fn a_bad_scenario_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "bad.toml", "[[pool]]\nname = \"no id\"\n");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_elb-sim"));
+    cmd.arg("--config").arg(&config);
+    let mut sim = Proc::spawn(cmd);
+    let exit = sim.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(78));
+    assert!(
+        sim.stderr().contains("missing field `id`"),
+        "{}",
+        sim.stderr()
+    );
+}
