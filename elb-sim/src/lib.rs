@@ -7,7 +7,8 @@
 //! * [`metadata`]: the ECS metadata service of one server;
 //! * [`admin`]: the admin API for tests and demos (faults, log, scale-in, ...);
 //! * [`dataplane`]: a real TCP load balancer in front of the members;
-//! * [`health`]: TCP health checks that drive `operating_status`.
+//! * [`health`]: TCP health checks that drive `operating_status`;
+//! * [`demo`]: `elb-sim demo`, a stop with and without elb-drain, side by side.
 //!
 //! [`Sim::start`] runs it all in-process on `127.0.0.1:0` ports; the `elb-sim` binary runs it as a
 //! process. Nothing here ever talks to a real cloud.
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod dataplane;
+pub mod demo;
 pub mod health;
 pub mod metadata;
 pub mod scenario;

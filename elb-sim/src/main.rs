@@ -14,6 +14,8 @@ use elb_sim::{Scenario, Sim};
     about = "A local Huawei Cloud ELB v3 / IAM / ECS metadata / Auto Scaling emulator with a real TCP data plane"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Scenario file (TOML); see config/elb-sim.toml.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -22,9 +24,24 @@ struct Args {
     api_listen: Option<String>,
 }
 
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// A stop with elb-drain and a naive stop, side by side, on loopback (under a minute).
+    Demo,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Demo) = args.command {
+        return match elb_sim::demo::run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("elb-sim demo: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let filter = std::env::var("ELB_SIM_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
