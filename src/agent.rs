@@ -62,6 +62,8 @@ pub struct Agent {
     pub lb_drain: Vec<(PoolId, Duration)>,
     pub credential: Arc<dyn credentials::Credential>,
     metadata: Metadata,
+    /// The scale-in hook watch, with `[autoscaling]` configured.
+    pub hooks: Option<crate::hook::HookWatch>,
 }
 
 /// Who this server is, for discovery and for `check`.
@@ -86,11 +88,13 @@ impl Agent {
         let discovering =
             config.members.is_empty() || config.members.iter().any(|m| m.member_id.is_none());
         let needs_region = config.cloud.region.is_none() && config.cloud.elb_endpoint.is_none();
-        let from_metadata = if config.cloud.project_id.is_none() || needs_region || discovering {
-            Some(metadata.identity().await?)
-        } else {
-            None
-        };
+        let needs_instance = config.autoscaling.is_some() && config.cloud.instance_id.is_none();
+        let from_metadata =
+            if config.cloud.project_id.is_none() || needs_region || discovering || needs_instance {
+                Some(metadata.identity().await?)
+            } else {
+                None
+            };
         let project_id = match (&config.cloud.project_id, &from_metadata) {
             (Some(p), _) => p.clone(),
             (None, Some(m)) => m.project_id.clone().ok_or_else(|| {
@@ -124,6 +128,33 @@ impl Agent {
         )
         .await?;
         let retry = cloud::RetryPolicy::within(config.cloud.retry_deadline);
+        let hooks = match &config.autoscaling {
+            Some(a) => {
+                let endpoint = config.cloud.as_endpoint(region.as_deref()).ok_or_else(|| {
+                    PrepareError::Config(
+                        "config: cloud.as_endpoint: needed (or cloud.region) for [autoscaling]"
+                            .into(),
+                    )
+                })?;
+                let instance = match (&config.cloud.instance_id, &from_metadata) {
+                    (Some(i), _) => i.clone(),
+                    (None, Some(m)) => m.instance_id.clone(),
+                    (None, None) => unreachable!("asked above"),
+                };
+                Some(crate::hook::HookWatch {
+                    api: cloud::autoscaling::AutoScaling::new(
+                        cloud::Service::new(http.clone(), endpoint, credential.clone(), retry),
+                        project_id.clone(),
+                    ),
+                    group: a.scaling_group_id.clone(),
+                    instance,
+                    poll_interval: a.poll_interval,
+                    extend_margin: a.extend_margin,
+                    on_failure: a.on_failure,
+                })
+            }
+            None => None,
+        };
         let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry)
             .with_page_size(config.cloud.page_size);
         let identity = match from_metadata {
@@ -162,6 +193,7 @@ impl Agent {
             lb_drain,
             credential,
             metadata,
+            hooks,
         })
     }
 

@@ -6,8 +6,10 @@ use tokio::time::Instant;
 use crate::agent::{Agent, PrepareError};
 use crate::census::{self, CensusSpec};
 use crate::cli::{Args, load_config};
+use crate::cloud::autoscaling::Hook;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
+use crate::hook::ProgressClock;
 use crate::notify::Notifier;
 use crate::report::LogSink;
 use crate::signals::{self, Signals};
@@ -95,14 +97,19 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     notifier.spawn_watchdog();
     let rediscovery = agent.spawn_rediscovery(agent.config.cloud.discovery_interval);
 
-    let sig = signals.stop().await;
+    let (started_by, hook) = tokio::select! {
+        sig = signals.stop() => {
+            tracing::info!(signal = signals::name(sig), "stop signal received");
+            (Some(sig), None)
+        }
+        hook = wait_hook(&agent) => (None, Some(hook)),
+    };
     let started = Instant::now();
-    tracing::info!(signal = signals::name(sig), "stop signal received");
     if let Some(task) = rediscovery {
         task.abort();
     }
     notifier.stopping(agent.memberships().len());
-    Ok(drain_with_abort(&agent, started, &mut signals, Some(sig), notifier).await)
+    Ok(drain_with_abort(&agent, started, &mut signals, started_by, notifier, hook).await)
 }
 
 /// `drain`: the same stop sequence, now.
@@ -116,24 +123,63 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
     notifier.stopping(agent.memberships().len());
-    Ok(drain_with_abort(&agent, started, &mut signals, None, notifier).await)
+    Ok(drain_with_abort(&agent, started, &mut signals, None, notifier, None).await)
 }
 
+/// Deregisters and drains until the verdict, a second SIGINT, or (with Auto Scaling configured) also
+/// watches for this instance's scale-in hook, keeps it alive while the drain progresses and answers it
+/// at the end. `known_hook` is the hook that started the drain, if one did.
 async fn drain_with_abort(
     agent: &Agent,
     started: Instant,
     signals: &mut Signals,
     started_by: Option<i32>,
     notifier: &'static Notifier,
+    known_hook: Option<Hook>,
 ) -> Exit {
+    let progress = ProgressClock::default();
     let sink = Fanout(vec![
         Box::new(LogSink::default()),
         Box::new(NotifierRef(notifier)),
+        Box::new(progress.clone()),
     ]);
     let on_deregistered = |n: usize| notifier.deregistered(n);
-    tokio::select! {
-        verdict = agent.drain(started, &sink, &on_deregistered) => verdict.into(),
-        _ = signals.abort(started_by) => Exit::Interrupted,
+    let hook: std::sync::Mutex<Option<Hook>> = std::sync::Mutex::new(known_hook.clone());
+    let drain_deadline = started + agent.config.drain.timeout;
+    let hook_side = async {
+        let Some(watch) = &agent.hooks else {
+            return std::future::pending().await;
+        };
+        let h = match known_hook {
+            Some(h) => h,
+            None => watch.wait_hanging().await,
+        };
+        *hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
+        watch.heartbeat(h, &progress, drain_deadline).await
+    };
+    let verdict = tokio::select! {
+        verdict = agent.drain(started, &sink, &on_deregistered) => verdict,
+        _ = signals.abort(started_by) => return Exit::Interrupted,
+        () = hook_side => unreachable!("the heartbeat never ends on its own"),
+    };
+    let mut exit: Exit = verdict.into();
+    let pending = hook.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (Some(watch), Some(h)) = (&agent.hooks, pending)
+        && let Err(e) = watch.finish(&h, verdict).await
+    {
+        tracing::error!(error = %e, hook = %h.name, "could not answer the lifecycle hook; it will take its default result");
+        if exit == Exit::Ok {
+            exit = Exit::Unavailable;
+        }
+    }
+    exit
+}
+
+/// The scale-in hook as a trigger; never resolves without Auto Scaling configured.
+async fn wait_hook(agent: &Agent) -> Hook {
+    match &agent.hooks {
+        Some(watch) => watch.wait_hanging().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -187,6 +187,8 @@ pub struct Autoscaling {
     pub scaling_group_id: ScalingGroupId,
     pub poll_interval: Duration,
     pub on_failure: HookResult,
+    /// Send EXTEND when the hook would time out within this while the drain is still progressing.
+    pub extend_margin: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,7 @@ struct RawAutoscaling {
     scaling_group_id: Option<String>,
     poll_interval: Option<String>,
     on_failure: Option<String>,
+    extend_margin: Option<String>,
 }
 
 /// Reads environment variables; a function so tests can hand in their own environment.
@@ -825,10 +828,19 @@ fn autoscaling(raw: RawAutoscaling) -> Result<Autoscaling, ConfigError> {
             ));
         }
     };
+    let extend_margin = positive(
+        "autoscaling.extend_margin",
+        duration(
+            "autoscaling.extend_margin",
+            raw.extend_margin,
+            Duration::from_secs(300),
+        )?,
+    )?;
     Ok(Autoscaling {
         scaling_group_id,
         poll_interval,
         on_failure,
+        extend_margin,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod config;
 pub mod credentials;
 pub mod drain;
 pub mod exit;
+pub mod hook;
 pub mod ids;
 pub mod logging;
 pub mod notify;

@@ -7,6 +7,7 @@
 //! size bound so a hostile or broken endpoint cannot make the agent buffer without limit. The service
 //! modules ([`elb`], [`metadata`], [`iam`]) are thin callers.
 
+pub mod autoscaling;
 pub mod elb;
 pub mod iam;
 pub mod metadata;

@@ -1,0 +1,139 @@
+//! Auto Scaling lifecycle hooks (AS v1): what is hanging on this instance, and the answer to it.
+
+use std::time::SystemTime;
+
+use reqwest::Method;
+use serde::Deserialize;
+
+use super::{CloudError, Request, Service};
+use crate::ids::{InstanceId, ProjectId, ScalingGroupId};
+
+/// A lifecycle hook holding this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    pub action_key: String,
+    pub status: String,
+    /// When the hook times out (and takes its default result).
+    pub deadline: Option<SystemTime>,
+    pub default_result: String,
+}
+
+impl Hook {
+    pub fn is_hanging(&self) -> bool {
+        self.status == "HANGING"
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHook {
+    #[serde(default)]
+    lifecycle_hook_name: String,
+    #[serde(default)]
+    lifecycle_action_key: String,
+    #[serde(default)]
+    lifecycle_hook_status: String,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    default_result: String,
+}
+
+#[derive(Deserialize)]
+struct HangingInfo {
+    #[serde(default)]
+    instance_hanging_info: Vec<RawHook>,
+}
+
+/// The answer to a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAnswer {
+    Continue,
+    Abandon,
+    /// One more period (an hour in the real service) to finish.
+    Extend,
+}
+
+impl HookAnswer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookAnswer::Continue => "CONTINUE",
+            HookAnswer::Abandon => "ABANDON",
+            HookAnswer::Extend => "EXTEND",
+        }
+    }
+}
+
+/// How a callback ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Accepted,
+    /// `AS.7042`: the hook is no longer HANGING; someone (or the timeout) answered it already.
+    AlreadyAnswered,
+}
+
+#[derive(Clone)]
+pub struct AutoScaling {
+    service: Service,
+    project: ProjectId,
+}
+
+impl AutoScaling {
+    pub fn new(service: Service, project: ProjectId) -> AutoScaling {
+        AutoScaling { service, project }
+    }
+
+    fn path(&self, group: &ScalingGroupId, op: &str) -> String {
+        format!(
+            "/autoscaling-api/v1/{}/scaling_instance_hook/{group}/{op}",
+            self.project
+        )
+    }
+
+    /// The hooks holding `instance`, hanging or recently answered.
+    pub async fn hooks(
+        &self,
+        group: &ScalingGroupId,
+        instance: &InstanceId,
+    ) -> Result<Vec<Hook>, CloudError> {
+        let op = format!("ListHookInstances group={group} instance={instance}");
+        let req =
+            Request::new(&op, Method::GET, self.path(group, "list")).query("instance_id", instance);
+        let info: HangingInfo = self.service.send(&req).await?.json(&op)?;
+        Ok(info
+            .instance_hanging_info
+            .into_iter()
+            .map(|h| Hook {
+                name: h.lifecycle_hook_name,
+                action_key: h.lifecycle_action_key,
+                status: h.lifecycle_hook_status,
+                deadline: h.timeout.as_deref().and_then(super::iam::parse_time),
+                default_result: h.default_result,
+            })
+            .collect())
+    }
+
+    /// Answers a hook by its action key.
+    pub async fn answer(
+        &self,
+        group: &ScalingGroupId,
+        hook: &Hook,
+        answer: HookAnswer,
+    ) -> Result<Answered, CloudError> {
+        let op = format!(
+            "CompleteLifecycleAction group={group} hook={} result={}",
+            hook.name,
+            answer.as_str()
+        );
+        let body = serde_json::json!({
+            "lifecycle_action_key": hook.action_key,
+            "lifecycle_action_result": answer.as_str(),
+        });
+        let req = Request::new(&op, Method::PUT, self.path(group, "callback")).json(&body);
+        match self.service.send(&req).await {
+            Ok(_) => Ok(Answered::Accepted),
+            Err(e) if e.code() == Some("AS.7042") => Ok(Answered::AlreadyAnswered),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Scale-in: Auto Scaling removes the instance's members, then holds it in a HANGING lifecycle hook.
+//! The agent notices the hook, drains, keeps the hook alive with EXTEND while the drain progresses, and
+//! answers CONTINUE right after the last connection closed (or the configured result on failure).
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use elb_sim::scenario::{Instance, ScalingGroup};
+use elb_sim::{Fault, FaultAction};
+
+const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
+const GROUP: &str = "7b8bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
+
+async fn scaling_setup() -> (Setup, std::path::PathBuf) {
+    let s = setup_with(|mut sc| {
+        if let Some(m) = sc
+            .member
+            .iter_mut()
+            .find(|m| m.id.as_deref() == Some(MEMBER))
+        {
+            m.instance_id = Some(INSTANCE.into());
+        }
+        sc.settings.hook_extend = Duration::from_secs(2);
+        sc.instance(Instance {
+            uuid: INSTANCE.into(),
+            project_id: PROJECT.into(),
+            local_ipv4: "127.0.0.9".into(),
+            region_id: None,
+            hostname: "web-1".into(),
+            name: "web-1".into(),
+            agency: false,
+            scaling_group_id: Some(GROUP.into()),
+        })
+        .scaling_group(ScalingGroup {
+            id: GROUP.into(),
+            project_id: PROJECT.into(),
+            hook_name: "drain-hook".into(),
+            default_result: "ABANDON".into(),
+            hook_timeout: Duration::from_secs(2),
+        })
+    })
+    .await;
+    let config = s.config("settle = \"200ms\"\npoll_interval = \"20ms\"\ntimeout = \"30s\"");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[cloud]\n",
+        &format!(
+            "[cloud]\nas_endpoint = \"{}\"\ninstance_id = \"{INSTANCE}\"\n",
+            s.sim.api_url()
+        ),
+        1,
+    ) + &format!(
+        "[autoscaling]\nscaling_group_id = \"{GROUP}\"\npoll_interval = \"200ms\"\nextend_margin = \"1s\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    (s, config)
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_connection() {
+    let (s, config) = scaling_setup().await;
+    let held = s.connections_to_us(1);
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    assert!(
+        !s.sim.member_exists(POOL, MEMBER),
+        "Auto Scaling removed the member first"
+    );
+    assert!(
+        agent.wait_stderr("lifecycle hook HANGING", Duration::from_millis(1500)),
+        "draining within a poll interval:\n{}",
+        agent.stderr()
+    );
+    // The hook times out after 2 s: the agent must extend it while the connection is open.
+    assert!(
+        wait_until(Duration::from_secs(6), || s.sim.hooks(GROUP)[0]
+            .callbacks
+            .iter()
+            .any(|(r, _)| r == "EXTEND")),
+        "never extended:\n{}",
+        agent.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(2500)); // past the original hook deadline
+    assert!(agent.is_running(), "{}", agent.stderr());
+    assert_eq!(
+        s.sim.hooks(GROUP)[0].status,
+        "HANGING",
+        "still held: not answered while a connection is open"
+    );
+    let closed = SystemTime::now();
+    drop(held);
+    let exit = agent
+        .wait_timeout(Duration::from_secs(10))
+        .expect("exits after answering");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+
+    let hook = &s.sim.hooks(GROUP)[0];
+    assert_eq!(
+        (hook.status.as_str(), hook.timed_out),
+        ("CONTINUE", false),
+        "{hook:?}"
+    );
+    let (last, at) = hook.callbacks.last().unwrap();
+    assert_eq!(last, "CONTINUE");
+    assert!(
+        *at >= unix(closed),
+        "CONTINUE only after the last connection closed"
+    );
+    assert!(
+        *at - unix(closed) < 1.5,
+        "and right after it: {:.3} s",
+        at - unix(closed)
+    );
+    assert!(
+        hook.callbacks
+            .iter()
+            .filter(|(r, _)| r == "CONTINUE")
+            .count()
+            == 1,
+        "answered once: {hook:?}"
+    );
+    let deletes = deletes(&s.sim);
+    assert_eq!(
+        deletes.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [404],
+        "the member was already gone"
+    );
+    for needle in ["lifecycle hook extended", "lifecycle hook answered"] {
+        assert!(
+            agent.stderr().contains(needle),
+            "logged: {needle}\n{}",
+            agent.stderr()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_code_says_why() {
+    let (s, config) = scaling_setup().await;
+    s.sim.inject_fault(
+        Fault::new(
+            "DELETE",
+            "/v3/*/elb/pools/*/members/*",
+            vec![FaultAction::Status {
+                status: 503,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(69), "{}", agent.stderr());
+    let hook = &s.sim.hooks(GROUP)[0];
+    assert_eq!(
+        (hook.status.as_str(), hook.timed_out),
+        ("ABANDON", false),
+        "{hook:?}"
+    );
+    assert_eq!(hook.callbacks.last().unwrap().0, "ABANDON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_already_answered_is_not_answered_again_and_sigterm_joins_the_drain() {
+    let (s, config) = scaling_setup().await;
+    let held = s.connections_to_us(1);
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    assert!(
+        agent.wait_stderr("lifecycle hook HANGING", Duration::from_secs(3)),
+        "{}",
+        agent.stderr()
+    );
+    // The scale-in shuts the server down: SIGTERM joins the drain that is already running.
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait_stderr("already draining", Duration::from_secs(3)),
+        "{}",
+        agent.stderr()
+    );
+    // Someone else answers the hook meanwhile.
+    let key = s.sim.hooks(GROUP)[0].lifecycle_action_key.clone();
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.hooks[0].status = "CONTINUE".into());
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert!(agent.stderr().contains("AS.7042"), "{}", agent.stderr());
+    assert_eq!(deletes(&s.sim).len(), 1, "one drain, one DELETE");
+    assert_eq!(s.sim.hooks(GROUP)[0].lifecycle_action_key, key);
+}
