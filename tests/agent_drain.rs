@@ -25,6 +25,7 @@ async fn sigterm_deregisters_then_waits_for_the_last_connection() {
         "nothing may be deleted before the stop"
     );
 
+    let before = s.sim.request_log().len();
     agent.signal(libc::SIGTERM);
     assert!(
         wait_until(Duration::from_secs(5), || !s
@@ -35,6 +36,13 @@ async fn sigterm_deregisters_then_waits_for_the_last_connection() {
     );
     let del = deletes(&s.sim);
     assert_eq!(del.len(), 1, "{del:?}");
+    // Credentials and memberships were resolved before the signal: the DELETE is the first request after it.
+    assert_eq!(
+        s.sim.request_log()[before].method,
+        "DELETE",
+        "{:?}",
+        &s.sim.request_log()[before..]
+    );
     assert!(
         del[0]
             .path
@@ -116,4 +124,68 @@ async fn the_deadline_exits_75_and_reports_what_was_open() {
         agent.stderr()
     );
     assert!(!s.sim.member_exists(POOL, MEMBER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_prints_the_census_and_json_logs_parse() {
+    let s = setup().await;
+    let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"10s\"");
+    let _conns = s.connections_to_us(2);
+    let mut c = ProcGuard::spawn(agent(&config, &["connections", "--json"]));
+    assert_eq!(
+        c.wait_timeout(Duration::from_secs(10))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        c.stderr()
+    );
+    let v: serde_json::Value = serde_json::from_str(c.stdout().trim()).expect("JSON");
+    assert_eq!(
+        (v["established"].as_u64(), v["backend"].as_str()),
+        (Some(2), Some("netlink")),
+        "{v}"
+    );
+    let port = s.app.addr.port().to_string();
+    let mut c = ProcGuard::spawn(agent(&config, &["connections", "--ports", &port]));
+    c.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        c.stdout().trim(),
+        format!("2 established connections on port {port}")
+    );
+
+    // JSON logs: one object per line, with the fields collectors key on.
+    drop(_conns);
+    let mut d = ProcGuard::spawn(agent(&config, &["--log-format", "json", "drain"]));
+    assert_eq!(
+        d.wait_timeout(Duration::from_secs(10))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        d.stderr()
+    );
+    let lines: Vec<serde_json::Value> = d
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().all(|l| l["timestamp"].is_string()
+            && l["level"].is_string()
+            && l["message"].is_string())
+    );
+    let dereg = lines
+        .iter()
+        .find(|l| l["message"] == "deregistered")
+        .expect("a deregistered line");
+    assert_eq!(
+        (dereg["pool"].as_str(), dereg["member"].as_str()),
+        (Some(POOL), Some(MEMBER))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "drained: no connections left" && l["elapsed_ms"].is_u64())
+    );
 }
