@@ -23,6 +23,8 @@ pub struct Notifier {
 
 #[derive(Default)]
 struct State {
+    /// The last STATUS= sent, so an unchanged line is not sent again at every census.
+    last_status: String,
     phase: Option<Phase>,
     deregistered: (usize, usize),
     established: Option<usize>,
@@ -161,6 +163,10 @@ impl Sink for Notifier {
             Event::DeadlineLowered { .. } | Event::CensusFailed { .. } => {}
         }
         let line = status_line(&st);
+        let changed = line != st.last_status;
+        if changed {
+            st.last_status.clone_from(&line);
+        }
         // Extend while progressing: renew once a second at most, never beyond the drain's own deadline.
         let progressing = st.last_progress.is_some_and(|t| now - t < EXTEND_STEP);
         let due = st
@@ -170,7 +176,9 @@ impl Sink for Notifier {
             (d + Duration::from_secs(5)).min(EXTEND_STEP)
         });
         drop(st);
-        self.status(&line);
+        if changed {
+            self.status(&line);
+        }
         if progressing && due {
             self.extend(now, reach);
         }
