@@ -37,6 +37,19 @@ pub enum Command {
     Run,
     /// Deregister and drain now, then exit (for ExecStop=, hook scripts, deploy tools).
     Drain,
+    /// Supervise CMD (for hosts without systemd): on SIGTERM/SIGINT deregister and drain while CMD keeps
+    /// serving, then stop CMD; if CMD dies on its own, deregister at once. Exits with CMD's status.
+    Exec {
+        /// The signal CMD gets once the drain is over.
+        #[arg(long, default_value = "TERM", value_parser = crate::supervise::parse_signal)]
+        stop_signal: i32,
+        /// How long CMD may take to exit after its stop signal before SIGKILL.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Validate the configuration and credentials, resolve and print the memberships; changes nothing.
     Check {
         /// Machine-readable output.
@@ -96,6 +109,11 @@ async fn run(args: Args) -> Exit {
         Command::Connections { json, ports } => crate::commands::connections(&args, ports, *json),
         Command::Run => crate::commands::run(&args).await,
         Command::Drain => crate::commands::drain(&args).await,
+        Command::Exec {
+            stop_signal,
+            grace,
+            command,
+        } => crate::commands::exec(&args, command, *stop_signal, *grace).await,
         Command::Check { json } => crate::commands::check(&args, *json).await,
         Command::Status { json } => crate::commands::status(&args, *json).await,
     };

@@ -112,6 +112,83 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     Ok(drain_with_abort(&agent, started, &mut signals, started_by, notifier, hook).await)
 }
 
+/// `exec -- CMD...`: CMD under supervision. It is started first, so the application comes up while the
+/// agent resolves its memberships.
+pub async fn exec(
+    args: &Args,
+    command: &[String],
+    stop_signal: i32,
+    grace: std::time::Duration,
+) -> Result<Exit, Exit> {
+    use crate::supervise::{FORWARDED, Supervised, exit_code};
+    let mut signals = Signals::install().map_err(|e| {
+        eprintln!("elb-drain: cannot install signal handlers: {e}");
+        Exit::Failure
+    })?;
+    let mut forwarded =
+        signal_hook_tokio::Signals::new(FORWARDED.iter().copied().filter(|s| *s != libc::SIGHUP))
+            .map_err(|e| {
+            eprintln!("elb-drain: cannot install signal handlers: {e}");
+            Exit::Failure
+        })?;
+    let cfg = load_config(args)?;
+    let mut child = Supervised::spawn(command).map_err(|e| {
+        eprintln!("elb-drain: exec: {e}");
+        Exit::Failure
+    })?;
+    tracing::info!(pid = child.pid(), command = ?command, "started");
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let agent = tokio::select! {
+        agent = Agent::prepare(cfg) => match agent {
+            Ok(a) => a,
+            Err(e) => {
+                let code = prepare_failed(e);
+                let _ = child.stop(stop_signal, grace).await;
+                return Err(code);
+            }
+        },
+        status = child.wait() => {
+            eprintln!("elb-drain: exec: {} exited before the agent was ready; nothing to deregister", command[0]);
+            return Ok(Exit::from_code(status.map(exit_code).unwrap_or(1)));
+        }
+    };
+    notifier.ready(&format!(
+        "serving; {} memberships; supervising pid {}",
+        agent.memberships().len(),
+        child.pid()
+    ));
+    tracing::info!(
+        memberships = agent.memberships().len(),
+        "ready: supervising"
+    );
+    loop {
+        tokio::select! {
+            sig = signals.stop() => {
+                let started = Instant::now();
+                tracing::info!(signal = signals::name(sig), "stop signal: draining before stopping the child");
+                notifier.stopping(agent.memberships().len());
+                let verdict = drain_with_abort(&agent, started, &mut signals, Some(sig), notifier, None).await;
+                tracing::info!(?verdict, "drain over; stopping the child");
+                let status = child.stop(stop_signal, grace).await.map_err(|e| {
+                    eprintln!("elb-drain: exec: {e}");
+                    Exit::Failure
+                })?;
+                return Ok(Exit::from_code(exit_code(status)));
+            }
+            status = child.wait() => {
+                let code = status.map(exit_code).unwrap_or(1);
+                tracing::warn!(code, "the child exited on its own: deregistering now");
+                let failed = agent.deregister(&|_| {}).await.iter().any(|r| r.is_err());
+                if failed {
+                    tracing::error!("deregistration failed after the child died");
+                }
+                return Ok(Exit::from_code(code));
+            }
+            Some(sig) = futures_util::StreamExt::next(&mut forwarded) => child.signal(sig),
+        }
+    }
+}
+
 /// `drain`: the same stop sequence, now.
 pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();

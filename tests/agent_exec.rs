@@ -1,0 +1,151 @@
+//! `exec -- CMD`: elb-drain as the parent of the application (containers, supervisord). The child is a
+//! real echo server; the test drives real signals and connections.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// A Python echo server on `port` that prints its PID, and exits 3 on SIGTERM.
+fn app_command(port: u16) -> Vec<String> {
+    let script = format!(
+        "import os,signal,socket,sys,threading\n\
+         signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True), os._exit(3)))\n\
+         signal.signal(signal.SIGUSR1, lambda *a: print('got USR1', flush=True))\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
+         print('pid', os.getpid(), flush=True)\n\
+         def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
+         while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
+    );
+    vec!["python3".into(), "-c".into(), script]
+}
+
+/// A setup whose member is served by the supervised child instead of the in-test echo server.
+async fn exec_setup() -> (Setup, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup_with(|mut sc| {
+        if let Some(m) = sc
+            .member
+            .iter_mut()
+            .find(|m| m.id.as_deref() == Some(MEMBER))
+        {
+            m.protocol_port = port;
+        }
+        sc
+    })
+    .await;
+    (s, port)
+}
+
+fn spawn_exec(s: &Setup, port: u16) -> ProcGuard {
+    let config = s.config(&format!(
+        "settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"20s\"\nports = [{port}]"
+    ));
+    let mut args = vec!["exec", "--grace", "2s", "--"];
+    let cmd = app_command(port);
+    args.extend(cmd.iter().map(String::as_str));
+    ProcGuard::spawn(agent(&config, &args))
+}
+
+fn child_pid(agent: &ProcGuard) -> i32 {
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.stdout().contains("pid ")),
+        "{}",
+        agent.stderr()
+    );
+    agent
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_first_then_stops_the_child_and_passes_its_status_through() {
+    let (s, port) = exec_setup().await;
+    let mut agent = spawn_exec(&s, port);
+    let _pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let mut held = s.connections_to_us(1);
+    // Signals other than the stop signals go to the child.
+    agent.signal(libc::SIGUSR1);
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .stdout()
+            .contains("got USR1")),
+        "{}",
+        agent.stdout()
+    );
+
+    agent.signal(libc::SIGTERM);
+    assert!(wait_until(Duration::from_secs(5), || !s
+        .sim
+        .member_exists(POOL, MEMBER)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !agent.stdout().contains("got TERM"),
+        "the child keeps serving while connections drain"
+    );
+    assert_eq!(echo(&mut held[0], "still served").unwrap(), "still served");
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert!(
+        agent.stdout().contains("got TERM"),
+        "the child got its stop signal after the drain"
+    );
+    assert_eq!(
+        exit.code(),
+        Some(3),
+        "the child's status: {}",
+        agent.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_dies_is_deregistered_at_once() {
+    let (s, port) = exec_setup().await;
+    let mut agent = spawn_exec(&s, port);
+    let pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: kill(2) on the supervised child's PID (it is alive: the agent is still waiting on it);
+    // clock_gettime writes our timespec.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let killed_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        exit.code(),
+        Some(128 + 9),
+        "the child's fate, passed through: {}",
+        agent.stderr()
+    );
+    let del = deletes(&s.sim);
+    assert_eq!(del.len(), 1, "{}", agent.stderr());
+    assert_eq!(del[0].status, 204);
+    let after_ms = (del[0].mono_ns.saturating_sub(killed_ns)) as f64 / 1e6;
+    assert!(after_ms < 100.0, "DELETE {after_ms:.1} ms after the crash");
+}
