@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use crate::census::{self, CensusSpec};
 use crate::cloud::metadata::Metadata;
 use crate::cloud::{self, CloudError, DeleteOutcome, Elb};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::credentials;
 use crate::drain::{self, Deregistration, Plan, Sink, Verdict};
 use crate::ids::{MemberId, PoolId};
+use crate::state::{Record, State};
 
 /// One membership of this server: what a DELETE needs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +65,7 @@ pub struct Agent {
     metadata: Metadata,
     /// The scale-in hook watch, with `[autoscaling]` configured.
     pub hooks: Option<crate::hook::HookWatch>,
+    state: std::sync::Mutex<State>,
 }
 
 /// Who this server is, for discovery and for `check`.
@@ -87,14 +89,25 @@ impl Agent {
         // The metadata service is asked only for what the configuration leaves open.
         let discovering =
             config.members.is_empty() || config.members.iter().any(|m| m.member_id.is_none());
+        // Discovery needs this server's address or instance ID: from the config if it says, else metadata.
+        let knows_itself = config.cloud.address.is_some()
+            || config.cloud.instance_id.is_some()
+            || (!config.members.is_empty()
+                && config
+                    .members
+                    .iter()
+                    .all(|m| m.member_id.is_some() || m.address.is_some()));
         let needs_region = config.cloud.region.is_none() && config.cloud.elb_endpoint.is_none();
         let needs_instance = config.autoscaling.is_some() && config.cloud.instance_id.is_none();
-        let from_metadata =
-            if config.cloud.project_id.is_none() || needs_region || discovering || needs_instance {
-                Some(metadata.identity().await?)
-            } else {
-                None
-            };
+        let from_metadata = if config.cloud.project_id.is_none()
+            || needs_region
+            || (discovering && !knows_itself)
+            || needs_instance
+        {
+            Some(metadata.identity().await?)
+        } else {
+            None
+        };
         let project_id = match (&config.cloud.project_id, &from_metadata) {
             (Some(p), _) => p.clone(),
             (None, Some(m)) => m.project_id.clone().ok_or_else(|| {
@@ -158,7 +171,7 @@ impl Agent {
         let elb = Elb::new(http, elb_endpoint, project_id, credential.clone(), retry)
             .with_page_size(config.cloud.page_size);
         let identity = match from_metadata {
-            Some(m) if discovering => {
+            Some(m) if discovering && !knows_itself => {
                 let address = match config.cloud.address {
                     Some(a) => Some(a),
                     None => Some(IpAddr::V4(metadata.local_ipv4().await?)),
@@ -185,6 +198,7 @@ impl Agent {
         }
         let memberships = resolve(&config, &elb, identity.as_ref()).await?;
         let lb_drain = connection_drain(&elb, &memberships).await?;
+        let config_state_file = config.drain.state_file.clone();
         Ok(Agent {
             config,
             elb,
@@ -194,6 +208,7 @@ impl Agent {
             credential,
             metadata,
             hooks,
+            state: std::sync::Mutex::new(State::load(&config_state_file).unwrap_or_default()),
         })
     }
 
@@ -208,6 +223,13 @@ impl Agent {
     /// Whether memberships are discovered (no `member_id` somewhere), so worth re-discovering.
     pub fn discovers(&self) -> bool {
         self.config.members.is_empty() || self.config.members.iter().any(|m| m.member_id.is_none())
+    }
+
+    /// Resolves the memberships again now (after registering, the member IDs are new).
+    pub async fn rediscover(&self) -> Result<(), PrepareError> {
+        let found = resolve(&self.config, &self.elb, self.identity.as_ref()).await?;
+        *self.memberships.write().unwrap_or_else(|p| p.into_inner()) = found;
+        Ok(())
     }
 
     /// Re-discovers the memberships every `every` while the daemon serves, so a membership added by
@@ -305,13 +327,23 @@ impl Agent {
     ) -> Vec<Result<DeleteOutcome, CloudError>> {
         let done = std::sync::atomic::AtomicUsize::new(0);
         let memberships = self.memberships();
-        join_all(memberships.iter().map(|m| async {
+        let mode = self.config.drain.mode;
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let results = join_all(memberships.iter().map(|m| async {
             let started = Instant::now();
-            let result = self.elb.delete_member(&m.pool_id, &m.member_id).await;
+            let result = if state.record(&m.pool_id, &m.member_id).is_some_and(|r| r.removed.is_some()) {
+                // An earlier stop already took it out: a second stop is a no-op.
+                Ok(DeleteOutcome::AlreadyGone)
+            } else {
+                match mode {
+                    Mode::Delete => self.elb.delete_member(&m.pool_id, &m.member_id).await,
+                    Mode::Weight0 => self.elb.update_weight(&m.pool_id, &m.member_id, 0).await.map(|_| DeleteOutcome::Deleted),
+                }
+            };
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match &result {
                 Ok(outcome) => tracing::info!(
-                    pool = %m.pool_id, member = %m.member_id, elapsed_ms, outcome = ?outcome,
+                    pool = %m.pool_id, member = %m.member_id, elapsed_ms, outcome = ?outcome, mode = ?mode,
                     "deregistered"
                 ),
                 Err(e) => tracing::error!(pool = %m.pool_id, member = %m.member_id, elapsed_ms, error = %e,
@@ -320,7 +352,74 @@ impl Agent {
             on_each(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             result
         }))
-        .await
+        .await;
+        // Record what was done, after the fact: the DELETEs were not delayed by a disk write.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (m, r) in memberships.iter().zip(&results) {
+            if r.is_ok()
+                && state
+                    .record(&m.pool_id, &m.member_id)
+                    .is_some_and(|r| r.removed.is_none())
+            {
+                state.mark_removed(&m.pool_id, &m.member_id, mode);
+            }
+        }
+        if let Err(e) = state.save(&self.config.drain.state_file) {
+            tracing::warn!(error = %e, "could not write the state file");
+        }
+        results
+    }
+
+    /// Records the memberships (with their weight and subnet, for `register`) in the state file.
+    pub async fn snapshot_state(&self) {
+        let path = &self.config.drain.state_file;
+        let mut state = match State::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the state file");
+                State::default()
+            }
+        };
+        let memberships = self.memberships();
+        let shown = join_all(
+            memberships
+                .iter()
+                .map(|m| self.elb.show_member(&m.pool_id, &m.member_id)),
+        )
+        .await;
+        let mut present = Vec::new();
+        let records = memberships
+            .iter()
+            .zip(shown)
+            .map(|(m, shown)| {
+                let shown = shown.ok();
+                if shown.as_ref().is_some_and(|s| s.weight != Some(0)) {
+                    present.push((m.pool_id.clone(), m.member_id.clone()));
+                }
+                Record {
+                    pool_id: m.pool_id.clone(),
+                    member_id: m.member_id.clone(),
+                    address: m
+                        .address
+                        .or(shown.as_ref().and_then(|s| s.address.parse().ok())),
+                    protocol_port: m.protocol_port.or(shown.as_ref().map(|s| s.protocol_port)),
+                    weight: shown.as_ref().and_then(|s| s.weight),
+                    subnet_cidr_id: shown
+                        .and_then(|s| s.subnet_cidr_id)
+                        .filter(|s| !s.is_empty()),
+                    removed: None,
+                    removed_at: None,
+                }
+            })
+            .collect();
+        state.merge(records);
+        for (pool, member) in &present {
+            state.mark_present(pool, member);
+        }
+        if let Err(e) = state.save(path) {
+            tracing::warn!(error = %e, "could not write the state file; register after a crash will rely on the config");
+        }
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
     /// Deregisters and drains, from the moment the stop began.
@@ -415,12 +514,14 @@ async fn resolve(
                     )
                     .await?;
                 if found.is_empty() {
-                    return Err(PrepareError::Config(format!(
-                        "config: [[member]] pool {}: no member with address {} port {} in this pool",
-                        spec.pool_id,
-                        address.map_or("?".into(), |a| a.to_string()),
-                        spec.protocol_port.map_or("any".into(), |p| p.to_string())
-                    )));
+                    // Not (or no longer) registered: nothing to deregister there. A stop after a stop,
+                    // or before `register`; `check` reports it.
+                    tracing::warn!(
+                        pool = %spec.pool_id,
+                        address = address.map_or("?".into(), |a| a.to_string()),
+                        port = spec.protocol_port.map_or("any".into(), |p| p.to_string()),
+                        "no membership of this server in the pool"
+                    );
                 }
                 out.extend(found.into_iter().map(found_to_membership));
             }

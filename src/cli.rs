@@ -50,6 +50,12 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Put this server back into its pools (what the state file says it had, and every [[member]] with
+    /// an address and port), idempotently; wait until the members are healthy.
+    Register {
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and credentials, resolve and print the memberships; changes nothing.
     Check {
         /// Machine-readable output.
@@ -114,6 +120,7 @@ async fn run(args: Args) -> Exit {
             grace,
             command,
         } => crate::commands::exec(&args, command, *stop_signal, *grace).await,
+        Command::Register { json } => crate::commands::register(&args, *json).await,
         Command::Check { json } => crate::commands::check(&args, *json).await,
         Command::Status { json } => crate::commands::status(&args, *json).await,
     };

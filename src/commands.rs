@@ -84,6 +84,15 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
             return Err(Exit::Unavailable);
         }
     };
+    if agent.config.register.on_start {
+        notifier.status("starting: registering");
+        let done = crate::register::register(&agent)
+            .await
+            .map_err(register_failed)?;
+        tracing::info!(registered = done.len(), "registered on start");
+        agent.rediscover().await.map_err(prepare_failed)?;
+    }
+    agent.snapshot_state().await;
     let memberships: Vec<String> = agent
         .memberships()
         .iter()
@@ -189,6 +198,37 @@ pub async fn exec(
     }
 }
 
+/// `register`: back into the pools.
+pub async fn register(args: &Args, json: bool) -> Result<Exit, Exit> {
+    let cfg = load_config(args)?;
+    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    let done = crate::register::register(&agent)
+        .await
+        .map_err(register_failed)?;
+    if json {
+        println!("{:#}", serde_json::json!({ "registered": done }));
+    } else {
+        for r in &done {
+            println!(
+                "pool {} member {} {}:{} {}",
+                r.pool_id, r.member_id, r.address, r.protocol_port, r.action
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn register_failed(e: crate::register::RegisterError) -> Exit {
+    use crate::register::RegisterError;
+    eprintln!("elb-drain: {e}");
+    match e {
+        RegisterError::Config(_) => Exit::Config,
+        RegisterError::Cloud(c) if c.is_configuration() => Exit::Config,
+        RegisterError::Cloud(_) => Exit::Unavailable,
+        RegisterError::Timeout { .. } => Exit::TimedOut,
+    }
+}
+
 /// `drain`: the same stop sequence, now.
 pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();
@@ -199,6 +239,7 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    agent.snapshot_state().await;
     notifier.stopping(agent.memberships().len());
     Ok(drain_with_abort(&agent, started, &mut signals, None, notifier, None).await)
 }
@@ -287,6 +328,11 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
         .chain(spec.ports.is_empty().then(|| {
             "drain.ports: nothing to count (no ports configured or known from members)".to_owned()
         }))
+        .chain(
+            memberships
+                .is_empty()
+                .then(|| "no membership of this server found in any pool".to_owned()),
+        )
         .collect();
     if json {
         let out = serde_json::json!({

@@ -51,6 +51,7 @@ pub struct Config {
     pub members: Vec<MemberSpec>,
     pub drain: Drain,
     pub autoscaling: Option<Autoscaling>,
+    pub register: Register,
     /// Things worth telling the operator that are not errors (e.g. a secret file readable by others).
     /// Printed once logging is up.
     pub warnings: Vec<String>,
@@ -164,11 +165,54 @@ pub struct Drain {
     pub settle: Duration,
     pub poll_interval: Duration,
     pub exclude_peers: Vec<IpNet>,
+    /// How a membership is taken out: deleted, or its weight set to 0 (reversible with one update).
+    pub mode: Mode,
+    /// What was removed or changed, so `register` can put it back exactly (also after a crash).
+    pub state_file: PathBuf,
+}
+
+/// `[drain] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Delete,
+    Weight0,
+}
+
+/// `[register]`: putting this server back into its pools (rolling deploys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    /// `run` registers before reporting ready.
+    pub on_start: bool,
+    /// Wait until the application's port is listening before registering.
+    pub wait_listening: bool,
+    /// Wait until the load balancer reports the member ONLINE, at most this long (0: do not wait).
+    pub healthy_timeout: Duration,
+}
+
+impl Default for Register {
+    fn default() -> Self {
+        Register {
+            on_start: false,
+            wait_listening: true,
+            healthy_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The state file: systemd's `StateDirectory=` when set, else /var/lib/elb-drain.
+pub fn default_state_file(env: Env<'_>) -> PathBuf {
+    let dir = env("STATE_DIRECTORY")
+        .and_then(|d| d.split(':').next().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/elb-drain"));
+    dir.join("state.json")
 }
 
 impl Default for Drain {
     fn default() -> Self {
         Drain {
+            mode: Mode::Delete,
+            state_file: PathBuf::from("/var/lib/elb-drain/state.json"),
             ports: Vec::new(),
             timeout: Duration::from_secs(300),
             settle: Duration::from_secs(2),
@@ -211,6 +255,16 @@ struct RawConfig {
     #[serde(default)]
     drain: RawDrain,
     autoscaling: Option<RawAutoscaling>,
+    #[serde(default)]
+    register: RawRegister,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegister {
+    on_start: Option<bool>,
+    wait_listening: Option<bool>,
+    healthy_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,6 +320,8 @@ struct RawDrain {
     settle: Option<String>,
     poll_interval: Option<String>,
     exclude_peers: Option<Vec<String>>,
+    mode: Option<String>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -334,12 +390,40 @@ impl Config {
                 "password authentication needs a region or cloud.iam_endpoint",
             ));
         }
+        let defaults = Register::default();
+        let register = Register {
+            on_start: raw.register.on_start.unwrap_or(defaults.on_start),
+            wait_listening: raw
+                .register
+                .wait_listening
+                .unwrap_or(defaults.wait_listening),
+            healthy_timeout: duration(
+                "register.healthy_timeout",
+                raw.register.healthy_timeout,
+                defaults.healthy_timeout,
+            )?,
+        };
+        if register.on_start
+            && members
+                .iter()
+                .any(|m| m.address.is_none() || m.protocol_port.is_none())
+        {
+            return Err(invalid(
+                "register.on_start",
+                "every [[member]] needs address and protocol_port to be registered",
+            ));
+        }
+        let mut drain = drain;
+        if drain.state_file.as_os_str().is_empty() {
+            drain.state_file = default_state_file(env);
+        }
         Ok(Config {
             cloud,
             auth,
             members,
             drain,
             autoscaling,
+            register,
             warnings,
         })
     }
@@ -793,12 +877,25 @@ fn drain(raw: RawDrain) -> Result<Drain, ConfigError> {
             "must be shorter than drain.timeout",
         ));
     }
+    let mode = match raw.mode.as_deref().unwrap_or("delete") {
+        "delete" => Mode::Delete,
+        "weight0" => Mode::Weight0,
+        other => {
+            return Err(invalid(
+                "drain.mode",
+                format!("{other:?}: expected \"delete\" or \"weight0\""),
+            ));
+        }
+    };
     Ok(Drain {
         ports,
         timeout,
         settle,
         poll_interval,
         exclude_peers,
+        mode,
+        // Empty: resolved against the environment (STATE_DIRECTORY) by the caller.
+        state_file: raw.state_file.unwrap_or_default(),
     })
 }
 

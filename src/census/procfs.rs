@@ -70,6 +70,18 @@ pub fn parse_line(line: &str) -> Result<Entry, String> {
     })
 }
 
+/// Whether a socket is LISTENing on `port` (IPv4 or IPv6): the application is up.
+pub fn listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|file| {
+        std::fs::read_to_string(file).is_ok_and(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| parse_line(l).ok())
+                .any(|e| e.state == 0x0A && e.local_port == port)
+        })
+    })
+}
+
 pub struct ProcCensus {
     spec: CensusSpec,
     files: Vec<PathBuf>,

@@ -259,6 +259,59 @@ impl Elb {
             .member)
     }
 
+    /// CreateMember (201).
+    pub async fn create_member(
+        &self,
+        pool: &PoolId,
+        address: IpAddr,
+        port: u16,
+        subnet_cidr_id: Option<&str>,
+        weight: Option<u32>,
+    ) -> Result<Member, CloudError> {
+        let op = format!("CreateMember pool={pool} address={address} port={port}");
+        let mut member = serde_json::json!({"address": address.to_string(), "protocol_port": port});
+        if let Some(s) = subnet_cidr_id {
+            member["subnet_cidr_id"] = s.into();
+        }
+        if let Some(w) = weight {
+            member["weight"] = w.into();
+        }
+        let req = Request::new(
+            &op,
+            Method::POST,
+            self.path(&format!("/pools/{pool}/members")),
+        )
+        .json(&serde_json::json!({ "member": member }));
+        Ok(self
+            .service
+            .send(&req)
+            .await?
+            .json::<OneMember>(&op)?
+            .member)
+    }
+
+    /// UpdateMember: the weight (0 stops new connections, keeps the membership).
+    pub async fn update_weight(
+        &self,
+        pool: &PoolId,
+        member: &MemberId,
+        weight: u32,
+    ) -> Result<Member, CloudError> {
+        let op = format!("UpdateMember pool={pool} member={member} weight={weight}");
+        let req = Request::new(
+            &op,
+            Method::PUT,
+            self.path(&format!("/pools/{pool}/members/{member}")),
+        )
+        .json(&serde_json::json!({"member": {"weight": weight}}));
+        Ok(self
+            .service
+            .send(&req)
+            .await?
+            .json::<OneMember>(&op)?
+            .member)
+    }
+
     /// ListMembers with filters, every page.
     pub async fn list_members(
         &self,

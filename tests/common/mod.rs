@@ -67,10 +67,12 @@ impl Setup {
             "elb-drain.toml",
             &format!(
                 "[cloud]\nproject_id = \"{PROJECT}\"\nelb_endpoint = \"{api}\"\niam_endpoint = \"{api}\"\n\
+                 metadata_endpoint = \"{}\"\n\
                  retry_deadline = \"3s\"\nrequest_timeout = \"1s\"\n\
                  [auth]\nmethod = \"password\"\nuser = \"alice\"\ndomain = \"acme\"\npassword_file = \"{}\"\n\
                  [[member]]\npool_id = \"{POOL}\"\nmember_id = \"{MEMBER}\"\nprotocol_port = {}\n\
                  [drain]\nexclude_peers = []\n{drain}\n",
+                self.sim.metadata_url(),
                 password.display(),
                 self.app.addr.port()
             ),
@@ -241,6 +243,8 @@ pub fn agent(config: &Path, args: &[&str]) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("ELB_DRAIN_LOG", "debug")
+        // Each test's state file lives beside its config, as systemd's StateDirectory= would put it.
+        .env("STATE_DIRECTORY", config.parent().unwrap_or(Path::new(".")))
         .arg("--config")
         .arg(config)
         .args(args);

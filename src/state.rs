@@ -1,0 +1,206 @@
+//! The state file: exactly which memberships this server had, and what a stop did to them, so
+//! `register` can put them back as they were, also after a crash or a reboot, and a second stop is a
+//! no-op. Written atomically (a temporary file, fsync, rename) under systemd's `StateDirectory=`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+use crate::ids::{MemberId, PoolId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub pool_id: PoolId,
+    pub member_id: MemberId,
+    pub address: Option<IpAddr>,
+    pub protocol_port: Option<u16>,
+    /// The weight before the stop: what `register` restores.
+    pub weight: Option<u32>,
+    pub subnet_cidr_id: Option<String>,
+    /// How the last stop took it out, if it did.
+    pub removed: Option<Mode>,
+    /// When (RFC 3339).
+    pub removed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub memberships: Vec<Record>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+impl State {
+    /// The state at `path`; an absent file is an empty state.
+    pub fn load(path: &Path) -> Result<State, StateError> {
+        let err = |reason: String| StateError::Io {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| err(format!("not valid JSON ({e})")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Writes atomically: readers see the old file or the new one, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let err = |reason: String| StateError::Io {
+            path: path.display().to_string(),
+            reason,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+        ));
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Takes in the memberships just resolved, keeping what an earlier stop removed and nobody has put
+    /// back yet (it is gone from the pools, so discovery no longer sees it).
+    pub fn merge(&mut self, current: Vec<Record>) {
+        let same_place = |a: &Record, b: &Record| {
+            a.pool_id == b.pool_id && a.address == b.address && a.protocol_port == b.protocol_port
+        };
+        let old = std::mem::take(&mut self.memberships);
+        let mut merged: Vec<Record> = old
+            .iter()
+            .filter(|o| {
+                o.removed.is_some()
+                    && !current
+                        .iter()
+                        .any(|c| same_place(c, o) || c.member_id == o.member_id)
+            })
+            .cloned()
+            .collect();
+        for mut c in current {
+            if let Some(o) = old
+                .iter()
+                .find(|o| o.pool_id == c.pool_id && o.member_id == c.member_id)
+            {
+                c.removed = c.removed.or(o.removed);
+                c.removed_at = c.removed_at.take().or(o.removed_at.clone());
+                // A weight0 stop leaves 0 in the cloud: the weight before it is the one to restore.
+                c.weight = c.weight.filter(|w| *w > 0).or(o.weight);
+            }
+            merged.push(c);
+        }
+        self.memberships = merged;
+    }
+
+    /// The member is in its pool and taking traffic again (someone put it back): not removed any more.
+    pub fn mark_present(&mut self, pool: &PoolId, member: &MemberId) {
+        if let Some(r) = self
+            .memberships
+            .iter_mut()
+            .find(|r| &r.pool_id == pool && &r.member_id == member)
+        {
+            r.removed = None;
+            r.removed_at = None;
+        }
+    }
+
+    pub fn record(&self, pool: &PoolId, member: &MemberId) -> Option<&Record> {
+        self.memberships
+            .iter()
+            .find(|r| &r.pool_id == pool && &r.member_id == member)
+    }
+
+    pub fn mark_removed(&mut self, pool: &PoolId, member: &MemberId, mode: Mode) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        if let Some(r) = self
+            .memberships
+            .iter_mut()
+            .find(|r| &r.pool_id == pool && &r.member_id == member)
+        {
+            r.removed = Some(mode);
+            r.removed_at = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(member: &str, removed: Option<Mode>) -> Record {
+        Record {
+            pool_id: PoolId::parse("36ce7086-a496-4666-9064-5ba0e6840c75").unwrap(),
+            member_id: MemberId::parse(member).unwrap(),
+            address: Some("10.0.0.1".parse().unwrap()),
+            protocol_port: Some(80),
+            weight: Some(5),
+            subnet_cidr_id: None,
+            removed,
+            removed_at: None,
+        }
+    }
+
+    const M1: &str = "1923923e-fe8a-484f-bdbc-e11559b1f48f";
+    const M2: &str = "2923923e-fe8a-484f-bdbc-e11559b1f48f";
+
+    #[test]
+    fn saves_atomically_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        assert_eq!(State::load(&path).unwrap(), State::default());
+        let s = State {
+            memberships: vec![rec(M1, Some(Mode::Weight0))],
+        };
+        s.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap(), s);
+        assert!(!dir.path().join("sub/.state.json.tmp").exists());
+        std::fs::write(&path, "{broken").unwrap();
+        assert!(
+            State::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn a_removed_membership_is_remembered_until_it_is_back() {
+        let mut s = State {
+            memberships: vec![rec(M1, Some(Mode::Delete))],
+        };
+        s.merge(vec![]);
+        assert_eq!(
+            s.memberships.len(),
+            1,
+            "still gone from the pool: remembered"
+        );
+        let mut back = rec(M2, None);
+        back.weight = Some(1);
+        s.merge(vec![back.clone()]);
+        assert_eq!(
+            s.memberships,
+            vec![back],
+            "re-registered (same place, new ID): the old record is done"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Putting the server back: `register` (idempotent, waits for health), `drain.mode = "weight0"` undone
+//! by one update, the state file that makes it exact, and `[register] on_start` before READY.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn ours(s: &Setup) -> Vec<serde_json::Value> {
+    let port = s.app.addr.port();
+    s.sim
+        .members(POOL)
+        .into_iter()
+        .filter(|m| m["protocol_port"] == port)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_after_a_stop_recreates_the_member_once_and_waits_until_it_is_online() {
+    let s =
+        setup_with(|sc| sc.settings(|st| st.health_interval = Duration::from_millis(100))).await;
+    let port = s.app.addr.port();
+    // A config without member IDs: the membership is discovered by address and port.
+    let config = s.config(&format!(
+        "settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"
+    ));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("member_id = \"{MEMBER}\"\n"),
+        "address = \"127.0.0.1\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let mut drain = ProcGuard::spawn(agent(&config, &["drain"]));
+    assert_eq!(
+        drain
+            .wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        drain.stderr()
+    );
+    assert!(ours(&s).is_empty(), "deregistered");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["memberships"][0]["removed"], "delete", "{state}");
+
+    for round in 0..2 {
+        let mut reg = ProcGuard::spawn(agent(&config, &["register", "--json"]));
+        assert_eq!(
+            reg.wait_timeout(Duration::from_secs(15))
+                .expect("exits")
+                .code(),
+            Some(0),
+            "{}",
+            reg.stderr()
+        );
+        let out: serde_json::Value = serde_json::from_str(&reg.stdout()).unwrap();
+        let action = out["registered"][0]["action"].as_str().unwrap().to_owned();
+        assert_eq!(action, if round == 0 { "created" } else { "reused" });
+        let members = ours(&s);
+        assert_eq!(
+            members.len(),
+            1,
+            "no duplicate after round {round}: {members:?}"
+        );
+        assert_eq!(
+            members[0]["operating_status"], "ONLINE",
+            "register waited for health"
+        );
+    }
+    assert!(
+        s.sim
+            .request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.service == "elb")
+            .count()
+            == 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight0_mode_keeps_the_membership_and_register_restores_the_weight() {
+    let s = setup_with(|mut sc| {
+        sc.member
+            .iter_mut()
+            .find(|m| m.id.as_deref() == Some(MEMBER))
+            .unwrap()
+            .weight = 7;
+        sc
+    })
+    .await;
+    let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"\nmode = \"weight0\"");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "protocol_port =",
+        "address = \"127.0.0.1\"\nprotocol_port =",
+    );
+    std::fs::write(&config, text).unwrap();
+    let held = s.connections_to_us(1);
+    let mut drain = ProcGuard::spawn(agent(&config, &["drain"]));
+    assert!(wait_until(Duration::from_secs(5), || ours(&s)
+        .first()
+        .is_some_and(|m| m["weight"] == 0)));
+    // Weight 0: no new connections to us, the old one keeps flowing.
+    let before = *s.app.accepted.lock().unwrap();
+    for i in 0..4 {
+        let mut c = s.lb();
+        echo(&mut c, &format!("{i}")).unwrap();
+    }
+    assert_eq!(*s.app.accepted.lock().unwrap(), before);
+    drop(held);
+    assert_eq!(
+        drain
+            .wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        drain.stderr()
+    );
+    assert!(s.sim.member_exists(POOL, MEMBER), "the membership is kept");
+    assert!(s.sim.request_log().iter().all(|r| r.method != "DELETE"));
+
+    let mut reg = ProcGuard::spawn(agent(&config, &["register"]));
+    assert_eq!(
+        reg.wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        reg.stderr()
+    );
+    assert!(reg.stdout().contains("weight restored"), "{}", reg.stdout());
+    assert_eq!(ours(&s)[0]["weight"], 7, "exactly the weight it had");
+    assert_eq!(ours(&s)[0]["id"], MEMBER, "one UPDATE, same membership");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_on_start_reports_ready_only_once_the_member_is_online() {
+    let s = setup_with(|mut sc| {
+        sc.member.retain(|m| m.id.as_deref() != Some(MEMBER));
+        sc.settings(|st| st.health_interval = Duration::from_millis(100))
+    })
+    .await;
+    let port = s.app.addr.port();
+    let config = s.config(&format!(
+        "settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"
+    ));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("member_id = \"{MEMBER}\"\n"),
+        "address = \"127.0.0.1\"\n",
+    ) + "[register]\non_start = true\nhealthy_timeout = \"10s\"\n";
+    std::fs::write(&config, text).unwrap();
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(15)),
+        "{}",
+        agent.stderr()
+    );
+    let err = agent.stderr();
+    assert!(
+        err.find("member is healthy").unwrap() < err.find("ready: waiting").unwrap(),
+        "{err}"
+    );
+    assert_eq!(ours(&s)[0]["operating_status"], "ONLINE");
+    agent.signal(libc::SIGTERM);
+    assert_eq!(
+        agent
+            .wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        ours(&s).is_empty(),
+        "the registered member is the one drained"
+    );
+}
