@@ -104,6 +104,17 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
         agent.memberships().len()
     ));
     notifier.spawn_watchdog();
+    let board =
+        crate::status::Board::new(serde_json::to_value(agent.memberships()).unwrap_or_default());
+    board.set("phase", "serving".into());
+    match board.serve(&agent.config.status_socket) {
+        Ok(()) => {
+            tracing::info!(socket = %agent.config.status_socket.display(), "status socket ready")
+        }
+        Err(e) => {
+            tracing::warn!(socket = %agent.config.status_socket.display(), error = %e, "no status socket")
+        }
+    }
     let rediscovery = agent.spawn_rediscovery(agent.config.cloud.discovery_interval);
 
     let (started_by, hook) = tokio::select! {
@@ -118,7 +129,20 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
         task.abort();
     }
     notifier.stopping(agent.memberships().len());
-    Ok(drain_with_abort(&agent, started, &mut signals, started_by, notifier, hook).await)
+    board.set("phase", "deregistering".into());
+    Ok(drain_with_abort(
+        &agent,
+        started,
+        &mut signals,
+        started_by,
+        hook,
+        Outputs {
+            notifier,
+            extra: vec![Box::new(board.clone())],
+            board: Some(board),
+        },
+    )
+    .await)
 }
 
 /// `exec -- CMD...`: CMD under supervision. It is started first, so the application comes up while the
@@ -176,7 +200,15 @@ pub async fn exec(
                 let started = Instant::now();
                 tracing::info!(signal = signals::name(sig), "stop signal: draining before stopping the child");
                 notifier.stopping(agent.memberships().len());
-                let verdict = drain_with_abort(&agent, started, &mut signals, Some(sig), notifier, None).await;
+                let verdict = drain_with_abort(
+                    &agent,
+                    started,
+                    &mut signals,
+                    Some(sig),
+                    None,
+                    Outputs { notifier, extra: vec![], board: None },
+                )
+                .await;
                 tracing::info!(?verdict, "drain over; stopping the child");
                 let status = child.stop(stop_signal, grace).await.map_err(|e| {
                     eprintln!("elb-drain: exec: {e}");
@@ -241,7 +273,20 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
     agent.snapshot_state().await;
     notifier.stopping(agent.memberships().len());
-    Ok(drain_with_abort(&agent, started, &mut signals, None, notifier, None).await)
+    let progress: Vec<Box<dyn Sink>> = vec![Box::new(crate::status::Progress::new())];
+    Ok(drain_with_abort(
+        &agent,
+        started,
+        &mut signals,
+        None,
+        None,
+        Outputs {
+            notifier,
+            extra: progress,
+            board: None,
+        },
+    )
+    .await)
 }
 
 /// Deregisters and drains until the verdict, a second SIGINT, or (with Auto Scaling configured) also
@@ -252,16 +297,28 @@ async fn drain_with_abort(
     started: Instant,
     signals: &mut Signals,
     started_by: Option<i32>,
-    notifier: &'static Notifier,
     known_hook: Option<Hook>,
+    out: Outputs,
 ) -> Exit {
+    let Outputs {
+        notifier,
+        extra,
+        board,
+    } = out;
     let progress = ProgressClock::default();
-    let sink = Fanout(vec![
+    let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(LogSink::default()),
         Box::new(NotifierRef(notifier)),
         Box::new(progress.clone()),
-    ]);
-    let on_deregistered = |n: usize| notifier.deregistered(n);
+    ];
+    sinks.extend(extra);
+    let sink = Fanout(sinks);
+    let on_deregistered = |n: usize| {
+        notifier.deregistered(n);
+        if let Some(b) = &board {
+            b.set("deregistered", n.into());
+        }
+    };
     let hook: std::sync::Mutex<Option<Hook>> = std::sync::Mutex::new(known_hook.clone());
     let drain_deadline = started + agent.config.drain.timeout;
     let hook_side = async {
@@ -291,6 +348,15 @@ async fn drain_with_abort(
         }
     }
     exit
+}
+
+/// Where a drain reports to, besides the log.
+struct Outputs {
+    notifier: &'static Notifier,
+    /// More sinks: the status board, the terminal progress bar.
+    extra: Vec<Box<dyn Sink>>,
+    /// The status board, also told how many memberships are out.
+    board: Option<crate::status::Board>,
 }
 
 /// The scale-in hook as a trigger; never resolves without Auto Scaling configured.
@@ -402,30 +468,53 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     })
 }
 
-/// `status`: memberships and the live connection count.
+/// `status`: the running daemon's state (from its socket), the API's view of the memberships, and the
+/// live connection count.
 pub async fn status(args: &Args, json: bool) -> Result<Exit, Exit> {
     let cfg = load_config(args)?;
+    let socket = cfg.status_socket.clone();
+    let daemon = crate::status::read(&socket).await.ok();
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
     let spec = agent.census_spec();
     let count = census::open(&spec).count().map_err(|e| {
         eprintln!("elb-drain: {e}");
         Exit::Failure
     })?;
+    let memberships = agent.memberships_with_health().await;
     if json {
         println!(
             "{:#}",
-            serde_json::json!({"memberships": agent.memberships_with_health().await, "drain_ports": spec.ports, "established": count.established})
+            serde_json::json!({
+                "daemon": daemon,
+                "memberships": memberships,
+                "drain_ports": spec.ports,
+                "established": count.established,
+            })
         );
     } else {
-        for m in agent.memberships_with_health().await {
+        match &daemon {
+            Some(d) => println!(
+                "daemon:      pid {} {} (deregistered {}, connections {}, deadline in {} s)",
+                d["pid"],
+                d["phase"].as_str().unwrap_or("?"),
+                d["deregistered"],
+                d["established"],
+                d["deadline_in_s"]
+            ),
+            None => println!(
+                "daemon:      not running (no status socket at {})",
+                socket.display()
+            ),
+        }
+        for m in &memberships {
             println!(
-                "pool {} member {} {}",
+                "membership:  pool {} member {} {}",
                 m.pool_id,
                 m.member_id,
                 m.health.as_deref().unwrap_or("?")
             );
         }
-        println!("{} established connections", count.established);
+        println!("connections: {} established", count.established);
     }
     Ok(Exit::Ok)
 }

@@ -52,6 +52,8 @@ pub struct Config {
     pub drain: Drain,
     pub autoscaling: Option<Autoscaling>,
     pub register: Register,
+    /// The daemon's status socket.
+    pub status_socket: PathBuf,
     /// Things worth telling the operator that are not errors (e.g. a secret file readable by others).
     /// Printed once logging is up.
     pub warnings: Vec<String>,
@@ -257,6 +259,14 @@ struct RawConfig {
     autoscaling: Option<RawAutoscaling>,
     #[serde(default)]
     register: RawRegister,
+    #[serde(default)]
+    status: RawStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -424,6 +434,10 @@ impl Config {
             drain,
             autoscaling,
             register,
+            status_socket: raw
+                .status
+                .socket
+                .unwrap_or_else(|| crate::status::default_socket(env)),
             warnings,
         })
     }

@@ -33,4 +33,5 @@ pub mod secret;
 pub mod sign;
 pub mod signals;
 pub mod state;
+pub mod status;
 pub mod supervise;

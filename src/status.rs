@@ -1,0 +1,159 @@
+//! The daemon's live state, for people and scripts: a Unix socket (`/run/elb-drain/status.sock`, mode
+//! 0660) that answers every connection with one JSON document and closes; `elb-drain status` reads it.
+//! Also the terminal progress line of `elb-drain drain`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+
+use crate::drain::{Event, Sink, Verdict};
+
+/// The socket path: `[status] socket`, else systemd's `RuntimeDirectory=`, else /run/elb-drain.
+pub fn default_socket(env: crate::config::Env<'_>) -> PathBuf {
+    env("RUNTIME_DIRECTORY")
+        .and_then(|d| d.split(':').next().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/run/elb-drain"))
+        .join("status.sock")
+}
+
+/// What the daemon is doing, kept current by the drain's events and the command.
+#[derive(Clone)]
+pub struct Board(Arc<Mutex<Value>>);
+
+impl Board {
+    pub fn new(memberships: Value) -> Board {
+        Board(Arc::new(Mutex::new(json!({
+            "pid": std::process::id(),
+            "phase": "starting",
+            "memberships": memberships,
+            "deregistered": 0,
+            "established": null,
+            "deadline_in_s": null,
+            "since": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        }))))
+    }
+
+    pub fn set(&self, key: &str, value: Value) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())[key] = value;
+    }
+
+    pub fn snapshot(&self) -> Value {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves the board on `path` until the process exits. The socket is created with mode 0660 (the
+    /// unit's group may read it) and replaces a stale one left by a crash.
+    pub fn serve(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(path);
+        // SAFETY: umask only changes this process's file-creation mask, restored right after bind.
+        let old = unsafe { libc::umask(0o117) };
+        let listener = UnixListener::bind(path);
+        unsafe { libc::umask(old) };
+        let listener = listener?;
+        let board = self.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let doc = format!("{}\n", board.snapshot());
+                tokio::spawn(async move {
+                    let _ = conn.write_all(doc.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Sink for Board {
+    fn emit(&self, event: &Event) {
+        match event {
+            Event::PhaseChanged { phase, .. } => self.set("phase", json!(phase.as_str())),
+            Event::Progress {
+                established,
+                deadline_in,
+            } => {
+                self.set("established", json!(established));
+                self.set("deadline_in_s", json!(deadline_in.as_secs()));
+            }
+            Event::Finished { verdict, .. } => self.set("verdict", json!(format!("{verdict:?}"))),
+            _ => {}
+        }
+    }
+}
+
+/// Reads the daemon's board from its socket.
+pub async fn read(path: &Path) -> std::io::Result<Value> {
+    use tokio::io::AsyncReadExt;
+    let mut conn = tokio::net::UnixStream::connect(path).await?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await?;
+    serde_json::from_str(&text).map_err(std::io::Error::other)
+}
+
+/// A one-line progress bar on stderr, when stderr is a terminal: connections left and time left.
+pub struct Progress {
+    first: Mutex<Option<usize>>,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            first: Mutex::new(None),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink for Progress {
+    fn emit(&self, event: &Event) {
+        if !self.tty {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        match event {
+            Event::Progress {
+                established,
+                deadline_in,
+            } => {
+                let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+                let total = (*first.get_or_insert(*established)).max(*established);
+                let done = total - established;
+                let width = 30;
+                let filled = (done * width).checked_div(total).unwrap_or(width);
+                let _ = write!(
+                    err,
+                    "\r[{}{}] {established} connections left, {} s to the deadline \x1b[K",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled),
+                    deadline_in.as_secs()
+                );
+            }
+            Event::Finished { verdict, .. } => {
+                let what = match verdict {
+                    Verdict::Drained => "drained".to_owned(),
+                    Verdict::TimedOut { remaining } => {
+                        format!("deadline reached, {remaining} connections left")
+                    }
+                    Verdict::DeregistrationFailed { .. } => "deregistration failed".to_owned(),
+                };
+                let _ = writeln!(err, "\r{what}\x1b[K");
+            }
+            _ => {}
+        }
+    }
+}
