@@ -335,6 +335,7 @@ impl Agent {
                 // An earlier stop already took it out: a second stop is a no-op.
                 Ok(DeleteOutcome::AlreadyGone)
             } else {
+                self.min_healthy_guard(m).await;
                 match mode {
                     Mode::Delete => self.elb.delete_member(&m.pool_id, &m.member_id).await,
                     Mode::Weight0 => self.elb.update_weight(&m.pool_id, &m.member_id, 0).await.map(|_| DeleteOutcome::Deleted),
@@ -368,6 +369,49 @@ impl Agent {
             tracing::warn!(error = %e, "could not write the state file");
         }
         results
+    }
+
+    /// With `min_healthy` on this pool's `[[member]]`: holds the deregistration back (at most
+    /// `drain.min_healthy_wait`) until enough *other* members are healthy, saying why.
+    async fn min_healthy_guard(&self, m: &Membership) {
+        let Some(need) = self
+            .config
+            .members
+            .iter()
+            .filter(|s| s.pool_id == m.pool_id)
+            .find_map(|s| s.min_healthy)
+        else {
+            return;
+        };
+        let deadline = Instant::now() + self.config.drain.min_healthy_wait;
+        loop {
+            let healthy = match self.elb.list_members(&m.pool_id, &[]).await {
+                Ok(members) => members
+                    .iter()
+                    .filter(|o| o.id != m.member_id.as_str() && o.weight != Some(0))
+                    .filter(|o| matches!(o.health().as_str(), "ONLINE" | "NO_MONITOR"))
+                    .count(),
+                Err(e) => {
+                    tracing::warn!(pool = %m.pool_id, error = %e, "min_healthy: cannot list the pool; not waiting");
+                    return;
+                }
+            };
+            if healthy as u32 >= need {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pool = %m.pool_id, healthy, need, "min_healthy: waited long enough; deregistering anyway");
+                return;
+            }
+            tracing::warn!(
+                pool = %m.pool_id, healthy, need,
+                "min_healthy: only {healthy} other members are healthy (need {need}); holding the deregistration"
+            );
+            tokio::time::sleep(
+                Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
     }
 
     /// Records the memberships (with their weight and subnet, for `register`) in the state file.

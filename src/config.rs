@@ -156,6 +156,9 @@ pub struct MemberSpec {
     pub protocol_port: Option<u16>,
     pub subnet_cidr_id: Option<String>,
     pub weight: Option<u8>,
+    /// Before taking this membership out, wait (at most `drain.min_healthy_wait`) until at least this
+    /// many *other* members of the pool are healthy, so a fleet-wide stop cannot empty the pool.
+    pub min_healthy: Option<u32>,
 }
 
 /// `[drain]`: what counts as a live connection, and how long to wait for them.
@@ -171,6 +174,8 @@ pub struct Drain {
     pub mode: Mode,
     /// What was removed or changed, so `register` can put it back exactly (also after a crash).
     pub state_file: PathBuf,
+    /// The longest a `min_healthy` guard may hold a deregistration back.
+    pub min_healthy_wait: Duration,
 }
 
 /// `[drain] mode`.
@@ -215,6 +220,7 @@ impl Default for Drain {
         Drain {
             mode: Mode::Delete,
             state_file: PathBuf::from("/var/lib/elb-drain/state.json"),
+            min_healthy_wait: Duration::from_secs(60),
             ports: Vec::new(),
             timeout: Duration::from_secs(300),
             settle: Duration::from_secs(2),
@@ -320,6 +326,7 @@ struct RawMember {
     protocol_port: Option<i64>,
     subnet_cidr_id: Option<String>,
     weight: Option<i64>,
+    min_healthy: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -332,6 +339,7 @@ struct RawDrain {
     exclude_peers: Option<Vec<String>>,
     mode: Option<String>,
     state_file: Option<PathBuf>,
+    min_healthy_wait: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -840,6 +848,7 @@ fn member(n: usize, raw: RawMember) -> Result<MemberSpec, ConfigError> {
         protocol_port,
         subnet_cidr_id: raw.subnet_cidr_id,
         weight,
+        min_healthy: raw.min_healthy,
     })
 }
 
@@ -910,6 +919,11 @@ fn drain(raw: RawDrain) -> Result<Drain, ConfigError> {
         mode,
         // Empty: resolved against the environment (STATE_DIRECTORY) by the caller.
         state_file: raw.state_file.unwrap_or_default(),
+        min_healthy_wait: duration(
+            "drain.min_healthy_wait",
+            raw.min_healthy_wait,
+            defaults.min_healthy_wait,
+        )?,
     })
 }
 

@@ -180,3 +180,66 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
         "the registered member is the one drained"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_healthy_holds_the_deregistration_until_another_member_is_healthy() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup_with(|mut sc| {
+        // The other server is down: its member points at a port nobody listens on.
+        sc.member
+            .iter_mut()
+            .find(|m| m.id.as_deref() == Some(OTHER))
+            .unwrap()
+            .protocol_port = dead;
+        sc.settings(|st| st.health_interval = Duration::from_millis(100))
+    })
+    .await;
+    assert!(wait_until(Duration::from_secs(5), || {
+        s.sim
+            .members(POOL)
+            .iter()
+            .any(|m| m["id"] == OTHER && m["operating_status"] == "OFFLINE")
+    }));
+    let config =
+        s.config("settle = \"100ms\"\npoll_interval = \"20ms\"\nmin_healthy_wait = \"20s\"");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("protocol_port =", "min_healthy = 1\nprotocol_port =");
+    std::fs::write(&config, text).unwrap();
+    let mut agent = ProcGuard::spawn(agent(&config, &["drain"]));
+    assert!(
+        agent.wait_stderr("holding the deregistration", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.sim.member_exists(POOL, MEMBER),
+        "not deregistered while it would empty the pool"
+    );
+    // The other server comes back.
+    let other_port = s.other_app.addr.port();
+    s.sim.shared().lock_for_tests(|inner| {
+        inner
+            .members
+            .iter_mut()
+            .find(|m| m.id == OTHER)
+            .unwrap()
+            .protocol_port = other_port
+    });
+    assert_eq!(
+        agent
+            .wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
+    assert!(!s.sim.member_exists(POOL, MEMBER));
+    assert_eq!(deletes(&s.sim).len(), 1);
+}
