@@ -140,7 +140,10 @@ impl Agent {
             region.as_deref(),
         )
         .await?;
-        let retry = cloud::RetryPolicy::within(config.cloud.retry_deadline);
+        let retry = cloud::RetryPolicy {
+            jitter: config.cloud.retry_jitter,
+            ..cloud::RetryPolicy::within(config.cloud.retry_deadline)
+        };
         let hooks = match &config.autoscaling {
             Some(a) => {
                 let endpoint = config.cloud.as_endpoint(region.as_deref()).ok_or_else(|| {

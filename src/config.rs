@@ -84,6 +84,8 @@ pub struct Cloud {
     pub discovery_interval: Duration,
     /// Items per page when listing pools and members (the API allows 1-2000).
     pub page_size: usize,
+    /// Jittered backoff (default). `false` only to measure what lock-step retries do to a fleet.
+    pub retry_jitter: bool,
 }
 
 impl Cloud {
@@ -299,6 +301,7 @@ struct RawCloud {
     retry_deadline: Option<String>,
     discovery_interval: Option<String>,
     page_size: Option<i64>,
+    retry_jitter: Option<bool>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_insecure_http: bool,
@@ -651,6 +654,7 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
                 ));
             }
         },
+        retry_jitter: raw.retry_jitter.unwrap_or(true),
     })
 }
 

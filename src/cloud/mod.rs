@@ -153,6 +153,8 @@ pub struct RetryPolicy {
     pub deadline: Duration,
     pub base: Duration,
     pub max_delay: Duration,
+    /// Full jitter (the default). Without it a fleet retries in lock-step: only for comparisons.
+    pub jitter: bool,
 }
 
 impl RetryPolicy {
@@ -161,6 +163,7 @@ impl RetryPolicy {
             deadline,
             base: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
+            jitter: true,
         }
     }
 
@@ -299,7 +302,15 @@ impl Service {
             // Use the whole budget: the last attempt happens at the deadline, not one backoff before it.
             let delay = self
                 .retry
-                .delay(attempt - 1, retry_after, fastrand::f64())
+                .delay(
+                    attempt - 1,
+                    retry_after,
+                    if self.retry.jitter {
+                        fastrand::f64()
+                    } else {
+                        1.0
+                    },
+                )
                 .min(self.retry.deadline - elapsed);
             tracing::debug!(op = %req.op, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying");
             tokio::time::sleep(delay).await;
@@ -549,6 +560,7 @@ mod tests {
             deadline: Duration::from_secs(30),
             base: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
+            jitter: true,
         };
         assert_eq!(p.delay(0, None, 1.0), Duration::from_millis(100));
         assert_eq!(p.delay(3, None, 1.0), Duration::from_millis(800));
