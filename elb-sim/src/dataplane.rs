@@ -204,6 +204,7 @@ fn pick(
     Some((chosen.clone(), cut))
 }
 
+/// Accepts until cancelled; returning drops the socket, so the port then refuses connections.
 async fn accept_loop(
     socket: TcpListener,
     view: watch::Receiver<PoolView>,
@@ -226,7 +227,6 @@ async fn accept_loop(
         };
         tokio::spawn(serve(client, view.clone(), table.clone(), cancel.clone()));
     }
-    // Returning drops `socket`: the port stops accepting.
 }
 
 /// Carries one client connection: choose a member, connect (one retry elsewhere), proxy.
