@@ -58,13 +58,54 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn probe_tells_listening_from_closed() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        assert!(probe(l.local_addr().unwrap(), Duration::from_secs(1)).await);
-        let closed = l.local_addr().unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(probe(addr, Duration::from_secs(1)).await);
         drop(l);
-        assert!(!probe(closed, Duration::from_secs(1)).await);
+        let started = Instant::now();
+        assert!(!probe(addr, Duration::from_secs(5)).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a refusal is an answer: no need to wait for the timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_gives_up_at_its_timeout_when_nothing_answers() {
+        // A listener whose accept queue is full: Linux drops further SYNs, so connects hang, the
+        // way they do to a frozen server.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let _full = socket.listen(0).unwrap();
+        let mut held = Vec::new();
+        let hanging = 'fill: {
+            for _ in 0..16 {
+                match tokio::time::timeout(
+                    Duration::from_millis(300),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => held.push(c),
+                    Ok(Err(e)) => panic!("connect to a full queue failed: {e}"),
+                    Err(_) => break 'fill true,
+                }
+            }
+            false
+        };
+        assert!(hanging, "the accept queue never filled");
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        assert!(!probe(addr, timeout).await);
+        let took = started.elapsed();
+        assert!(
+            took >= timeout && took < timeout * 3,
+            "gave up after {took:?}"
+        );
     }
 }
