@@ -4,8 +4,8 @@
 //! weighted round robin, skipping unhealthy and zero-weight members. The rule the whole project rests
 //! on holds exactly: a member removed from the pool (or set to weight 0) gets no *new* connections, and
 //! the connections already proxied to it stay open and keep flowing until a side closes them. With the
-//! pool's `connection_drain` enabled, the listener cuts a removed member's connections itself after the
-//! drain timeout, as the real ELB does.
+//! pool's `connection_drain` enabled, the listener cuts a removed (or zero-weight, or unhealthy) member's
+//! connections itself after the drain timeout, as the real ELB does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -216,7 +216,8 @@ async fn proxy(
     }
 }
 
-/// Arms the connection-drain cut for members that leave the pool, and disarms it when they return.
+/// Arms the connection-drain cut for members that leave the pool (removed, weight 0, or failing their
+/// health check, the three triggers of the real ELB), and disarms it when they return.
 async fn watch_removals(
     mut view: watch::Receiver<PoolView>,
     shared: Arc<Mutex<Shared>>,
@@ -228,7 +229,7 @@ async fn watch_removals(
         let active: Vec<&str> = current
             .backends
             .iter()
-            .filter(|b| b.weight > 0)
+            .filter(|b| b.weight > 0 && b.healthy)
             .map(|b| b.member_id.as_str())
             .collect();
         let known: Vec<String> = shared
