@@ -337,3 +337,58 @@ async fn health_checks_take_a_dead_member_out_and_report_it() {
     let _c = connect(&sim, 4, "plain");
     assert_eq!((accepted(&a), accepted(&b)), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_drain_also_follows_a_failed_health_check() {
+    // The reference: connection_drain is triggered when a member is removed, gets weight 0, or fails
+    // its health check. Move B's address to a dead port behind the API's back: its health check fails
+    // while the connections already proxied to its old address are alive.
+    let (sim, _a, _b, _api) = lb(Some(1), true).await;
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .members(POOL)
+        .iter()
+        .all(|m| m["operating_status"] == "ONLINE")));
+    let mut conns = connect(&sim, 4, "hello");
+    assert_eq!(sim.live_connections(B), 2);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let failed_from = Instant::now();
+    sim.shared().lock_for_tests(|inner| {
+        inner
+            .members
+            .iter_mut()
+            .find(|m| m.id == B)
+            .unwrap()
+            .protocol_port = dead;
+    });
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .members(POOL)
+        .iter()
+        .any(|m| m["id"] == B && m["operating_status"] == "OFFLINE")));
+    assert!(
+        wait_until(Duration::from_secs(5), || sim.live_connections(B) == 0),
+        "the unhealthy member's connections were never drained"
+    );
+    assert!(failed_from.elapsed() >= Duration::from_millis(1000));
+    let mut closed = 0;
+    for c in conns.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Ok(n) => panic!("unexpected {n} bytes"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("a reset instead of a clean close: {e}"),
+        }
+    }
+    assert_eq!(closed, 2, "B's two, cleanly; A's stay");
+    assert_eq!(sim.live_connections(A), 2);
+}
