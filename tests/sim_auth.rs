@@ -309,7 +309,7 @@ async fn ak_sk_signed_requests_are_accepted() {
     )
     .send(&sim)
     .await;
-    assert_eq!(r.ids("members"), [id.clone()], "{}", r.raw);
+    assert_eq!(r.ids("members"), [id.as_str()], "{}", r.raw);
     let r = Signed::new(Method::DELETE, &format!("{}/{id}", members_path()), &key)
         .send(&sim)
         .await;
