@@ -8,7 +8,7 @@ mod simkit;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{PROJECT, http};
+use common::PROJECT;
 use elb_sim::scenario::{Instance, ScalingGroup};
 use elb_sim::{AuthKind, Fault, FaultAction, Scenario, Sim};
 use reqwest::Method;
@@ -65,7 +65,7 @@ fn member() -> String {
 }
 
 async fn admin_post(sim: &Sim, path: &str, body: Value) -> reqwest::Response {
-    http()
+    simkit::client(sim)
         .post(format!("{}{path}", sim.admin_url()))
         .json(&body)
         .send()
@@ -74,7 +74,7 @@ async fn admin_post(sim: &Sim, path: &str, body: Value) -> reqwest::Response {
 }
 
 async fn admin_get(sim: &Sim, path: &str) -> Value {
-    http()
+    simkit::client(sim)
         .get(format!("{}{path}", sim.admin_url()))
         .send()
         .await
@@ -86,7 +86,7 @@ async fn admin_get(sim: &Sim, path: &str) -> Value {
 
 /// The raw response (or the transport error) of a token-authenticated GET.
 async fn raw_get(api: &Api, path: &str) -> reqwest::Result<reqwest::Response> {
-    http()
+    api.http
         .get(format!("{}{path}", api.base))
         .header("X-Auth-Token", api.token.clone().unwrap())
         .send()
@@ -294,7 +294,7 @@ async fn faults_match_by_method_and_path_and_can_repeat() {
         503
     );
     // Clearing every fault through the admin API.
-    let r = http()
+    let r = simkit::client(&sim)
         .delete(format!("{}/faults", sim.admin_url()))
         .send()
         .await
@@ -320,8 +320,24 @@ async fn faults_match_by_method_and_path_and_can_repeat() {
         }],
     ));
     let url = format!("{}/openstack/latest/securitykey", sim.metadata_url());
-    assert_eq!(http().get(&url).send().await.unwrap().status(), 500);
-    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        simkit::client(&sim)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    assert_eq!(
+        simkit::client(&sim)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,7 +533,7 @@ async fn the_request_log_records_every_call() {
         .unwrap()
         .as_secs_f64();
     assert!((at - expect).abs() < 0.001, "{at} vs {expect}");
-    let r = http()
+    let r = simkit::client(&sim)
         .delete(format!("{}/log", sim.admin_url()))
         .send()
         .await
@@ -581,14 +597,14 @@ async fn admin_routes_stage_and_show_the_world() {
     assert!(sim.member_exists(POOL, &id), "another address stays");
     // No data plane here: no connections to report.
     assert_eq!(admin_get(&sim, "/connections").await, json!([]));
-    let r = http()
+    let r = simkit::client(&sim)
         .get(format!("{}/nothing", sim.admin_url()))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
     let r: Reply = Reply::from(
-        http()
+        simkit::client(&sim)
             .post(format!("{}/scale-in", sim.admin_url()))
             .body("not json")
             .send()

@@ -187,7 +187,7 @@ async fn expire_tokens_ends_every_token_at_once() {
     // Through the admin API as well.
     let c = login(&sim, "alice", "acme", "pw", PROJECT).await;
     assert_eq!(c.get(&pool_path()).await.status, 200);
-    let r = common::http()
+    let r = simkit::client(&sim)
         .post(format!("{}/tokens/expire", sim.admin_url()))
         .send()
         .await
@@ -406,7 +406,7 @@ async fn bad_signatures_are_refused_with_401() {
         ),
     ] {
         let r = simkit::Reply::from(
-            common::http()
+            simkit::client(&sim)
                 .request(method.clone(), &url)
                 .header("X-Sdk-Date", &date)
                 .header("Authorization", &signature.authorization)
@@ -434,7 +434,7 @@ async fn bad_signatures_are_refused_with_401() {
             Some("2026-11-28 12:00:00"),
         ),
     ] {
-        let mut req = common::http()
+        let mut req = simkit::client(&sim)
             .get(format!(
                 "{}{}?address=127.0.1.1",
                 sim.api_url(),

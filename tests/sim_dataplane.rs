@@ -87,7 +87,7 @@ fn echo_block(c: &mut TcpStream, seed: u8, bytes: usize) -> std::io::Result<()> 
 }
 
 async fn connections(sim: &Sim) -> Vec<Value> {
-    http()
+    simkit::client(sim)
         .get(format!("{}/connections", sim.admin_url()))
         .send()
         .await

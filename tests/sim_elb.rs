@@ -804,7 +804,7 @@ async fn every_answer_carries_a_request_id_and_errors_their_shape() {
     }
     // A body that is not JSON is an invalid input.
     let r = simkit::Reply::from(
-        common::http()
+        simkit::client(&sim)
             .post(format!("{}{}", api.base, members(POOL)))
             .header("X-Auth-Token", api.token.clone().unwrap())
             .header("Content-Type", "application/json")

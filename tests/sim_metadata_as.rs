@@ -7,7 +7,7 @@ mod simkit;
 
 use std::time::{Duration, SystemTime};
 
-use common::{PROJECT, http};
+use common::PROJECT;
 use elb_sim::scenario::{Instance, ScalingGroup, TokenMode};
 use elb_sim::{AuthKind, Scenario, Sim};
 use reqwest::Method;
@@ -63,7 +63,7 @@ fn scenario(hook_timeout: Duration, default_result: &str) -> Scenario {
 }
 
 async fn md(sim: &Sim, path: &str, token: Option<&str>) -> Reply {
-    let mut req = http().get(format!("{}{path}", sim.metadata_url()));
+    let mut req = simkit::client(sim).get(format!("{}{path}", sim.metadata_url()));
     if let Some(t) = token {
         req = req.header("X-Metadata-Token", t);
     }
@@ -72,7 +72,7 @@ async fn md(sim: &Sim, path: &str, token: Option<&str>) -> Reply {
 
 async fn session(sim: &Sim) -> Reply {
     Reply::from(
-        http()
+        simkit::client(sim)
             .put(format!("{}/meta-data/latest/api/token", sim.metadata_url()))
             .header("X-Metadata-Token-Ttl-Seconds", "21600")
             .send()
@@ -174,7 +174,7 @@ async fn metadata_identity_and_addresses() {
         md(&sim, "/openstack/latest/nothing", None).await.status,
         404
     );
-    let r = http()
+    let r = simkit::client(&sim)
         .post(format!(
             "{}/openstack/latest/meta_data.json",
             sim.metadata_url()
@@ -331,7 +331,7 @@ async fn scale_in_deletes_the_members_first_then_hangs_the_hook() {
             panic!("the hook never hung");
         })
     };
-    let r = http()
+    let r = simkit::client(&sim)
         .post(format!("{}/scale-in", sim.admin_url()))
         .json(&json!({"instance_id": INSTANCE}))
         .send()
@@ -404,7 +404,7 @@ async fn scale_in_deletes_the_members_first_then_hangs_the_hook() {
         h["lifecycle_action_key"].as_str().unwrap()
     );
     assert!(sim.start_scale_in("no-such-instance").is_err());
-    let r = http()
+    let r = simkit::client(&sim)
         .post(format!("{}/scale-in", sim.admin_url()))
         .json(&json!({"instance_id": "no-such-instance"}))
         .send()

@@ -7,15 +7,32 @@
 
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use elb_drain::secret::Secret;
 use elb_drain::sign::{SigningKey, canonical_query, sdk_date, sign};
-use elb_sim::Sim;
+use elb_sim::{Shared, Sim};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::http;
+
+/// The HTTP client for one simulator, built once: building a reqwest client costs tens of
+/// milliseconds, which a test making a hundred calls would otherwise pay a hundred times. Keyed by the
+/// simulator so that a client (and its pooled connections) never outlives the test runtime it ran on.
+pub fn client(sim: &Sim) -> reqwest::Client {
+    static CACHE: Mutex<Vec<(Weak<Shared>, reqwest::Client)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|(w, _)| w.strong_count() > 0);
+    let key = Arc::as_ptr(sim.shared());
+    if let Some((_, c)) = cache.iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), key)) {
+        return c.clone();
+    }
+    let c = http();
+    cache.push((Arc::downgrade(sim.shared()), c.clone()));
+    c
+}
 
 /// One answer, whole.
 #[derive(Debug)]
@@ -86,6 +103,7 @@ impl Reply {
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
+    pub http: reqwest::Client,
 }
 
 impl Api {
@@ -93,6 +111,7 @@ impl Api {
         Api {
             base: sim.api_url(),
             token: None,
+            http: client(sim),
         }
     }
 
@@ -100,11 +119,12 @@ impl Api {
         Api {
             base: sim.api_url(),
             token: Some(token.into()),
+            http: client(sim),
         }
     }
 
     pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let mut req = http().request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.header("X-Auth-Token", t);
         }
@@ -176,7 +196,7 @@ impl Key {
 
     /// The agency's temporary key, from the simulator's metadata service.
     pub async fn from_metadata(sim: &Sim) -> Key {
-        let v: Value = http()
+        let v: Value = client(sim)
             .get(format!(
                 "{}/openstack/latest/securitykey",
                 sim.metadata_url()
@@ -299,7 +319,7 @@ impl Signed {
         if !query.is_empty() {
             wire = format!("{wire}?{query}");
         }
-        let mut req = http().request(self.method, wire);
+        let mut req = client(sim).request(self.method, wire);
         for (k, v) in headers.iter().filter(|(k, _)| k != "Host") {
             if k == "X-Security-Token" && !self.token_sent {
                 continue;
