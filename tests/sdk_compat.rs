@@ -1,16 +1,23 @@
-//! The official Huawei Cloud Python SDK, pointed at elb-sim with AK/SK signing, creates, lists (paged),
-//! shows, updates and deletes members, and parses every answer (tests/sdk/compat.py).
+//! The official Huawei Cloud Python SDK, pointed at elb-sim with AK/SK signing, creates, lists (paged,
+//! by instance, across pools), shows, updates, batch-deletes and deletes members, signs with a
+//! temporary key and its security token, and parses every answer and every typed refusal
+//! (tests/sdk/compat.py).
 //!
 //! The SDK is installed into `.venv` by `.ci/run`; `ELB_SIM_SDK_PYTHON` names another interpreter.
 //! Without it the test says so loudly and passes: PyPI may be unreachable, elb-sim's own tests still run.
 
+mod common;
+mod simkit;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use elb_sim::scenario::Instance;
 use elb_sim::{AuthKind, Scenario, Sim};
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
+const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
 
 fn python() -> Option<PathBuf> {
     let path = std::env::var_os("ELB_SIM_SDK_PYTHON")
@@ -27,7 +34,7 @@ fn python() -> Option<PathBuf> {
 async fn the_official_python_sdk_works_against_elb_sim() {
     let Some(python) = python() else {
         eprintln!(
-            "\n!!!!!!!! SKIPPED: the official Huawei Cloud Python SDK is not installed (.venv); run .ci/run !!!!!!!!\n"
+            "\n!!!!!!!! SKIPPED: official SDK not installed (huaweicloudsdkelb in .venv; run .ci/run, or set ELB_SIM_SDK_PYTHON) !!!!!!!!\n"
         );
         return;
     };
@@ -36,10 +43,23 @@ async fn the_official_python_sdk_works_against_elb_sim() {
             .project(PROJECT)
             .access_key("AKSDKCOMPAT000000000", "sdk-compat-secret-key", PROJECT)
             .pool(POOL, |p| p.connection_drain(30))
+            // Never contacted: the pool has no health monitor and no listener.
+            .instance(Instance {
+                uuid: INSTANCE.into(),
+                project_id: PROJECT.into(),
+                local_ipv4: "10.0.0.9".into(),
+                region_id: None,
+                hostname: "web-9".into(),
+                name: "web-9".into(),
+                agency: true,
+                scaling_group_id: None,
+            })
             .build(),
     )
     .await
     .unwrap();
+    let temp = simkit::Key::from_metadata(&sim).await;
+    sim.shared().lock_for_tests(|inner| inner.log.clear());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/compat.py");
     let output = tokio::process::Command::new(python)
         .arg(script)
@@ -48,6 +68,13 @@ async fn the_official_python_sdk_works_against_elb_sim() {
         .env("ELB_SIM_SK", "sdk-compat-secret-key")
         .env("ELB_SIM_PROJECT", PROJECT)
         .env("ELB_SIM_POOL", POOL)
+        .env("ELB_SIM_INSTANCE", INSTANCE)
+        .env("ELB_SIM_TEMP_AK", &temp.ak)
+        .env("ELB_SIM_TEMP_SK", &temp.sk)
+        .env(
+            "ELB_SIM_TEMP_TOKEN",
+            temp.security_token.as_deref().unwrap_or_default(),
+        )
         .kill_on_drop(true)
         .output()
         .await
@@ -56,13 +83,34 @@ async fn the_official_python_sdk_works_against_elb_sim() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("SDK compat ok: 13 calls, 2 pages, 404 ELB.8904"),
+        stdout.contains(
+            "SDK compat ok: 17 calls, 2 pages, 404 ELB.8904, 401 APIGW.0301, batch successful/not found"
+        ),
         "{stdout}"
     );
     let log = sim.request_log();
-    assert_eq!(log.len(), 13, "{log:?}");
+    assert_eq!(log.len(), 17, "{log:?}");
+    let kinds: Vec<AuthKind> = log.iter().map(|r| r.auth).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == AuthKind::AkskTemporary)
+            .count(),
+        1,
+        "one call with the temporary key: {kinds:?}"
+    );
     assert!(
-        log.iter().all(|r| r.auth == AuthKind::Aksk),
-        "every call signed and verified: {log:?}"
+        kinds
+            .iter()
+            .all(|k| matches!(k, AuthKind::Aksk | AuthKind::AkskTemporary)),
+        "every call signed: {kinds:?}"
+    );
+    let statuses: Vec<u16> = log.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
+    assert_eq!(statuses.iter().filter(|s| **s == 204).count(), 2);
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 1);
+    assert!(
+        sim.members(POOL).is_empty(),
+        "everything created was deleted"
     );
 }

@@ -1,21 +1,33 @@
-//! elb-sim's data plane with real sockets: deleting a member through the API stops new connections to
-//! it at once while every connection it already has keeps flowing, untouched; with the pool's
-//! connection_drain the load balancer closes them itself after the timeout; health checks steer traffic.
+//! elb-sim's data plane with real sockets: deleting a member through the API (or setting its weight to
+//! 0) stops new connections to it at once, while every connection it already has keeps flowing,
+//! bytes intact and never reset; with the pool's `connection_drain` the load balancer closes them
+//! itself, cleanly, after the timeout; health checks take a dead member out and report it.
 
 mod common;
+mod simkit;
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 use elb_sim::{Scenario, Sim};
+use serde_json::{Value, json};
+use simkit::{Api, login};
 
 const A: &str = "00000000-0000-4000-8000-00000000000a";
 const B: &str = "00000000-0000-4000-8000-00000000000b";
 
-async fn lb(drain: Option<u64>, monitor: bool) -> (Sim, EchoServer, EchoServer) {
+/// Two members, A and B, each an echo server on 127.0.0.1, behind one listener.
+async fn lb(drain: Option<u64>, monitor: bool) -> (Sim, EchoServer, EchoServer, Api) {
     let (a, b) = (EchoServer::start(), EchoServer::start());
-    let sim = Sim::start(
+    let sim = start(drain, monitor, a.addr.port(), b.addr.port()).await;
+    let api = login(&sim, "alice", "acme", "pw", PROJECT).await;
+    (sim, a, b, api)
+}
+
+async fn start(drain: Option<u64>, monitor: bool, port_a: u16, port_b: u16) -> Sim {
+    Sim::start(
         Scenario::builder()
             .project(PROJECT)
             .user("alice", "acme", "pw")
@@ -27,74 +39,98 @@ async fn lb(drain: Option<u64>, monitor: bool) -> (Sim, EchoServer, EchoServer) 
                 }
             })
             .listener(LISTENER, POOL)
-            .member(POOL, A, "127.0.0.1", a.addr.port())
-            .member(POOL, B, "127.0.0.1", b.addr.port())
+            .member(POOL, A, "127.0.0.1", port_a)
+            .member(POOL, B, "127.0.0.1", port_b)
             .settings(|s| s.health_interval = Duration::from_millis(100))
             .build(),
     )
     .await
-    .unwrap();
-    (sim, a, b)
+    .expect("elb-sim starts")
 }
 
-async fn delete_via_api(sim: &Sim, member: &str) {
-    let r = http()
-        .post(format!("{}/v3/auth/tokens", sim.api_url()))
-        .json(&serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": "alice", "password": "pw", "domain": {"name": "acme"}}}}, "scope": {"project": {"id": PROJECT}}}}))
-        .send()
-        .await
-        .unwrap();
-    let token = r.headers()["x-subject-token"].to_str().unwrap().to_owned();
-    let r = http()
-        .delete(format!(
-            "{}/v3/{PROJECT}/elb/pools/{POOL}/members/{member}",
-            sim.api_url()
-        ))
-        .header("X-Auth-Token", token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+fn member_path(id: &str) -> String {
+    format!("/v3/{PROJECT}/elb/pools/{POOL}/members/{id}")
 }
 
-fn connect(sim: &Sim, n: usize) -> Vec<TcpStream> {
+fn accepted(server: &EchoServer) -> u64 {
+    *server.accepted.lock().unwrap()
+}
+
+/// Opens `n` connections through the load balancer, each proven alive by an echo.
+fn connect(sim: &Sim, n: usize, tag: &str) -> Vec<TcpStream> {
     (0..n)
         .map(|i| {
             let mut c = TcpStream::connect(sim.listener_addr(LISTENER).unwrap()).unwrap();
             assert_eq!(
-                echo(&mut c, &format!("hello {i}")).unwrap(),
-                format!("hello {i}")
+                echo(&mut c, &format!("{tag} {i}")).unwrap(),
+                format!("{tag} {i}")
             );
             c
         })
         .collect()
 }
 
+/// Sends `bytes` of a pattern unique to `seed` and reads exactly them back.
+fn echo_block(c: &mut TcpStream, seed: u8, bytes: usize) -> std::io::Result<()> {
+    let data: Vec<u8> = (0..bytes)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = c.try_clone()?;
+    let sent = data.clone();
+    let send = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; bytes];
+    c.read_exact(&mut back)?;
+    send.join().expect("writer thread")?;
+    assert!(back == data, "bytes changed on the way");
+    Ok(())
+}
+
+async fn connections(sim: &Sim) -> Vec<Value> {
+    simkit::client(sim)
+        .get(format!("{}/connections", sim.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_member_keeps_its_connections_and_gets_no_new_ones() {
-    let (sim, a, b) = lb(None, false).await;
-    let mut old = connect(&sim, 10);
+    let (sim, a, b, api) = lb(None, false).await;
+    let mut old = connect(&sim, 10, "hello");
     assert_eq!(
         (sim.live_connections(A), sim.live_connections(B)),
         (5, 5),
-        "round robin"
+        "round robin over both"
     );
-    delete_via_api(&sim, A).await;
-    let a_before = *a.accepted.lock().unwrap();
-    let b_before = *b.accepted.lock().unwrap();
-    let _new = connect(&sim, 8);
+    assert_eq!((accepted(&a), accepted(&b)), (5, 5));
+    let stats = connections(&sim).await;
     assert_eq!(
-        *a.accepted.lock().unwrap(),
-        a_before,
-        "no new connection to the deleted member"
+        stats,
+        [
+            json!({"member_id": A, "live": 5, "accepted": 5}),
+            json!({"member_id": B, "live": 5, "accepted": 5})
+        ]
     );
+
+    let r = api.delete(&member_path(A)).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+
+    // Every new connection goes to B.
+    let _new = connect(&sim, 8, "new");
+    assert_eq!(accepted(&a), 5, "no new connection to the deleted member");
+    assert_eq!(accepted(&b), 13, "all new connections to the other");
     assert_eq!(
-        *b.accepted.lock().unwrap(),
-        b_before + 8,
-        "all new connections to the other"
+        (sim.accepted_connections(A), sim.accepted_connections(B)),
+        (5, 13)
     );
-    // Every old connection still echoes, and keeps doing so: none was reset.
+    // Every old connection still echoes, small lines and 256 KiB blocks, byte for byte: none was reset.
     for round in 0..3 {
         for (i, c) in old.iter_mut().enumerate() {
             assert_eq!(
@@ -103,63 +139,178 @@ async fn a_deleted_member_keeps_its_connections_and_gets_no_new_ones() {
             );
         }
     }
-    assert_eq!(sim.live_connections(A), 5);
+    for (i, c) in old.iter_mut().enumerate() {
+        echo_block(c, i as u8, 256 * 1024).expect("an old connection keeps flowing");
+    }
+    assert_eq!(
+        sim.live_connections(A),
+        5,
+        "the deleted member's connections are all open"
+    );
+    // They end when a side closes them, not before.
     drop(old);
     assert!(wait_until(Duration::from_secs(5), || sim
         .live_connections(A)
         == 0));
+    assert_eq!(sim.live_connections(B), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_drain_closes_a_removed_members_connections_after_its_timeout() {
-    let (sim, _a, _b) = lb(Some(1), false).await;
-    let mut conns = connect(&sim, 4);
-    delete_via_api(&sim, A).await;
-    let removed = Instant::now();
-    for c in conns.iter_mut() {
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+async fn weight_zero_is_the_soft_removal_and_weight_brings_it_back() {
+    let (sim, a, b, api) = lb(None, false).await;
+    let mut old = connect(&sim, 4, "hello");
+    let r = api
+        .put(&member_path(A), json!({"member": {"weight": 0}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let _new = connect(&sim, 6, "w0");
+    assert_eq!((accepted(&a), accepted(&b)), (2, 8));
+    for (i, c) in old.iter_mut().enumerate() {
+        assert_eq!(
+            echo(c, &format!("still {i}")).unwrap(),
+            format!("still {i}")
+        );
     }
-    // A's two connections are closed cleanly (EOF) after about a second; B's stay.
+    assert_eq!(sim.live_connections(A), 2);
+    // admin_state_up false also takes it out.
+    let r = api
+        .put(
+            &member_path(A),
+            json!({"member": {"weight": 3, "admin_state_up": false}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let _more = connect(&sim, 4, "down");
+    assert_eq!(accepted(&a), 2);
+    // Back in: weight 3 against 1, so A takes three of every four new connections.
+    let r = api
+        .put(&member_path(A), json!({"member": {"admin_state_up": true}}))
+        .await;
+    assert_eq!(r.status, 200);
+    let _back = connect(&sim, 8, "back");
+    assert_eq!(accepted(&a), 2 + 6, "weighted round robin");
+    assert_eq!(accepted(&b), 8 + 4 + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_drain_closes_a_removed_members_connections_cleanly_after_its_timeout() {
+    let (sim, _a, _b, api) = lb(Some(1), false).await;
+    let mut conns = connect(&sim, 6, "hello");
+    assert_eq!(sim.live_connections(A), 3);
+    let before_delete = Instant::now();
+    assert_eq!(api.delete(&member_path(A)).await.status, 204);
+    // Within the drain timeout they still flow.
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(
+            echo(c, &format!("in drain {i}")).unwrap(),
+            format!("in drain {i}")
+        );
+    }
+    // Then the load balancer closes A's three itself, cleanly (EOF, not a reset); B's stay.
     assert!(wait_until(Duration::from_secs(5), || sim
         .live_connections(A)
         == 0));
+    let cut_after = before_delete.elapsed();
     assert!(
-        removed.elapsed() >= Duration::from_millis(1000),
-        "not before the drain timeout"
+        cut_after >= Duration::from_millis(1000),
+        "not before the drain timeout: {cut_after:?}"
     );
-    assert_eq!(sim.live_connections(B), 2);
-    let mut eof = 0;
-    for c in conns.iter_mut() {
-        c.set_read_timeout(Some(Duration::from_millis(200)))
+    assert!(cut_after < Duration::from_secs(3), "{cut_after:?}");
+    let (mut closed, mut alive) = (0, 0);
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let mut buf = [0u8; 16];
-        match std::io::Read::read(c, &mut buf) {
-            Ok(0) => eof += 1,
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
             Ok(n) => panic!("unexpected {n} bytes"),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                assert_eq!(
+                    echo(c, &format!("after {i}")).unwrap(),
+                    format!("after {i}")
+                );
+                alive += 1;
+            }
             Err(e) => panic!("a reset instead of a clean close: {e}"),
         }
     }
-    assert_eq!(eof, 2);
+    assert_eq!((closed, alive), (3, 3));
+    assert_eq!(sim.live_connections(B), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_before_the_drain_timeout_keeps_its_connections() {
+    let (sim, a, _b, api) = lb(Some(1), false).await;
+    let mut conns = connect(&sim, 2, "hello");
+    let r = api
+        .put(&member_path(A), json!({"member": {"weight": 0}}))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = api
+        .put(&member_path(A), json!({"member": {"weight": 1}}))
+        .await;
+    assert_eq!(r.status, 200);
+    // Past the drain timeout, the connection to A is still there and flowing.
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_secs(3), || t.elapsed()
+        > Duration::from_millis(1500)));
+    assert_eq!(sim.live_connections(A), 1);
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(echo(c, &format!("kept {i}")).unwrap(), format!("kept {i}"));
+    }
+    assert_eq!(accepted(&a), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_take_a_dead_member_out_and_report_it() {
-    let (sim, _a, _b) = lb(None, true).await;
-    assert!(wait_until(Duration::from_secs(5), || sim
-        .members(POOL)
-        .iter()
-        .all(|m| m["operating_status"] == "ONLINE")));
-    // Point B at a port nobody listens on: it goes OFFLINE and gets no traffic.
+    // B's server is down from the start: its port has nobody listening.
+    let a = EchoServer::start();
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    let sim = start(None, true, a.addr.port(), dead).await;
+    let status = |id: &str| {
+        sim.members(POOL)
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["operating_status"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert!(wait_until(Duration::from_secs(5), || status(A) == "ONLINE"
+        && status(B) == "OFFLINE"));
+    // The API says so too, per listener as well.
+    let api = login(&sim, "alice", "acme", "pw", PROJECT).await;
+    let r = api.get(&member_path(B)).await;
+    assert_eq!(r.body["member"]["operating_status"], "OFFLINE");
+    assert_eq!(r.body["member"]["status"][0]["operating_status"], "OFFLINE");
+    let r = api
+        .get(&format!(
+            "/v3/{PROJECT}/elb/pools/{POOL}/members?operating_status=ONLINE"
+        ))
+        .await;
+    assert_eq!(r.ids("members"), [A]);
+    // All new connections go to the healthy member; the dead one is never even tried.
+    let _c = connect(&sim, 6, "health");
+    assert_eq!(
+        (sim.accepted_connections(A), sim.accepted_connections(B)),
+        (6, 0)
+    );
+    // (The echo server itself also counts the health checker's probes.)
+    assert!(accepted(&a) >= 6);
+
+    // A member that dies later goes OFFLINE too.
+    let (sim, _a, _b, _api) = lb(None, true).await;
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .members(POOL)
+        .iter()
+        .all(|m| m["operating_status"] == "ONLINE")));
     sim.shared().lock_for_tests(|inner| {
         inner
             .members
@@ -173,13 +324,71 @@ async fn health_checks_take_a_dead_member_out_and_report_it() {
         .iter()
         .any(|m| m["id"] == B && m["operating_status"] == "OFFLINE")));
     let before = sim.accepted_connections(A);
-    let _c = connect(&sim, 4);
+    let _c = connect(&sim, 4, "later");
     assert_eq!(sim.accepted_connections(A), before + 4);
-    // Without a health monitor there is no verdict.
-    let (sim, _a, _b) = lb(None, false).await;
+
+    // Without a health monitor there is no verdict: NO_MONITOR, and traffic is not steered by it.
+    let (sim, a, b, _api) = lb(None, false).await;
     assert!(
         sim.members(POOL)
             .iter()
             .all(|m| m["operating_status"] == "NO_MONITOR")
     );
+    let _c = connect(&sim, 4, "plain");
+    assert_eq!((accepted(&a), accepted(&b)), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_drain_also_follows_a_failed_health_check() {
+    // The reference: connection_drain is triggered when a member is removed, gets weight 0, or fails
+    // its health check. Move B's address to a dead port behind the API's back: its health check fails
+    // while the connections already proxied to its old address are alive.
+    let (sim, _a, _b, _api) = lb(Some(1), true).await;
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .members(POOL)
+        .iter()
+        .all(|m| m["operating_status"] == "ONLINE")));
+    let mut conns = connect(&sim, 4, "hello");
+    assert_eq!(sim.live_connections(B), 2);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let failed_from = Instant::now();
+    sim.shared().lock_for_tests(|inner| {
+        inner
+            .members
+            .iter_mut()
+            .find(|m| m.id == B)
+            .unwrap()
+            .protocol_port = dead;
+    });
+    assert!(wait_until(Duration::from_secs(5), || sim
+        .members(POOL)
+        .iter()
+        .any(|m| m["id"] == B && m["operating_status"] == "OFFLINE")));
+    assert!(
+        wait_until(Duration::from_secs(5), || sim.live_connections(B) == 0),
+        "the unhealthy member's connections were never drained"
+    );
+    assert!(failed_from.elapsed() >= Duration::from_millis(1000));
+    let mut closed = 0;
+    for c in conns.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Ok(n) => panic!("unexpected {n} bytes"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("a reset instead of a clean close: {e}"),
+        }
+    }
+    assert_eq!(closed, 2, "B's two, cleanly; A's stay");
+    assert_eq!(sim.live_connections(A), 2);
 }

@@ -122,10 +122,24 @@ pub async fn apply_fault(action: FaultAction) -> Option<Answer> {
         }),
         FaultAction::Truncated => {
             // Promise more than is sent, then end the stream with an error: the client sees a cut body.
-            let stream = futures_util::stream::iter(vec![
-                Ok::<Bytes, std::io::Error>(Bytes::from_static(b"{\"members\": [{\"id\"")),
-                Err(std::io::Error::other("truncated by fault injection")),
-            ]);
+            // The pause lets the server flush the headers and the first bytes before the cut; without it
+            // the error aborts the still-buffered answer and the client sees a reset instead.
+            let stream = futures_util::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => Some((
+                        Ok::<Bytes, std::io::Error>(Bytes::from_static(b"{\"members\": [{\"id\"")),
+                        1,
+                    )),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Some((
+                            Err(std::io::Error::other("truncated by fault injection")),
+                            2,
+                        ))
+                    }
+                    _ => None,
+                }
+            });
             let mut r = Response::new(Body::from_stream(stream));
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, "4096".parse().expect("number"));

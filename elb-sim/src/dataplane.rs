@@ -181,7 +181,10 @@ fn pick(
     let eligible: Vec<&Backend> = view
         .backends
         .iter()
-        .filter(|b| b.in_service() && Some(b.member_id.as_str()) != skip)
+        // Loopback only: elb-sim never proxies a connection off the machine.
+        .filter(|b| {
+            b.in_service() && b.addr.ip().is_loopback() && Some(b.member_id.as_str()) != skip
+        })
         .collect();
     let total: u64 = eligible.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {

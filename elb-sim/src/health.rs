@@ -1,5 +1,6 @@
 //! Health checks: a real TCP connect to each member of a pool that has a health monitor, at the
-//! scenario's interval. Members answer ONLINE or OFFLINE; pools without a monitor show NO_MONITOR.
+//! scenario's interval. Only loopback members are probed (elb-sim never sends a packet elsewhere); any
+//! other address shows OFFLINE. Members answer ONLINE or OFFLINE; pools without a monitor show NO_MONITOR.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,11 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             (inner.settings.health_interval, targets)
         };
         let timeout = interval.min(Duration::from_secs(1));
-        let results = join_all(targets.iter().map(|(_, addr)| probe(*addr, timeout))).await;
+        // elb-sim only ever talks to loopback: a member elsewhere is reported OFFLINE, never probed.
+        let results = join_all(targets.iter().map(|(_, addr)| async move {
+            addr.ip().is_loopback() && probe(*addr, timeout).await
+        }))
+        .await;
         {
             let mut inner = shared.lock();
             let mut changed = false;

@@ -1,9 +1,10 @@
 """Wire compatibility: the official Huawei Cloud Python SDK (huaweicloudsdkelb) against elb-sim.
 
-Run by tests/sdk_compat.rs with ELB_SIM_ENDPOINT, ELB_SIM_AK, ELB_SIM_SK, ELB_SIM_PROJECT and
-ELB_SIM_POOL set. Signs every request with AK/SK (the SDK's default), and checks that each call
-succeeds and its response parses into the SDK's models. Prints one summary line; exits non-zero on
-any failure.
+Run by tests/sdk_compat.rs with ELB_SIM_ENDPOINT, ELB_SIM_AK, ELB_SIM_SK, ELB_SIM_PROJECT,
+ELB_SIM_POOL, ELB_SIM_INSTANCE (an instance whose address is 10.0.0.9) and ELB_SIM_TEMP_AK/SK/TOKEN (a
+temporary key from elb-sim's metadata service) set. Signs every request with AK/SK (the SDK's default),
+and checks that each call succeeds and its response parses into the SDK's models, and that refusals
+come back as the SDK's typed errors. Prints one summary line; exits non-zero on any failure.
 """
 import os
 import sys
@@ -12,25 +13,30 @@ from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions import exceptions
 from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkelb.v3 import (
+    BatchDeleteMembersOption, BatchDeleteMembersRequest, BatchDeleteMembersRequestBody,
     CreateMemberOption, CreateMemberRequest, CreateMemberRequestBody, DeleteMemberRequest,
-    ElbClient, ListMembersRequest, ListPoolsRequest, ShowMemberRequest, ShowPoolRequest,
-    UpdateMemberOption, UpdateMemberRequest, UpdateMemberRequestBody,
+    ElbClient, ListAllMembersRequest, ListMembersRequest, ListPoolsRequest, ShowMemberRequest,
+    ShowPoolRequest, UpdateMemberOption, UpdateMemberRequest, UpdateMemberRequestBody,
 )
 
 
-def main():
-    endpoint = os.environ["ELB_SIM_ENDPOINT"]
-    pool = os.environ["ELB_SIM_POOL"]
+def client_for(credentials):
     config = HttpConfig.get_default_config()
     config.timeout = (5, 10)
-    client = (
+    return (
         ElbClient.new_builder()
         .with_http_config(config)
-        .with_credentials(BasicCredentials(os.environ["ELB_SIM_AK"], os.environ["ELB_SIM_SK"],
-                                           os.environ["ELB_SIM_PROJECT"]))
-        .with_endpoints([endpoint])
+        .with_credentials(credentials)
+        .with_endpoints([os.environ["ELB_SIM_ENDPOINT"]])
         .build()
     )
+
+
+def main():
+    pool = os.environ["ELB_SIM_POOL"]
+    project = os.environ["ELB_SIM_PROJECT"]
+    instance = os.environ["ELB_SIM_INSTANCE"]
+    client = client_for(BasicCredentials(os.environ["ELB_SIM_AK"], os.environ["ELB_SIM_SK"], project))
     calls = 0
 
     created = []
@@ -72,7 +78,48 @@ def main():
     calls += 1
     assert [p.id for p in resp.pools] == [pool], resp
 
-    for member in created:
+    # The address belongs to an instance: members carry its id, and ListMembers filters on it.
+    resp = client.list_members(ListMembersRequest(pool_id=pool, instance_id=[instance]))
+    calls += 1
+    assert sorted(m.id for m in resp.members) == sorted(created), resp
+    assert all(m.member_type == "instance" and m.instance_id == instance for m in resp.members), resp
+
+    # ListAllMembers: its own filters (pool_id), and no pool_id in its answer.
+    resp = client.list_all_members(ListAllMembersRequest(pool_id=[pool], address=["10.0.0.9"], limit=10))
+    calls += 1
+    assert sorted(m.id for m in resp.members) == sorted(created), resp
+    assert all(m.pool_id is None for m in resp.members), resp
+    assert resp.page_info.current_count == 3 and resp.page_info.next_marker is None, resp.page_info
+
+    # A temporary key from the metadata service, with its security token (signed by the SDK).
+    temp = BasicCredentials(os.environ["ELB_SIM_TEMP_AK"], os.environ["ELB_SIM_TEMP_SK"], project)
+    temp = temp.with_security_token(os.environ["ELB_SIM_TEMP_TOKEN"])
+    resp = client_for(temp).show_member(ShowMemberRequest(pool_id=pool, member_id=created[1]))
+    calls += 1
+    assert resp.member.id == created[1], resp
+
+    # A wrong secret key: the SDK's typed 401 with the gateway's code.
+    wrong = client_for(BasicCredentials(os.environ["ELB_SIM_AK"], "not-the-secret", project))
+    try:
+        wrong.show_pool(ShowPoolRequest(pool_id=pool))
+        raise AssertionError("a wrong SK was accepted")
+    except exceptions.ClientRequestException as e:
+        calls += 1
+        assert e.status_code == 401 and e.error_code == "APIGW.0301", (e.status_code, e.error_code)
+        refused = e.error_code
+
+    # BatchDeleteMembers: the last created member and one that does not exist.
+    body = BatchDeleteMembersRequestBody(members=[
+        BatchDeleteMembersOption(id=created[2]),
+        BatchDeleteMembersOption(id="00000000-0000-4000-8000-00000000dead"),
+    ])
+    resp = client.batch_delete_members(BatchDeleteMembersRequest(pool_id=pool, body=body))
+    calls += 1
+    batch = [m.ret_status for m in resp.members]
+    assert batch == ["successful", "not found"], resp
+    assert resp.members[0].id == created[2], resp
+
+    for member in created[:2]:
         client.delete_member(DeleteMemberRequest(pool_id=pool, member_id=member))
         calls += 1
 
@@ -86,7 +133,7 @@ def main():
         assert created[0] in e.error_msg and e.request_id, e.error_msg
         code = e.error_code
 
-    print(f"SDK compat ok: {calls} calls, {pages} pages, 404 {code}")
+    print(f"SDK compat ok: {calls} calls, {pages} pages, 404 {code}, 401 {refused}, batch {'/'.join(batch)}")
 
 
 if __name__ == "__main__":
