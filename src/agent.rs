@@ -479,9 +479,14 @@ impl Agent {
         let spec = self.census_spec();
         let n = self.memberships().len();
         tracing::info!(members = n, ports = ?spec.ports, "stop: deregistering {n} memberships, then draining");
+        let setup_spec = spec.clone();
         // Subscribe to socket-destroy notifications before the first census so none is missed.
-        let destroyed = census::destroy_channel(&spec);
-        let census = census::open(&spec);
+        let setup = move || {
+            (
+                census::open(&setup_spec),
+                census::destroy_channel(&setup_spec),
+            )
+        };
         let deregistration = async {
             let results = self.deregister(on_deregistered).await;
             Deregistration {
@@ -493,15 +498,7 @@ impl Agent {
                     .collect(),
             }
         };
-        drain::drive(
-            self.plan(),
-            started,
-            deregistration,
-            census,
-            destroyed,
-            sink,
-        )
-        .await
+        drain::drive(self.plan(), started, deregistration, setup, sink).await
     }
 }
 

@@ -325,13 +325,18 @@ pub async fn drive(
     plan: Plan,
     started: Instant,
     deregistration: impl std::future::Future<Output = Deregistration>,
-    mut census: Box<dyn Census>,
-    mut destroyed: Option<mpsc::UnboundedReceiver<usize>>,
+    setup: impl FnOnce() -> (Box<dyn Census>, Option<mpsc::UnboundedReceiver<usize>>) + Send + 'static,
     sink: &dyn Sink,
 ) -> Verdict {
     let mut engine = Engine::new(plan, started);
     flush(&mut engine, sink);
     tokio::pin!(deregistration);
+    // Opening the census (a netlink probe, the destroy subscription) happens on a blocking thread, so
+    // the DELETEs, polled first below, are on the wire before any of it.
+    let setup = tokio::task::spawn_blocking(setup);
+    tokio::pin!(setup);
+    let mut census: Option<Box<dyn Census>> = None;
+    let mut destroyed: Option<mpsc::UnboundedReceiver<usize>> = None;
     let mut deregistration_done = false;
     let mut next = Instant::now();
     let mut interval = plan.poll_interval;
@@ -350,6 +355,11 @@ pub async fn drive(
                 flush(&mut engine, sink);
                 next = now;
             }
+            ready = &mut setup, if census.is_none() => {
+                let (c, d) = ready.expect("census setup panicked");
+                census = Some(c);
+                destroyed = d;
+            }
             n = recv(&mut destroyed), if estimate.is_some() => {
                 match n {
                     Some(n) => {
@@ -363,15 +373,16 @@ pub async fn drive(
                     None => { destroyed = None; estimate = None; interval = plan.poll_interval; }
                 }
             }
-            _ = tokio::time::sleep_until(next) => {
+            _ = tokio::time::sleep_until(next), if census.is_some() => {
                 let begun = Instant::now();
+                let mut counting = census.take().expect("guarded");
                 let (back, result) = tokio::task::spawn_blocking(move || {
-                    let r = census.count();
-                    (census, r)
+                    let r = counting.count();
+                    (counting, r)
                 })
                 .await
                 .expect("census thread panicked");
-                census = back;
+                census = Some(back);
                 let now = Instant::now();
                 let cost = now - begun;
                 let step = match result {
@@ -603,7 +614,14 @@ mod tests {
                 lb_drain: vec![],
             }
         };
-        let verdict = drive(plan, t0, dereg, census, None, &sink).await;
+        let verdict = drive(
+            plan,
+            t0,
+            dereg,
+            move || (census as Box<dyn Census>, None),
+            &sink,
+        )
+        .await;
         assert_eq!(verdict, Verdict::Drained);
         let events = sink.0.into_inner().unwrap();
         let phases: Vec<Phase> = events
@@ -657,7 +675,7 @@ mod tests {
             }
         };
         let verdict = tokio::select! {
-            v = drive(plan, t0, dereg, census, Some(rx), &sink) => v,
+            v = drive(plan, t0, dereg, move || (census as Box<dyn Census>, Some(rx)), &sink) => v,
             _ = closer => unreachable!(),
         };
         assert_eq!(verdict, Verdict::Drained);
