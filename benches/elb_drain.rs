@@ -589,9 +589,19 @@ fn detect(target: &mut Pile, wait: Duration) {
     let rss = a.status_field("VmRSS:");
     let closed = Instant::now();
     target.close_all();
+    // The kernel closes the killed holders' sockets asynchronously: the last close is when the census
+    // of the port first reads zero.
+    let spec = CensusSpec {
+        ports: vec![target.addr.port()],
+        exclude_peers: vec![],
+    };
+    let mut census = NetlinkCensus::new(spec).unwrap();
+    while census.count().unwrap().established > 0 && closed.elapsed() < Duration::from_secs(60) {}
     let close_ms = closed.elapsed().as_secs_f64() * 1e3;
+    let last_close = Instant::now();
     let code = a.wait_exit(Duration::from_secs(120));
     let exit_ms = closed.elapsed().as_secs_f64() * 1e3;
+    let after_last_ms = last_close.elapsed().as_secs_f64() * 1e3;
     let log = a.stderr.lock().unwrap().clone();
     let countdown = !log.contains("destroy notifications unavailable");
     println!(
