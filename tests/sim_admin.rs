@@ -501,6 +501,16 @@ async fn the_request_log_records_every_call() {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     assert!(log.last().unwrap().mono_ns <= now_ns && now_ns - log[0].mono_ns < 60_000_000_000);
+    // sim_ns is the same clock, counted from the simulator's start.
+    let offsets: Vec<u64> = log.iter().map(|e| e.mono_ns - e.sim_ns).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] == w[1]),
+        "one origin: {offsets:?}"
+    );
+    assert!(
+        log[0].sim_ns > 0 && log[0].sim_ns < 60_000_000_000,
+        "{log:?}"
+    );
 
     // The admin API serves the same log as JSON, and clears it.
     let json_log = admin_get(&sim, "/log").await;
@@ -526,6 +536,7 @@ async fn the_request_log_records_every_call() {
     assert_eq!(entries[4]["auth"], "aksk-temporary");
     assert_eq!(entries[2]["auth"], "aksk");
     assert_eq!(e["mono_ns"].as_u64(), Some(log[7].mono_ns));
+    assert_eq!(e["sim_ns"].as_u64(), Some(log[7].sim_ns));
     let at = e["at"].as_f64().unwrap();
     let expect = log[7]
         .at

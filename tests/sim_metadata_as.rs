@@ -451,6 +451,7 @@ async fn callbacks_continue_abandon_and_a_second_answer() {
     )
     .await;
     assert_eq!((r.status, r.raw.as_str()), (204, ""));
+    assert!(r.header("x-request-id").is_some(), "{:?}", r.headers);
     let h = &sim.hooks(GROUP)[0];
     assert_eq!((h.status.as_str(), h.timed_out), ("CONTINUE", false));
     let r = api

@@ -202,7 +202,11 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     } else {
         "elb"
     };
-    let (answer, kind) = gate(&shared, &method, &path, &query, &parts.headers, &body).await;
+    let (mut answer, kind) = gate(&shared, &method, &path, &query, &parts.headers, &body).await;
+    // The gateway stamps every answer, bodiless ones (204) and refusals included.
+    if !answer.response.headers().contains_key("x-request-id") {
+        answer.response = with_request_id(answer.response, &request_id());
+    }
     shared.log(LoggedRequest {
         service: service.into(),
         method: method.to_string(),
@@ -212,6 +216,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         status: answer.status,
         at: arrived,
         mono_ns: arrived_mono,
+        sim_ns: shared.since_start(arrived_mono),
     });
     answer.response
 }
@@ -643,6 +648,11 @@ fn filter(
 }
 
 /// One page of `items` and its `page_info`.
+///
+/// As the real API documents it: `marker` and `page_reverse` only count with `limit`; `limit` is
+/// 0-2000, 0 meaning the default page of 2000; `page_reverse=true` with a page's `previous_marker`
+/// gives the page before it (the last page without a marker), still in ascending order.
+/// `previous_marker` is the page's first id, `next_marker` its last id when anything follows it.
 fn page(
     shared: &Shared,
     items: Vec<Value>,
@@ -660,41 +670,53 @@ fn page(
         return Ok((items, json!({"current_count": n})));
     };
     let limit: usize = match limit.parse() {
-        Ok(n) if (1..=2000).contains(&n) => n,
+        Ok(0) => 2000,
+        Ok(n) if n <= 2000 => n,
         _ => {
             return Err(error(
                 400,
                 "ELB.8902",
-                &format!("Invalid input for limit: {limit:?} (1-2000)"),
+                &format!("Invalid input for limit: {limit:?} (0-2000)"),
             ));
         }
     };
     let limit = limit.min(cap);
-    let reverse = get("page_reverse") == Some("true");
-    let mut items = items;
-    if reverse {
-        items.reverse();
-    }
-    let start = match get("marker") {
-        Some(m) => match items.iter().position(|i| i["id"] == m) {
-            Some(p) => p + 1,
-            None => {
-                return Err(error(
-                    400,
-                    "ELB.8902",
-                    &format!("Invalid input for marker: {m} does not exist"),
-                ));
-            }
-        },
-        None => 0,
+    let reverse = match get("page_reverse") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(error(
+                400,
+                "ELB.8902",
+                &format!("Invalid input for page_reverse: {other:?} (true or false)"),
+            ));
+        }
     };
-    let slice: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
-    let more = start + slice.len() < items.len();
+    let marker = match get("marker") {
+        Some(m) => Some(items.iter().position(|i| i["id"] == m).ok_or_else(|| {
+            error(
+                400,
+                "ELB.8902",
+                &format!("Invalid input for marker: {m} does not exist"),
+            )
+        })?),
+        None => None,
+    };
+    let (start, end) = if reverse {
+        let end = marker.unwrap_or(items.len());
+        (end.saturating_sub(limit), end)
+    } else {
+        let start = marker.map_or(0, |p| p + 1);
+        (start, (start + limit).min(items.len()))
+    };
+    let slice: Vec<Value> = items[start..end].to_vec();
     let mut info = json!({"current_count": slice.len()});
     if let Some(first) = slice.first() {
         info["previous_marker"] = first["id"].clone();
     }
-    if more && let Some(last) = slice.last() {
+    if end < items.len()
+        && let Some(last) = slice.last()
+    {
         info["next_marker"] = last["id"].clone();
     }
     Ok((slice, info))

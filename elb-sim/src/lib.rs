@@ -53,9 +53,16 @@ pub enum SimError {
 pub struct Shared {
     inner: Mutex<state::Inner>,
     listeners: Mutex<HashMap<String, dataplane::Listener>>,
+    /// CLOCK_MONOTONIC at start, the origin of [`LoggedRequest::sim_ns`].
+    started_mono_ns: u64,
 }
 
 impl Shared {
+    /// Nanoseconds since the simulator started, for a request that arrived at CLOCK_MONOTONIC `mono_ns`.
+    pub(crate) fn since_start(&self, mono_ns: u64) -> u64 {
+        mono_ns.saturating_sub(self.started_mono_ns)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, state::Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -164,6 +171,7 @@ impl Sim {
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             listeners: Mutex::new(HashMap::new()),
+            started_mono_ns: state::monotonic_ns(),
         });
         let cancel = CancellationToken::new();
         let s = &scenario.settings;

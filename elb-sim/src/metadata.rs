@@ -42,6 +42,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         status: response.status().as_u16(),
         at,
         mono_ns,
+        sim_ns: shared.since_start(mono_ns),
     });
     response
 }

@@ -148,6 +148,9 @@ pub struct LoggedRequest {
     pub at: SystemTime,
     /// CLOCK_MONOTONIC at arrival, in nanoseconds: comparable with other processes' monotonic clocks.
     pub mono_ns: u64,
+    /// Nanoseconds from the simulator's start to the arrival: small numbers for reading a log.
+    #[serde(default)]
+    pub sim_ns: u64,
 }
 
 mod system_time_secs {
