@@ -267,6 +267,44 @@ pub struct MetadataConfig {
     pub tokens: TokenMode,
 }
 
+/// What a running simulator can be given more of (admin `POST /seed`, [`crate::Sim::seed`]): the
+/// scenario's lists, without its settings. Applied whole or not at all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Seed {
+    pub project: Vec<Project>,
+    pub user: Vec<User>,
+    pub access_key: Vec<AccessKey>,
+    pub pool: Vec<PoolConfig>,
+    pub listener: Vec<ListenerConfig>,
+    pub member: Vec<MemberConfig>,
+    pub instance: Vec<Instance>,
+    pub scaling_group: Vec<ScalingGroup>,
+}
+
+/// A change to a pool of a running simulator (admin `PATCH /pools/{id}`, [`crate::Sim::update_pool`]):
+/// what the console can change under a running agent. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolPatch {
+    pub name: Option<String>,
+    pub health_monitor: Option<bool>,
+    /// `{"enable": false, ...}` turns connection drain off.
+    pub connection_drain: Option<ConnectionDrain>,
+    pub member_deletion_protection: Option<bool>,
+}
+
+/// A change to the metadata service of a running simulator (admin `PUT /metadata`,
+/// [`crate::Sim::set_metadata`]): which instance it describes, how it treats session tokens, whether
+/// the instance has an agency. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataPatch {
+    pub instance: Option<String>,
+    pub tokens: Option<TokenMode>,
+    pub agency: Option<bool>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scenario {
@@ -285,6 +323,20 @@ pub struct Scenario {
 impl Scenario {
     pub fn from_toml(text: &str) -> Result<Scenario, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Everything the scenario starts with, as one [`Seed`].
+    pub fn seed(&self) -> Seed {
+        Seed {
+            project: self.project.clone(),
+            user: self.user.clone(),
+            access_key: self.access_key.clone(),
+            pool: self.pool.clone(),
+            listener: self.listener.clone(),
+            member: self.member.clone(),
+            instance: self.instance.clone(),
+            scaling_group: self.scaling_group.clone(),
+        }
     }
 
     /// An empty scenario to chain on.
