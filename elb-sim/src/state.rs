@@ -336,7 +336,8 @@ pub struct Inner {
     pub buckets: HashMap<String, Bucket>,
     pub metadata_instance: Option<String>,
     pub metadata_tokens: TokenMode,
-    pub metadata_sessions: Vec<String>,
+    /// Metadata session tokens and when each expires.
+    pub metadata_sessions: Vec<(String, SystemTime)>,
     /// The metadata instance's current temporary key: (ak, issued).
     pub temp_key: Option<(String, SystemTime)>,
 }
