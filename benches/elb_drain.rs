@@ -284,78 +284,177 @@ async fn reaction() {
     println!("\nratio: elb-drain is {:.0}x faster", s / m);
 }
 
-/// Raises the open-file limit as far as allowed.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: get/setrlimit on our own process with a valid struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        let want = libc::rlimit {
-            rlim_cur: 1 << 20,
-            rlim_max: (1 << 20).max(lim.rlim_max),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
-/// A listener that accepts and keeps every connection; connections made from 127.0.0.x sources so the
-/// count is not limited by one source address's ephemeral ports.
+/// Connections held open by helper processes (one process may hold only ~20k descriptors here): server
+/// holders share the port with SO_REUSEPORT and accept; client holders connect from 127.x.y.z sources so
+/// the count is not limited by one source address's ephemeral ports. Dropping the pile kills them all.
 struct Pile {
     addr: SocketAddr,
-    accepted: Arc<Mutex<Vec<TcpStream>>>,
-    clients: Vec<TcpStream>,
+    servers: Vec<Holder>,
+    clients: Vec<Holder>,
+    total: usize,
 }
 
-impl Pile {
-    fn new() -> Pile {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let into = accepted.clone();
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                match c {
-                    Ok(c) => into.lock().unwrap().push(c),
-                    Err(_) => return,
-                }
-            }
-        });
-        Pile {
-            addr,
-            accepted,
-            clients: Vec::new(),
+struct Holder(Child);
+
+impl Holder {
+    fn spawn(env: &[(&str, String)]) -> Holder {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
         }
+        let mut child = cmd.spawn().expect("holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "holder failed to start");
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const SERVER_CAP: usize = 18_000;
+const PER_SERVER: usize = 12_000;
+const PER_CLIENT: usize = 15_000;
+
+impl Pile {
+    fn new(holder_base: u8) -> Pile {
+        // Find a free port, then let the first server holder take it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pile = Pile {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            servers: Vec::new(),
+            clients: Vec::new(),
+            total: 0,
+        };
+        pile.add_server();
+        pile.total = 0;
+        let _ = holder_base;
+        pile
     }
 
-    fn grow_to(&mut self, n: usize) {
-        let start = Instant::now();
-        while self.clients.len() < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "socket creation too slow"
-            );
-            let i = self.clients.len();
-            let src = Ipv4Addr::new(127, 0, 1 + (i / 25_000) as u8, 1 + (i % 250) as u8);
-            let sock = socket2_connect(src, self.addr);
-            self.clients.push(sock);
+    fn add_server(&mut self) {
+        self.servers.push(Holder::spawn(&[
+            ("ELB_BENCH_HOLDER", "server".into()),
+            ("ELB_BENCH_PORT", self.addr.port().to_string()),
+        ]));
+    }
+
+    fn grow_to(&mut self, n: usize, octet: &mut u8) {
+        while self.servers.len() * PER_SERVER < n {
+            self.add_server();
         }
-        while self.accepted.lock().unwrap().len() < n {
-            std::thread::sleep(Duration::from_millis(10));
+        while self.total < n {
+            let count = PER_CLIENT.min(n - self.total);
+            *octet += 1;
+            self.clients.push(Holder::spawn(&[
+                ("ELB_BENCH_HOLDER", "client".into()),
+                ("ELB_BENCH_CONNECT", self.addr.to_string()),
+                ("ELB_BENCH_COUNT", count.to_string()),
+                ("ELB_BENCH_SRC", octet.to_string()),
+            ]));
+            self.total += count;
         }
     }
 
     fn close_all(&mut self) {
+        // SIGKILL every holder at once: the kernel closes all their sockets.
+        for h in self.clients.iter().chain(&self.servers) {
+            // SAFETY: kill(2) on our own children.
+            unsafe { libc::kill(h.0.id() as i32, libc::SIGKILL) };
+        }
         self.clients.clear();
-        self.accepted.lock().unwrap().clear();
+        self.servers.clear();
+        self.total = 0;
     }
+}
+
+/// The helper-process side of [`Pile`]: hold sockets until the parent closes our stdin.
+fn holder(mode: &str) {
+    let env = |k: &str| std::env::var(k).unwrap();
+    let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
+    match mode {
+        "server" => {
+            use std::os::fd::FromRawFd;
+            let port: u16 = env("ELB_BENCH_PORT").parse().unwrap();
+            // SAFETY: a listening socket with SO_REUSEPORT, built by hand (std has no reuseport).
+            let fd = unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                let one: libc::c_int = 1;
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&one as *const libc::c_int).cast(),
+                    4,
+                );
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEPORT,
+                    (&one as *const libc::c_int).cast(),
+                    4,
+                );
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                assert_eq!(
+                    libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), 16),
+                    0,
+                    "bind"
+                );
+                assert_eq!(libc::listen(fd, 4096), 0, "listen");
+                fd
+            };
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            let listener = unsafe { TcpListener::from_raw_fd(fd) };
+            std::thread::spawn(move || {
+                let mut sink = Vec::new();
+                for c in listener.incoming().take(SERVER_CAP) {
+                    match c {
+                        Ok(c) => sink.push(c),
+                        Err(_) => break,
+                    }
+                }
+                std::mem::forget(sink);
+                std::thread::park();
+            });
+        }
+        _ => {
+            let to: SocketAddr = env("ELB_BENCH_CONNECT").parse().unwrap();
+            let count: usize = env("ELB_BENCH_COUNT").parse().unwrap();
+            let second: u8 = env("ELB_BENCH_SRC").parse().unwrap();
+            for i in 0..count {
+                let src = Ipv4Addr::new(127, second, (i / 250) as u8, 1 + (i % 250) as u8);
+                held.push(socket2_connect(src, to).into());
+            }
+            println!("ready");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    // Hold until the parent goes away.
+    let mut buf = String::new();
+    let _ = std::io::stdin().read_line(&mut buf);
+    drop(held);
 }
 
 /// connect(2) from a chosen source address (bind with port 0 first).
@@ -424,9 +523,9 @@ fn ss_ms(port: u16) -> f64 {
 }
 
 /// 2. One census at 1k / 10k / 100k sockets on the port (plus 20k noise): ours vs ss vs /proc.
-fn census(target: &mut Pile, sizes: &[usize]) {
-    let mut noise = Pile::new();
-    noise.grow_to(20_000);
+fn census(target: &mut Pile, sizes: &[usize], octet: &mut u8) {
+    let mut noise = Pile::new(0);
+    noise.grow_to(20_000, octet);
     println!(
         "\n### 2. Census cost (one count; 20k noise connections on another port; medians of 5)\n"
     );
@@ -440,7 +539,13 @@ fn census(target: &mut Pile, sizes: &[usize]) {
         exclude_peers: vec![],
     };
     for &n in sizes {
-        target.grow_to(n);
+        target.grow_to(n, octet);
+        let settle = Instant::now();
+        let mut probe = NetlinkCensus::new(spec.clone()).unwrap();
+        while probe.count().unwrap().established != n && settle.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut nl = NetlinkCensus::new(spec.clone()).unwrap();
         assert_eq!(nl.count().unwrap().established, n, "netlink counts exactly");
         let nl_ms = time_ms(|| assert_eq!(nl.count().unwrap().established, n), 5);
@@ -458,7 +563,7 @@ fn census(target: &mut Pile, sizes: &[usize]) {
 
 /// 3. Last close -> agent exit, and the agent's CPU while it waits on `n` connections.
 fn detect(target: &mut Pile, wait: Duration) {
-    let n = target.clients.len();
+    let n = target.total;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sim = rt
         .block_on(Sim::start(scenario(target.addr.port()).build()))
@@ -484,9 +589,19 @@ fn detect(target: &mut Pile, wait: Duration) {
     let rss = a.status_field("VmRSS:");
     let closed = Instant::now();
     target.close_all();
+    // The kernel closes the killed holders' sockets asynchronously: the last close is when the census
+    // of the port first reads zero.
+    let spec = CensusSpec {
+        ports: vec![target.addr.port()],
+        exclude_peers: vec![],
+    };
+    let mut census = NetlinkCensus::new(spec).unwrap();
+    while census.count().unwrap().established > 0 && closed.elapsed() < Duration::from_secs(60) {}
     let close_ms = closed.elapsed().as_secs_f64() * 1e3;
+    let last_close = Instant::now();
     let code = a.wait_exit(Duration::from_secs(120));
     let exit_ms = closed.elapsed().as_secs_f64() * 1e3;
+    let after_last_ms = last_close.elapsed().as_secs_f64() * 1e3;
     let log = a.stderr.lock().unwrap().clone();
     let countdown = !log.contains("destroy notifications unavailable");
     println!(
@@ -501,7 +616,12 @@ fn detect(target: &mut Pile, wait: Duration) {
         "| agent RSS while draining | {:.1} MiB |",
         rss as f64 / 1024.0
     );
-    println!("| closing all {n} connections took (the test's own close loop) | {close_ms:.0} ms |");
+    println!(
+        "| killing the holders until the port's census reads 0 (the last close) | {close_ms:.0} ms |"
+    );
+    println!(
+        "| last close -> agent exited | {after_last_ms:.0} ms (upper bound: includes one census) |"
+    );
     println!("| start of the close -> agent exited (code {code:?}) | {exit_ms:.0} ms |");
     println!(
         "| count-down on socket-destroy events | {} |",
@@ -647,6 +767,9 @@ async fn fleet(agents: usize, jitter: bool) -> (f64, f64, usize, usize) {
 }
 
 fn main() {
+    if let Ok(mode) = std::env::var("ELB_BENCH_HOLDER") {
+        return holder(&mode);
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -671,17 +794,14 @@ fn main() {
         rt.block_on(loss());
     }
     if want("census") || want("detect") {
-        let limit = raise_nofile();
-        let max = if limit > 260_000 { 100_000 } else { 10_000 };
-        let mut target = Pile::new();
-        let sizes: Vec<usize> = [1_000, 10_000, 100_000]
-            .into_iter()
-            .filter(|n| *n <= max)
-            .collect();
+        let max = 100_000;
+        let mut octet = 0u8;
+        let mut target = Pile::new(0);
+        let sizes = [1_000, 10_000, 100_000];
         if want("census") {
-            census(&mut target, &sizes);
+            census(&mut target, &sizes, &mut octet);
         } else {
-            target.grow_to(max);
+            target.grow_to(max, &mut octet);
         }
         if want("detect") {
             detect(&mut target, Duration::from_secs(30));

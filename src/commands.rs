@@ -14,6 +14,13 @@ use crate::notify::Notifier;
 use crate::report::LogSink;
 use crate::signals::{self, Signals};
 
+fn install_signals() -> Result<Signals, Exit> {
+    Signals::install().map_err(|e| {
+        eprintln!("elb-drain: cannot install signal handlers: {e}");
+        Exit::Failure
+    })
+}
+
 fn prepare_failed(e: PrepareError) -> Exit {
     eprintln!("elb-drain: {e}");
     match e {
@@ -70,10 +77,7 @@ pub fn connections(args: &Args, ports: &[u16], json: bool) -> Result<Exit, Exit>
 /// `run`: get ready, wait for the stop, drain.
 pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
-    let mut signals = Signals::install().map_err(|e| {
-        eprintln!("elb-drain: cannot install signal handlers: {e}");
-        Exit::Failure
-    })?;
+    let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     notifier.status("starting: resolving memberships");
@@ -154,10 +158,7 @@ pub async fn exec(
     grace: std::time::Duration,
 ) -> Result<Exit, Exit> {
     use crate::supervise::{FORWARDED, Supervised, exit_code};
-    let mut signals = Signals::install().map_err(|e| {
-        eprintln!("elb-drain: cannot install signal handlers: {e}");
-        Exit::Failure
-    })?;
+    let mut signals = install_signals()?;
     let mut forwarded =
         signal_hook_tokio::Signals::new(FORWARDED.iter().copied().filter(|s| *s != libc::SIGHUP))
             .map_err(|e| {
@@ -264,10 +265,7 @@ fn register_failed(e: crate::register::RegisterError) -> Exit {
 /// `drain`: the same stop sequence, now.
 pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();
-    let mut signals = Signals::install().map_err(|e| {
-        eprintln!("elb-drain: cannot install signal handlers: {e}");
-        Exit::Failure
-    })?;
+    let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;

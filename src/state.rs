@@ -173,7 +173,11 @@ mod tests {
         };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
-        assert!(!dir.path().join("sub/.state.json.tmp").exists());
+        assert!(
+            !dir.path()
+                .join(format!("sub/.state.json.{}.tmp", std::process::id()))
+                .exists()
+        );
         std::fs::write(&path, "{broken").unwrap();
         assert!(
             State::load(&path)

@@ -229,6 +229,9 @@ pub async fn act(agent_bin: &Path, with_agent: bool) -> Result<Summary, String> 
                 .arg(&config)
                 .arg("run")
                 .env("ELB_DRAIN_LOG", "warn")
+                // The demo keeps everything in its own temporary directory: state file, status socket.
+                .env("STATE_DIRECTORY", dir.join(name))
+                .env("RUNTIME_DIRECTORY", dir.join(name))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -14,6 +14,13 @@ use tokio::sync::mpsc;
 use super::netlink::{DIAG_MSG_LEN, DiagSocket, SOCK_DIAG_BY_FAMILY, parse};
 use super::{CensusError, CensusSpec};
 
+/// Sent on the channel when notifications were lost: the count-down must be rebased on a census.
+pub const RECOUNT: usize = 0;
+
+/// Receive buffer asked for (root may exceed rmem_max with SO_RCVBUFFORCE): a drain of 100k sockets
+/// sends 100k notifications in a burst.
+const RCVBUF: libc::c_int = 32 << 20;
+
 const SKNLGRP_INET_TCP_DESTROY: u32 = 1;
 const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
 
@@ -39,6 +46,23 @@ impl DestroyWatch {
             addr.nl_family = libc::AF_NETLINK as u16;
             addr.nl_groups =
                 (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1));
+            // Best effort: a bigger buffer means fewer recounts after a burst.
+            if libc::setsockopt(
+                socket.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&RCVBUF as *const libc::c_int).cast(),
+                4,
+            ) != 0
+            {
+                libc::setsockopt(
+                    socket.fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&RCVBUF as *const libc::c_int).cast(),
+                    4,
+                );
+            }
             let rc = libc::bind(
                 socket.fd(),
                 (&addr as *const libc::sockaddr_nl).cast(),
@@ -107,10 +131,18 @@ impl DestroyWatch {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        // A burst overran the buffer: some notifications are lost. Say so (0 = "recount
+                        // now"); the engine takes a census and counts down from it again.
+                        tracing::debug!(
+                            "destroy notifications overran the socket buffer; asking for a recount"
+                        );
+                        if tx.send(RECOUNT).is_err() {
+                            return;
+                        }
+                    }
                     Err(e) => {
-                        // ENOBUFS: notifications were lost; the engine's confirming census covers that,
-                        // but the count-down can no longer be trusted: end it (the drain polls).
-                        tracing::warn!(error = %e, "destroy notifications lost; falling back to polling");
+                        tracing::warn!(error = %e, "destroy notifications failed; falling back to polling");
                         return;
                     }
                 }

@@ -128,6 +128,26 @@ struct PoolsPage {
     page_info: Option<PageInfo>,
 }
 
+/// A page of a list answer: its items and its `page_info`.
+trait Paged: serde::de::DeserializeOwned {
+    type Item;
+    fn into_parts(self) -> (Vec<Self::Item>, Option<PageInfo>);
+}
+
+impl Paged for MembersPage {
+    type Item = Member;
+    fn into_parts(self) -> (Vec<Member>, Option<PageInfo>) {
+        (self.members, self.page_info)
+    }
+}
+
+impl Paged for PoolsPage {
+    type Item = Pool;
+    fn into_parts(self) -> (Vec<Pool>, Option<PageInfo>) {
+        (self.pools, self.page_info)
+    }
+}
+
 #[derive(Deserialize)]
 struct OnePool {
     pool: Pool,
@@ -319,57 +339,42 @@ impl Elb {
         filters: &[(&str, String)],
     ) -> Result<Vec<Member>, CloudError> {
         let op = format!("ListMembers pool={pool}");
-        let path = self.path(&format!("/pools/{pool}/members"));
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let page: MembersPage = self.page(&op, &path, filters, marker.as_deref()).await?;
-            let n = page.members.len();
-            out.extend(page.members);
-            match next_marker(page.page_info, n, self.page_size) {
-                // A server repeating its marker would loop forever: that page was the last.
-                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
-                Some(_) => return Ok(out),
-                None => return Ok(out),
-            }
-        }
+        self.all_pages::<MembersPage>(&op, &self.path(&format!("/pools/{pool}/members")), filters)
+            .await
     }
 
     /// ListPools with filters, every page.
     pub async fn list_pools(&self, filters: &[(&str, String)]) -> Result<Vec<Pool>, CloudError> {
-        let path = self.path("/pools");
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let page: PoolsPage = self
-                .page("ListPools", &path, filters, marker.as_deref())
-                .await?;
-            let n = page.pools.len();
-            out.extend(page.pools);
-            match next_marker(page.page_info, n, self.page_size) {
-                // A server repeating its marker would loop forever: that page was the last.
-                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
-                Some(_) => return Ok(out),
-                None => return Ok(out),
-            }
-        }
+        self.all_pages::<PoolsPage>("ListPools", &self.path("/pools"), filters)
+            .await
     }
 
-    async fn page<T: serde::de::DeserializeOwned>(
+    /// Follows `limit`/`marker` paging to the last page.
+    async fn all_pages<P: Paged>(
         &self,
         op: &str,
         path: &str,
         filters: &[(&str, String)],
-        marker: Option<&str>,
-    ) -> Result<T, CloudError> {
-        let mut req = Request::new(op, Method::GET, path).query("limit", self.page_size);
-        for (k, v) in filters {
-            req = req.query(k, v);
+    ) -> Result<Vec<P::Item>, CloudError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut req = Request::new(op, Method::GET, path).query("limit", self.page_size);
+            for (k, v) in filters {
+                req = req.query(k, v);
+            }
+            if let Some(m) = &marker {
+                req = req.query("marker", m);
+            }
+            let (items, info) = self.service.send(&req).await?.json::<P>(op)?.into_parts();
+            let n = items.len();
+            out.extend(items);
+            match next_marker(info, n, self.page_size) {
+                // A server repeating its marker would loop forever: that page was the last.
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                _ => return Ok(out),
+            }
         }
-        if let Some(m) = marker {
-            req = req.query("marker", m);
-        }
-        self.service.send(&req).await?.json(op)
     }
 
     /// Every membership of this server: the pools it is in, then its members in each (concurrently).
