@@ -410,6 +410,28 @@ async fn a_token_bucket_per_project_answers_429_with_retry_after() {
     // Bad admin input is refused.
     let r = admin_post(&sim, "/rate-limit", json!({"per_second": 1})).await;
     assert_eq!(r.status(), 400);
+    let r = admin_post(
+        &sim,
+        "/rate-limit",
+        json!({"project_id": PROJECT, "per_second": 0}),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "a bucket that never refills");
+    // Lifting the limit: every request passes again at once.
+    let r = simkit::client(&sim)
+        .delete(format!("{}/rate-limit", sim.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(api.get(&pool()).await.status, 200);
+    }
+    sim.set_rate_limit(PROJECT, 1.0, 1);
+    assert_eq!(api.get(&pool()).await.status, 200);
+    assert_eq!(api.get(&pool()).await.status, 429);
+    sim.clear_rate_limits();
+    assert_eq!(api.get(&pool()).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

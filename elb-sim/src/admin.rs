@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /log`, `DELETE /log` | the request log (method, path, query, auth kind, status, arrival times) |
 //! | `POST /faults` (a [`Fault`]), `DELETE /faults` | inject faults per route |
-//! | `POST /rate-limit` `{"project_id", "per_second", "burst"}` | a per-project token bucket (429 `APIGW.0308`) |
+//! | `POST /rate-limit` `{"project_id", "per_second", "burst"}`, `DELETE /rate-limit` | a per-project token bucket (429 `APIGW.0308`); lift them all |
 //! | `POST /tokens/expire` | every IAM token expires now |
 //! | `POST /scale-in` `{"instance_id"}` | delete the instance's members, then hang its terminating hook |
 //! | `GET /hooks` | lifecycle hooks with their callbacks |
@@ -83,9 +83,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
                 .ok_or_else(|| bad("project_id".into()))?;
             let rate = v["per_second"]
                 .as_f64()
-                .ok_or_else(|| bad("per_second".into()))?;
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .ok_or_else(|| bad("per_second: a positive number".into()))?;
             let burst = v["burst"].as_f64().unwrap_or(rate);
             shared.set_rate_limit(project, rate, burst as u32);
+            Ok(ok(json!({})))
+        }
+        (Method::DELETE, ["rate-limit"]) => {
+            shared.clear_rate_limits();
             Ok(ok(json!({})))
         }
         (Method::POST, ["tokens", "expire"]) => {

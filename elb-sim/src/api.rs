@@ -6,7 +6,10 @@
 //!
 //! Error codes the reference leaves open, chosen here: a duplicate member (same address and port in a
 //! pool) is 409 `ELB.8911`; a DELETE refused by `member_deletion_protection_enable` is 403 `ELB.8916`;
-//! a token or key of another project is 403 `APIGW.0302`; a denied action is 403 `ELB.9802`.
+//! a token or key of another project is 403 `APIGW.0302`; a denied action is 403 `ELB.9802`; an
+//! unknown scaling group is 404 `AS.2007`; a callback matching no lifecycle action is 404 `AS.7041`.
+//! With `settings.aksk_lockout`, 5 failed signatures in a row lock the access key (401 `APIGW.0301`,
+//! even for a correct signature) for `settings.aksk_lockout_duration`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -376,7 +379,7 @@ fn authenticate(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let inner = shared.lock();
+    let mut inner = shared.lock();
     if let Some(token) = header("x-auth-token") {
         if token.is_empty() {
             return Err((
@@ -408,7 +411,13 @@ fn authenticate(
     let key = inner
         .keys
         .get(&parsed.access)
+        .cloned()
         .ok_or_else(|| (unauthorized("unknown access key"), AuthKind::Aksk))?;
+    let now = SystemTime::now();
+    let lockout = inner
+        .settings
+        .aksk_lockout
+        .then_some(inner.settings.aksk_lockout_duration);
     let kind = if key.security_token.is_some() {
         AuthKind::AkskTemporary
     } else {
@@ -429,7 +438,19 @@ fn authenticate(
             ));
         }
     }
-    auth::verify(
+    if lockout.is_some()
+        && let Some((_, Some(until))) = inner.signature_failures.get(&parsed.access)
+        && *until > now
+    {
+        let left = until.duration_since(now).unwrap_or_default().as_secs() + 1;
+        return Err((
+            unauthorized(&format!(
+                "the access key is locked for {left} s after 5 failed signatures"
+            )),
+            kind,
+        ));
+    }
+    let verified = auth::verify(
         &parsed,
         method.as_str(),
         path,
@@ -437,10 +458,25 @@ fn authenticate(
         &header,
         body,
         &key.sk,
-        SystemTime::now(),
+        now,
         inner.settings.max_clock_skew,
-    )
-    .map_err(|e| (unauthorized(&e.to_string()), kind))?;
+    );
+    if let Some(lock_for) = lockout {
+        let entry = inner
+            .signature_failures
+            .entry(parsed.access.clone())
+            .or_default();
+        match &verified {
+            Ok(()) => *entry = (0, None),
+            Err(_) => {
+                entry.0 += 1;
+                if entry.0 >= 5 {
+                    *entry = (0, Some(now + lock_for));
+                }
+            }
+        }
+    }
+    verified.map_err(|e| (unauthorized(&e.to_string()), kind))?;
     let project = header("x-project-id").unwrap_or_else(|| key.project_id.clone());
     if project != key.project_id {
         return Err((

@@ -95,6 +95,10 @@ impl Shared {
         );
     }
 
+    pub fn clear_rate_limits(&self) {
+        self.lock().buckets.clear();
+    }
+
     pub fn expire_tokens(&self) {
         let past = SystemTime::now() - Duration::from_secs(1);
         for t in self.lock().tokens.values_mut() {
@@ -377,6 +381,11 @@ impl Sim {
 
     pub fn set_rate_limit(&self, project_id: &str, per_second: f64, burst: u32) {
         self.shared.set_rate_limit(project_id, per_second, burst);
+    }
+
+    /// Lifts every project's rate limit.
+    pub fn clear_rate_limits(&self) {
+        self.shared.clear_rate_limits();
     }
 
     pub fn expire_tokens(&self) {

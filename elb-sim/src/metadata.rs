@@ -73,7 +73,9 @@ fn serve(
     let mut inner = shared.lock();
     let mode = inner.metadata_tokens;
     let now = SystemTime::now();
-    inner.metadata_sessions.retain(|(_, expires)| *expires > now);
+    inner
+        .metadata_sessions
+        .retain(|(_, expires)| *expires > now);
     if method == Method::PUT && path == "/meta-data/latest/api/token" {
         if mode == TokenMode::Unsupported {
             return (StatusCode::NOT_FOUND, "404 Not Found").into_response();

@@ -34,6 +34,12 @@ pub struct Settings {
     pub max_clock_skew: Duration,
     /// Caps every list's page size below the API's 2000, so tests can exercise paging with few items.
     pub page_size_cap: Option<usize>,
+    /// Lock an access key after 5 failed signatures in a row, as the real gateway does (off by
+    /// default: most tests send bad signatures on purpose and want each judged on its own).
+    pub aksk_lockout: bool,
+    /// How long a locked access key stays locked (5 minutes in the real service).
+    #[serde(with = "humantime_serde_compat")]
+    pub aksk_lockout_duration: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +55,8 @@ impl Default for Settings {
             hook_extend: Duration::from_secs(3600),
             max_clock_skew: Duration::from_secs(900),
             page_size_cap: None,
+            aksk_lockout: false,
+            aksk_lockout_duration: Duration::from_secs(300),
         }
     }
 }

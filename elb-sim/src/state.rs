@@ -334,6 +334,8 @@ pub struct Inner {
     pub faults: Vec<Fault>,
     pub log: Vec<LoggedRequest>,
     pub buckets: HashMap<String, Bucket>,
+    /// Failed signatures in a row per access key, and until when a key is locked.
+    pub signature_failures: HashMap<String, (u32, Option<SystemTime>)>,
     pub metadata_instance: Option<String>,
     pub metadata_tokens: TokenMode,
     /// Metadata session tokens and when each expires.
@@ -359,6 +361,7 @@ impl Inner {
             faults: Vec::new(),
             log: Vec::new(),
             buckets: HashMap::new(),
+            signature_failures: HashMap::new(),
             metadata_instance: s.metadata.instance.clone(),
             metadata_tokens: s.metadata.tokens,
             metadata_sessions: Vec::new(),
