@@ -93,12 +93,12 @@ async fn the_official_python_sdk_works_against_elb_sim() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(
-            "SDK compat ok: 17 calls, 2 pages, 404 ELB.8904, 401 APIGW.0301, batch successful/not found"
+            "SDK compat ok: 18 calls, 2 pages, 404 ELB.8904, 401 APIGW.0301, batch successful/not found"
         ),
         "{stdout}"
     );
     let log = sim.request_log();
-    assert_eq!(log.len(), 17, "{log:?}");
+    assert_eq!(log.len(), 18, "{log:?}");
     let kinds: Vec<AuthKind> = log.iter().map(|r| r.auth).collect();
     assert_eq!(
         kinds
