@@ -484,6 +484,30 @@ async fn list_pools_by_member_and_show_pool() {
         pools("member_address=127.0.1.1&protocol=TCP".into()).await,
         [POOL]
     );
+    // The rest of the SDK's ListPools filters are accepted and mean what the pools show.
+    assert_eq!(pools("connection_drain=true".into()).await, [POOL]);
+    assert_eq!(
+        pools("connection_drain=false".into()).await,
+        [PROTECTED, MONITORED]
+    );
+    assert_eq!(
+        pools("member_deletion_protection_enable=true".into()).await,
+        [PROTECTED]
+    );
+    assert_eq!(pools("admin_state_up=true".into()).await.len(), 3);
+    assert_eq!(
+        pools("pool_health=minimum_healthy_member_count=0".into())
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        pools("protection_status=nonProtection".into()).await.len(),
+        3
+    );
+    assert_eq!(pools("any_port_enable=false".into()).await.len(), 3);
+    assert_eq!(pools("quic_cid_len=8".into()).await, Vec::<String>::new());
+    assert_eq!(pools("type=ip".into()).await, Vec::<String>::new());
     let r = api.get(&elb("/pools?member_port=80")).await;
     r.assert_error(400, "ELB.8902");
 

@@ -117,7 +117,14 @@ async fn a_seed_adds_a_whole_world_to_a_running_simulator() {
         .await,
         "seeded members get health-checked"
     );
+    let r = bob.get(&format!("{path}/{generated}")).await;
+    assert_eq!(
+        r.body["member"]["reason"]["reason_code"], "CONNECT_FAILED",
+        "an OFFLINE member says why: {}",
+        r.raw
+    );
     let r = bob.get(&format!("{path}/{MEMBER}")).await;
+    assert!(r.body["member"]["reason"].is_null(), "{}", r.raw);
     assert_eq!(r.body["member"]["status"][0]["listener_id"], LISTENER);
     assert_eq!(r.body["member"]["instance_id"], INSTANCE);
     // The seeded deny list holds.

@@ -621,6 +621,7 @@ const ALL_MEMBER_FILTERS: &[&str] = &[
     "pool_id",
     "loadbalancer_id",
 ];
+/// Every filter of the SDK's ListPoolsRequest (huaweicloudsdkelb 3.1.219).
 const POOL_FILTERS: &[&str] = &[
     "id",
     "name",
@@ -635,6 +636,18 @@ const POOL_FILTERS: &[&str] = &[
     "enterprise_project_id",
     "ip_version",
     "healthmonitor_id",
+    "admin_state_up",
+    "member_deletion_protection_enable",
+    "vpc_id",
+    "type",
+    "protection_status",
+    "connection_drain",
+    "pool_health",
+    "any_port_enable",
+    "public_border_group",
+    "quic_cid_len",
+    "quic_cid_offset",
+    "az_affinity",
 ];
 
 /// A filter the generic field comparison cannot express: `Some(answer)` decides, `None` defers.
@@ -843,6 +856,17 @@ fn list_pools(shared: &Shared, caller: &Caller, query: &[(String, String)]) -> H
                 a.iter()
                     .any(|l| vals.contains(&l["id"].as_str().unwrap_or("")))
             })),
+            "connection_drain" => {
+                Some(vals.contains(&spelled(&pool["connection_drain"]["enable"]).as_str()))
+            }
+            // `pool_health=minimum_healthy_member_count=0`, as the documentation spells it.
+            "pool_health" => Some(vals.iter().any(|v| {
+                v.strip_prefix("minimum_healthy_member_count=")
+                    == Some(spelled(&pool["pool_health"]["minimum_healthy_member_count"]).as_str())
+            })),
+            // Only QUIC pools have these; every simulated pool is TCP, UDP, HTTP or the like.
+            "quic_cid_len" | "quic_cid_offset" => Some(false),
+            "az_affinity" => Some(vals.iter().any(|v| v.contains("false"))),
             _ => None,
         }
     };

@@ -63,11 +63,11 @@ pub struct Member {
 impl Member {
     /// The v3 member object: no `pool_id`, no `provisioning_status`.
     pub fn to_json(&self, pool: &Pool) -> Value {
-        let status = if self.operating_status == "NO_MONITOR" {
-            "NO_MONITOR"
-        } else {
-            &self.operating_status
-        };
+        let status = self.operating_status.as_str();
+        // A failed TCP check: the connect did not succeed (refused or timed out alike).
+        let reason = (status == "OFFLINE").then(|| {
+            json!({"reason_code": "CONNECT_FAILED", "expected_response": "", "healthcheck_response": ""})
+        });
         json!({
             "id": self.id,
             "name": self.name,
@@ -80,9 +80,9 @@ impl Member {
             "ip_version": if self.address.contains(':') { "v6" } else { "v4" },
             "operating_status": status,
             "status": pool.listeners.iter().map(|l| json!({
-                "listener_id": l, "operating_status": status, "reason": null
+                "listener_id": l, "operating_status": status, "reason": reason
             })).collect::<Vec<_>>(),
-            "reason": null,
+            "reason": reason,
             "member_type": if self.instance_id.is_some() { "instance" } else { "ip" },
             "instance_id": self.instance_id.clone().unwrap_or_default(),
             "availability_zone": "",
@@ -119,6 +119,14 @@ impl Pool {
                 .unwrap_or(json!({"enable": false, "timeout": 300})),
             "type": "",
             "vpc_id": "",
+            "enterprise_project_id": "0",
+            "protection_status": "nonProtection",
+            "protection_reason": "",
+            "any_port_enable": false,
+            "pool_health": {"minimum_healthy_member_count": 0},
+            "public_border_group": "center",
+            "quic_cid_hash_strategy": null,
+            "az_affinity": null,
             "created_at": now_rfc3339(self.created_at),
             "updated_at": now_rfc3339(self.created_at),
         })
