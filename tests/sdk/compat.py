@@ -73,6 +73,10 @@ def main():
     resp = client.show_pool(ShowPoolRequest(pool_id=pool))
     calls += 1
     assert resp.pool.id == pool and resp.pool.connection_drain is not None, resp
+    drain = resp.pool.connection_drain
+    assert drain.enable is True and drain.timeout == 30, drain
+    assert resp.pool.member_deletion_protection_enable is False, resp
+    assert sorted(m.id for m in resp.pool.members) == sorted(created), resp.pool.members
 
     resp = client.list_pools(ListPoolsRequest(member_address=["10.0.0.9"]))
     calls += 1
