@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 
@@ -113,6 +113,9 @@ impl Credential for StaticToken {
 /// A value that expires, shared between the request path and its refresher.
 struct Expiring<T> {
     value: RwLock<Option<(T, SystemTime)>>,
+    /// When the value was last fetched (monotonic), so a forced refresh can tell whether another
+    /// caller already replaced the value it saw refused.
+    fetched: RwLock<Option<Instant>>,
     /// Serialises fetches so a burst of requests at expiry makes one fetch, not many.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -121,6 +124,7 @@ impl<T: Clone> Expiring<T> {
     fn new() -> Self {
         Expiring {
             value: RwLock::new(None),
+            fetched: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -130,6 +134,17 @@ impl<T: Clone> Expiring<T> {
         let guard = self.value.read().unwrap_or_else(|p| p.into_inner());
         let (v, expires) = guard.as_ref()?;
         (SystemTime::now() + margin < *expires).then(|| v.clone())
+    }
+
+    /// The current value if it was fetched after `t`: several requests refused at once (a burst of
+    /// 401s after an expiry) then cost one fetch, not one each.
+    fn fetched_after(&self, t: Instant) -> Option<T> {
+        let fetched = (*self.fetched.read().unwrap_or_else(|p| p.into_inner()))?;
+        if fetched <= t {
+            return None;
+        }
+        let guard = self.value.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|(v, _)| v.clone())
     }
 
     fn expires_at(&self) -> Option<SystemTime> {
@@ -142,13 +157,36 @@ impl<T: Clone> Expiring<T> {
 
     fn set(&self, v: T, expires: SystemTime) {
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = Some((v, expires));
+        *self.fetched.write().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 }
 
-/// Refresh this long before expiry at the latest: 10 minutes, or a fifth of the lifetime when that is
-/// shorter (short-lived test credentials).
+/// Refresh this long before expiry: at 80 % of the lifetime or 10 minutes before expiry, whichever
+/// comes first (never later than half-way through a very short lifetime). Refreshing early leaves hours,
+/// not minutes, to ride out an IAM or metadata outage with the credential still valid.
 fn refresh_margin(lifetime: Duration) -> Duration {
-    (lifetime / 5).min(Duration::from_secs(600))
+    (lifetime / 5).max(Duration::from_secs(600).min(lifetime / 2))
+}
+
+/// The shortest pause of the refresher, so a credential source that keeps answering with an expiring
+/// (or, with clock skew, already expired) credential cannot make it spin.
+const MIN_REFRESH_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long the refresher sleeps before its next refresh, given the credential's remaining lifetime and
+/// the refreshes failed in a row.
+fn refresher_wait(left: Duration, failures: u32) -> Duration {
+    if failures > 0 {
+        let backoff = Duration::from_secs(1 << failures.min(6));
+        // While the credential still works, retry well before it stops; once expired, back off fully
+        // (requests fetch on demand meanwhile).
+        return if left.is_zero() {
+            backoff
+        } else {
+            backoff.min(left / 2).max(MIN_REFRESH_PAUSE)
+        };
+    }
+    left.saturating_sub(refresh_margin(left))
+        .max(MIN_REFRESH_PAUSE)
 }
 
 /// An IAM token obtained with a password, refreshed ahead of its `expires_at`.
@@ -186,8 +224,12 @@ impl PasswordToken {
     }
 
     async fn fetch(&self, force: bool) -> Result<Secret, CloudError> {
+        let asked = Instant::now();
         let _one = self.fetching().await;
         if !force && let Some(t) = self.token.fresh(self.margin()) {
+            return Ok(t);
+        }
+        if force && let Some(t) = self.token.fetched_after(asked) {
             return Ok(t);
         }
         let (token, expires) = self
@@ -325,8 +367,12 @@ impl AgencyKeys {
     }
 
     async fn fetch(&self, force: bool) -> Result<SigningKey, CloudError> {
+        let asked = Instant::now();
         let _one = self.keys.fetching.lock().await;
         if !force && let Some(k) = self.keys.fresh(self.margin()) {
+            return Ok(k);
+        }
+        if force && let Some(k) = self.keys.fetched_after(asked) {
             return Ok(k);
         }
         let (key, expires) = self.metadata.security_key().await?;
@@ -364,33 +410,48 @@ impl Credential for AgencyKeys {
 }
 
 /// Keeps an expiring credential fresh: wakes once per refresh, a margin before expiry (no periodic
-/// wake-ups otherwise), and retries with a growing pause when the refresh fails.
-pub fn spawn_refresher(credential: Arc<dyn Credential>) {
+/// wake-ups otherwise), and retries with a growing pause when the refresh fails. The task holds the
+/// credential weakly and ends once its owner drops it, so it never outlives the agent.
+pub fn spawn_refresher(credential: Arc<dyn Credential>) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(&credential);
+    drop(credential);
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
-            let info = credential.describe();
-            let Some(expires) = info.expires_at else {
+            let Some(expires) = weak.upgrade().and_then(|c| c.describe().expires_at) else {
                 return;
             };
             let left = expires
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            let wait = if failures > 0 {
-                Duration::from_secs(1 << failures.min(6)).min(left / 2)
-            } else {
-                left.saturating_sub(refresh_margin(left.max(Duration::from_secs(1))))
+            tokio::time::sleep(refresher_wait(left, failures)).await;
+            let Some(credential) = weak.upgrade() else {
+                return;
             };
-            tokio::time::sleep(wait).await;
             match credential.refresh().await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    // Renewed: a later expiry, with some life in it (a key "valid" for a few
+                    // milliseconds is the source's clock disagreeing with ours).
+                    let renewed = credential.describe().expires_at.is_some_and(|e| {
+                        e > expires && e > SystemTime::now() + Duration::from_secs(1)
+                    });
+                    // The same credential again (not rotated yet, or clock skew): try again sooner
+                    // than a full lifetime, but with a growing pause rather than in a tight loop.
+                    failures = if renewed { 0 } else { failures + 1 };
+                    if !renewed {
+                        tracing::debug!(
+                            failures,
+                            "credential source answered with the same expiry; asking again later"
+                        );
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = %e, "credential refresh failed; will retry");
                 }
             }
         }
-    });
+    })
 }
 
 /// The credential the configuration asks for, fetched now (so a bad password or a missing agency is
@@ -450,15 +511,115 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refresh_happens_well_before_expiry() {
+    fn refresh_happens_at_80_percent_or_10_minutes_before_whichever_is_sooner() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        // A 24 h IAM token: at 19.2 h, not 23 h 50.
+        assert_eq!(refresh_margin(h(24)), h(24) / 5);
+        // A 30 min key: 10 minutes before, sooner than at 24 minutes.
         assert_eq!(
-            refresh_margin(Duration::from_secs(86_400)),
+            refresh_margin(Duration::from_secs(1800)),
             Duration::from_secs(600)
         );
+        // A few seconds (tests): half-way.
         assert_eq!(
             refresh_margin(Duration::from_secs(10)),
-            Duration::from_secs(2)
+            Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn the_refresher_never_spins() {
+        let s = Duration::from_secs;
+        assert_eq!(refresher_wait(s(100), 0), s(50));
+        // Expired (clock skew, or a source that does not rotate): never a zero pause.
+        assert_eq!(refresher_wait(Duration::ZERO, 0), MIN_REFRESH_PAUSE);
+        assert_eq!(refresher_wait(Duration::ZERO, 1), s(2));
+        assert_eq!(refresher_wait(Duration::ZERO, 3), s(8));
+        assert_eq!(refresher_wait(Duration::ZERO, 40), s(64));
+        // Failing while still valid: retry before it stops, but not in a tight loop.
+        assert_eq!(refresher_wait(s(3600), 2), s(4));
+        assert_eq!(refresher_wait(s(2), 5), s(1));
+        assert_eq!(
+            refresher_wait(Duration::from_millis(10), 5),
+            MIN_REFRESH_PAUSE
+        );
+    }
+
+    /// A credential whose every refresh yields `next_lifetime` (zero: already expired), counting calls.
+    struct Fake {
+        expires: RwLock<SystemTime>,
+        next_lifetime: Duration,
+        refreshes: std::sync::atomic::AtomicU32,
+        refreshed: tokio::sync::Notify,
+    }
+
+    impl Fake {
+        fn new(lifetime: Duration, next_lifetime: Duration) -> Arc<Fake> {
+            Arc::new(Fake {
+                expires: RwLock::new(SystemTime::now() + lifetime),
+                next_lifetime,
+                refreshes: Default::default(),
+                refreshed: Default::default(),
+            })
+        }
+        fn count(&self) -> u32 {
+            self.refreshes.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Credential for Fake {
+        fn apply<'a>(&'a self, _: &'a mut Parts) -> BoxFuture<'a, Result<(), CloudError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn refresh(&self) -> BoxFuture<'_, Result<(), CloudError>> {
+            Box::pin(async {
+                self.refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                *self.expires.write().unwrap() = SystemTime::now() + self.next_lifetime;
+                self.refreshed.notify_one();
+                Ok(())
+            })
+        }
+        fn describe(&self) -> CredentialInfo {
+            CredentialInfo {
+                kind: "fake",
+                expires_at: Some(*self.expires.read().unwrap()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refreshed_in_the_background_before_expiry_and_stopped_with_its_owner() {
+        let lifetime = Duration::from_millis(800);
+        let fake = Fake::new(lifetime, lifetime);
+        let started = std::time::Instant::now();
+        let task = spawn_refresher(fake.clone());
+        tokio::time::timeout(Duration::from_secs(5), fake.refreshed.notified())
+            .await
+            .expect("a refresh within 5 s");
+        let at = started.elapsed();
+        assert!(
+            at >= Duration::from_millis(300) && at < lifetime,
+            "refreshed at {at:?}, expected half-way through the {lifetime:?} lifetime"
+        );
+        drop(fake);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the refresher ends once the credential is dropped")
+            .expect("no panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_of_expired_credentials_is_asked_with_a_growing_pause() {
+        // Skewed clocks: every refresh answers with a credential that is already expired.
+        let fake = Fake::new(Duration::ZERO, Duration::ZERO);
+        let task = spawn_refresher(fake.clone());
+        // Virtual time: 2 minutes pass instantly.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let n = fake.count();
+        // 0.1 s, then 2, 4, 8, 16, 32 and 64 s pauses: about 6 asks in 2 minutes, not thousands.
+        assert!((4..=8).contains(&n), "{n} refreshes in 2 minutes");
+        task.abort();
     }
 
     #[test]
