@@ -2,7 +2,9 @@
 //! local IPv4) and its agency's temporary keys.
 //!
 //! Session tokens (IMDSv2 style) are used when the service offers them; a 404/405/503 on the token
-//! request means an older platform without them, remembered so it is asked only once.
+//! request means an older platform without them, remembered so it is asked only once. Reads are
+//! retried a few times on transient failures (the service is local; a hiccup is short), and a 401 gets
+//! a new session token once (it may have expired).
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,7 @@ pub struct Identity {
     pub instance_id: InstanceId,
     pub project_id: Option<ProjectId>,
     pub region: Option<String>,
+    pub availability_zone: Option<String>,
     pub hostname: Option<String>,
 }
 
@@ -38,7 +41,20 @@ struct RawIdentity {
     uuid: String,
     project_id: Option<String>,
     region_id: Option<String>,
+    availability_zone: Option<String>,
     hostname: Option<String>,
+}
+
+/// `network_data.json`: one link per NIC.
+#[derive(Deserialize)]
+struct NetworkData {
+    #[serde(default)]
+    links: Vec<Link>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    local_ipv4: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +174,7 @@ impl Metadata {
                 .as_deref()
                 .and_then(|p| ProjectId::parse(p).ok()),
             region: raw.region_id.filter(|r| !r.is_empty()),
+            availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
             hostname: raw.hostname,
         })
     }
@@ -170,6 +187,28 @@ impl Metadata {
             op: format!("metadata GET {PATH}"),
             reason: format!("{:?} is not an IPv4 address", text.trim()),
         })
+    }
+
+    /// The IPv4 addresses of every NIC (`network_data.json`), for a server in pools on several subnets.
+    /// Entries that are not addresses are skipped; duplicates kept once, in the service's order.
+    pub async fn local_ipv4s(&self) -> Result<Vec<Ipv4Addr>, CloudError> {
+        const PATH: &str = "/openstack/latest/network_data.json";
+        let body = self.get(PATH).await?;
+        let data: NetworkData = serde_json::from_slice(&body).map_err(|e| CloudError::Decode {
+            op: format!("metadata GET {PATH}"),
+            reason: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        for ip in data
+            .links
+            .iter()
+            .filter_map(|l| l.local_ipv4.as_deref()?.trim().parse::<Ipv4Addr>().ok())
+        {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        Ok(out)
     }
 
     /// The agency's temporary keys and their expiry.

@@ -35,7 +35,7 @@ pub struct HttpSettings {
 }
 
 /// Builds the one HTTP client of the process: rustls with the platform's roots (plus `ca_file`), no
-/// proxy discovery surprises, bounded timeouts.
+/// proxy discovery surprises, no redirects, bounded timeouts.
 pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
@@ -43,6 +43,10 @@ pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudErro
         .timeout(settings.request_timeout)
         .user_agent(concat!("elb-drain/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
+        // The cloud APIs do not redirect; following one would carry `X-Auth-Token` (which reqwest does
+        // not strip across hosts, unlike `Authorization`) to wherever the redirect points, possibly
+        // over plain HTTP. A 3xx is reported as an error instead.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(50))
         .tcp_nodelay(true);
     if let Some(path) = &settings.ca_file {
@@ -121,11 +125,44 @@ impl CloudError {
         }
     }
 
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { message, .. } => message.as_deref(),
+            CloudError::GaveUp { last, .. } => last.message(),
+            _ => None,
+        }
+    }
+
+    /// The request id (from the body or `X-Request-Id`), to quote to the cloud's support.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { request_id, .. } => request_id.as_deref(),
+            CloudError::GaveUp { last, .. } => last.request_id(),
+            _ => None,
+        }
+    }
+
+    /// The credential was refused (401) or lacks a permission (403).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
+    /// The resource (or, with `APIGW.0101`, the API itself) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CloudError::PoolNotFound { .. }) || self.status() == Some(404)
+    }
+
+    /// The API's rate limit (429): back off.
+    pub fn is_throttled(&self) -> bool {
+        self.status() == Some(429)
+    }
+
     /// Worth another attempt: the condition is expected to pass (busy, throttled, server-side, network).
+    /// An oversized body is not: it would be downloaded again, up to the limit, at every attempt.
     pub fn is_retryable(&self) -> bool {
         match self {
             CloudError::Transport { .. } => true,
-            CloudError::Decode { .. } | CloudError::TooLarge { .. } => true,
+            CloudError::Decode { .. } => true,
             CloudError::Api { status, code, .. } => match status {
                 409 => code.as_deref() != Some("ELB.8905"), // quota exceeded will not pass
                 429 | 500 | 502 | 503 | 504 => true,
@@ -552,6 +589,36 @@ mod tests {
             }
             .is_retryable()
         );
+        assert!(
+            !CloudError::TooLarge {
+                op: "x".into(),
+                limit: MAX_BODY
+            }
+            .is_retryable()
+        );
+        let throttled = parse(429, r#"{"error_code":"APIGW.0308"}"#);
+        assert!(throttled.is_throttled() && !throttled.is_auth());
+        assert!(parse(401, "{}").is_auth() && parse(403, "{}").is_auth());
+        assert!(parse(404, "{}").is_not_found() && !parse(404, "{}").is_auth());
+        let gave_up = CloudError::GaveUp {
+            op: "x".into(),
+            attempts: 3,
+            elapsed: Duration::from_secs(1),
+            last: Box::new(parse(
+                503,
+                r#"{"error_code":"ELB.8906","error_msg":"busy","request_id":"r9"}"#,
+            )),
+        };
+        assert_eq!(
+            (
+                gave_up.status(),
+                gave_up.code(),
+                gave_up.message(),
+                gave_up.request_id()
+            ),
+            (Some(503), Some("ELB.8906"), Some("busy"), Some("r9"))
+        );
+        assert!(!gave_up.is_retryable(), "the budget is spent");
     }
 
     #[test]
