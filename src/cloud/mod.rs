@@ -622,6 +622,43 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_ca_file_is_a_setup_error_naming_the_field() {
+        let settings = |ca_file: &str| HttpSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            ca_file: Some(PathBuf::from(ca_file)),
+            allow_insecure_http: false,
+        };
+        let missing = http_client(&settings("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            matches!(&missing, CloudError::Setup(m) if m.starts_with("cloud.ca_file: cannot read /nonexistent/ca.pem")),
+            "{missing}"
+        );
+        assert!(missing.is_configuration());
+        let dir = std::env::temp_dir().join(format!("elb-drain-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("ca.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = http_client(&settings(garbage.to_str().unwrap())).unwrap_err();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(
+            matches!(&bad, CloudError::Setup(m) if m.contains("is not a PEM bundle")),
+            "{bad}"
+        );
+        assert!(
+            http_client(&HttpSettings {
+                ca_file: None,
+                ..settings("")
+            })
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn backoff_is_jittered_exponential_with_retry_after_as_a_floor() {
         let p = RetryPolicy {
             deadline: Duration::from_secs(30),
