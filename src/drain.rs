@@ -362,6 +362,8 @@ pub async fn drive(
             }
             n = recv(&mut destroyed), if estimate.is_some() => {
                 match n {
+                    // Notifications were lost: recount now and count down from there.
+                    Some(crate::census::destroy::RECOUNT) => next = Instant::now(),
                     Some(n) => {
                         let left = estimate.unwrap_or(0).saturating_sub(n);
                         estimate = Some(left);
@@ -370,7 +372,11 @@ pub async fn drive(
                         }
                     }
                     // The watch died: fall back to polling.
-                    None => { destroyed = None; estimate = None; interval = plan.poll_interval; }
+                    None => {
+                        destroyed = None;
+                        estimate = None;
+                        next = Instant::now();
+                    }
                 }
             }
             _ = tokio::time::sleep_until(next), if census.is_some() => {
@@ -407,7 +413,9 @@ pub async fn drive(
                         // while destroy notifications count down for us a census only confirms.
                         let mut later = interval - plan.poll_interval;
                         if estimate.is_some() {
-                            later += interval * 9;
+                            // Counting down: a census only confirms. Rarely, but at least every 10 s,
+                            // in case a counted socket leaves ESTABLISHED without being destroyed.
+                            later += (interval * 9).min(Duration::from_secs(10).saturating_sub(interval));
                         }
                         next = (at + later).min(engine.deadline());
                     }

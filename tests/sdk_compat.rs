@@ -3,6 +3,10 @@
 //! temporary key and its security token, and parses every answer and every typed refusal
 //! (tests/sdk/compat.py).
 //!
+//! The Auto Scaling SDK (`huaweicloudsdkas`), pointed at the same simulator, lists a hanging lifecycle
+//! hook, extends it, answers it and gets the typed 400 `AS.7042` for a late answer
+//! (tests/sdk/compat_as.py).
+//!
 //! The SDK is installed into `.venv` by `.ci/run`; `ELB_SIM_SDK_PYTHON` names another interpreter.
 //! Without it the test says so loudly and passes: PyPI may be unreachable, elb-sim's own tests still run.
 
@@ -12,22 +16,27 @@ mod simkit;
 use std::path::PathBuf;
 use std::process::Command;
 
-use elb_sim::scenario::Instance;
+use elb_sim::scenario::{Instance, ScalingGroup};
 use elb_sim::{AuthKind, Scenario, Sim};
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
 const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
 
-fn python() -> Option<PathBuf> {
+/// The interpreter, when it can import `modules`.
+fn python_with(modules: &str) -> Option<PathBuf> {
     let path = std::env::var_os("ELB_SIM_SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     let ok = Command::new(&path)
-        .args(["-c", "import huaweicloudsdkelb.v3, huaweicloudsdkcore"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success());
     ok.then_some(path)
+}
+
+fn python() -> Option<PathBuf> {
+    python_with("huaweicloudsdkelb.v3, huaweicloudsdkcore")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,12 +93,12 @@ async fn the_official_python_sdk_works_against_elb_sim() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(
-            "SDK compat ok: 17 calls, 2 pages, 404 ELB.8904, 401 APIGW.0301, batch successful/not found"
+            "SDK compat ok: 18 calls, 2 pages, 404 ELB.8904, 401 APIGW.0301, batch successful/not found"
         ),
         "{stdout}"
     );
     let log = sim.request_log();
-    assert_eq!(log.len(), 17, "{log:?}");
+    assert_eq!(log.len(), 18, "{log:?}");
     let kinds: Vec<AuthKind> = log.iter().map(|r| r.auth).collect();
     assert_eq!(
         kinds
@@ -112,5 +121,84 @@ async fn the_official_python_sdk_works_against_elb_sim() {
     assert!(
         sim.members(POOL).is_empty(),
         "everything created was deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
+    let Some(python) = python_with("huaweicloudsdkas.v1, huaweicloudsdkcore") else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: official AS SDK not installed (huaweicloudsdkas in .venv; or set ELB_SIM_SDK_PYTHON) !!!!!!!!\n"
+        );
+        return;
+    };
+    const GROUP: &str = "7b8bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
+    let sim = Sim::start(
+        Scenario::builder()
+            .project(PROJECT)
+            .access_key("AKSDKCOMPAT000000000", "sdk-compat-secret-key", PROJECT)
+            .pool(POOL, |p| p)
+            .member_of_instance(POOL, "m1", "10.0.0.9", 80, INSTANCE)
+            .instance(Instance {
+                uuid: INSTANCE.into(),
+                project_id: PROJECT.into(),
+                local_ipv4: "10.0.0.9".into(),
+                region_id: None,
+                hostname: "web-9".into(),
+                name: "web-9".into(),
+                agency: false,
+                scaling_group_id: Some(GROUP.into()),
+            })
+            .scaling_group(ScalingGroup {
+                id: GROUP.into(),
+                project_id: PROJECT.into(),
+                hook_name: "drain-hook".into(),
+                default_result: "ABANDON".into(),
+                hook_timeout: std::time::Duration::from_secs(600),
+            })
+            .settings(|s| s.hook_extend = std::time::Duration::from_secs(60))
+            .build(),
+    )
+    .await
+    .unwrap();
+    sim.start_scale_in(INSTANCE).unwrap();
+    assert!(
+        !sim.member_exists(POOL, "m1"),
+        "scale-in removed the member first"
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/compat_as.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ELB_SIM_ENDPOINT", sim.api_url())
+        .env("ELB_SIM_AK", "AKSDKCOMPAT000000000")
+        .env("ELB_SIM_SK", "sdk-compat-secret-key")
+        .env("ELB_SIM_PROJECT", PROJECT)
+        .env("ELB_SIM_GROUP", GROUP)
+        .env("ELB_SIM_INSTANCE", INSTANCE)
+        .env("ELB_SIM_HOOK", "drain-hook")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "AS SDK compat ok: 6 calls, EXTEND moved the deadline, CONTINUE, 400 AS.7042"
+        ),
+        "{stdout}"
+    );
+    let hook = &sim.hooks(GROUP)[0];
+    assert_eq!(hook.status, "CONTINUE");
+    assert!(!hook.timed_out);
+    let results: Vec<&str> = hook.callbacks.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(results, ["EXTEND", "CONTINUE", "ABANDON"]);
+    let log = sim.request_log();
+    assert_eq!(log.len(), 6, "{log:?}");
+    assert!(
+        log.iter()
+            .all(|r| r.service == "as" && r.auth == AuthKind::Aksk),
+        "every call signed and routed to AS: {log:?}"
     );
 }

@@ -410,6 +410,28 @@ async fn a_token_bucket_per_project_answers_429_with_retry_after() {
     // Bad admin input is refused.
     let r = admin_post(&sim, "/rate-limit", json!({"per_second": 1})).await;
     assert_eq!(r.status(), 400);
+    let r = admin_post(
+        &sim,
+        "/rate-limit",
+        json!({"project_id": PROJECT, "per_second": 0}),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "a bucket that never refills");
+    // Lifting the limit: every request passes again at once.
+    let r = simkit::client(&sim)
+        .delete(format!("{}/rate-limit", sim.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(api.get(&pool()).await.status, 200);
+    }
+    sim.set_rate_limit(PROJECT, 1.0, 1);
+    assert_eq!(api.get(&pool()).await.status, 200);
+    assert_eq!(api.get(&pool()).await.status, 429);
+    sim.clear_rate_limits();
+    assert_eq!(api.get(&pool()).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,6 +523,16 @@ async fn the_request_log_records_every_call() {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let now_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     assert!(log.last().unwrap().mono_ns <= now_ns && now_ns - log[0].mono_ns < 60_000_000_000);
+    // sim_ns is the same clock, counted from the simulator's start.
+    let offsets: Vec<u64> = log.iter().map(|e| e.mono_ns - e.sim_ns).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] == w[1]),
+        "one origin: {offsets:?}"
+    );
+    assert!(
+        log[0].sim_ns > 0 && log[0].sim_ns < 60_000_000_000,
+        "{log:?}"
+    );
 
     // The admin API serves the same log as JSON, and clears it.
     let json_log = admin_get(&sim, "/log").await;
@@ -526,6 +558,7 @@ async fn the_request_log_records_every_call() {
     assert_eq!(entries[4]["auth"], "aksk-temporary");
     assert_eq!(entries[2]["auth"], "aksk");
     assert_eq!(e["mono_ns"].as_u64(), Some(log[7].mono_ns));
+    assert_eq!(e["sim_ns"].as_u64(), Some(log[7].sim_ns));
     let at = e["at"].as_f64().unwrap();
     let expect = log[7]
         .at

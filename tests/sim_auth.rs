@@ -328,6 +328,62 @@ async fn ak_sk_signed_requests_are_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_bad_signatures_lock_the_key_when_lockout_is_on() {
+    let sim = Sim::start(scenario().settings(|s| {
+        s.aksk_lockout = true;
+        s.aksk_lockout_duration = Duration::from_secs(1);
+    }))
+    .await
+    .unwrap();
+    let key = Key::permanent(AK, SK);
+    let good = || Signed::new(Method::GET, &pool_path(), &key);
+    let bad = || {
+        let mut s = Signed::new(Method::GET, &pool_path(), &key);
+        s.sk_override = Some("not-the-sk".into());
+        s
+    };
+    // Four failures, then a success: the count starts again.
+    for _ in 0..4 {
+        bad().send(&sim).await.assert_error(401, "APIGW.0301");
+    }
+    assert_eq!(good().send(&sim).await.status, 200);
+    for _ in 0..4 {
+        bad().send(&sim).await.assert_error(401, "APIGW.0301");
+    }
+    assert_eq!(
+        good().send(&sim).await.status,
+        200,
+        "4 in a row do not lock"
+    );
+    // Five in a row lock the key: even a correct signature is refused, other keys are not.
+    for _ in 0..5 {
+        bad().send(&sim).await.assert_error(401, "APIGW.0301");
+    }
+    let r = good().send(&sim).await;
+    assert!(
+        r.assert_error(401, "APIGW.0301").contains("locked"),
+        "{}",
+        r.raw
+    );
+    let other = Key::permanent(DENIED_AK, SK);
+    assert_eq!(
+        Signed::new(Method::GET, &pool_path(), &other)
+            .send(&sim)
+            .await
+            .status,
+        200
+    );
+    // The lock ends after aksk_lockout_duration.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            good().send(&sim).await.status == 200
+        })
+        .await,
+        "the key stayed locked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_are_refused_with_401() {
     let sim = Sim::start(scenario()).await.unwrap();
     let key = Key::permanent(AK, SK);

@@ -230,6 +230,11 @@ async fn create_show_update_and_delete_a_member() {
     // DeleteMember: 204 with an empty body, then the member is gone for every route.
     let r = api.delete(&member(POOL, &id)).await;
     assert_eq!((r.status, r.raw.as_str()), (204, ""));
+    assert!(
+        r.header("x-request-id").is_some_and(|v| v.len() == 32),
+        "a 204 carries X-Request-Id too: {:?}",
+        r.headers
+    );
     assert!(!sim.member_exists(POOL, &id));
     let r = api.get(&member(POOL, &id)).await;
     assert_eq!(
@@ -479,6 +484,30 @@ async fn list_pools_by_member_and_show_pool() {
         pools("member_address=127.0.1.1&protocol=TCP".into()).await,
         [POOL]
     );
+    // The rest of the SDK's ListPools filters are accepted and mean what the pools show.
+    assert_eq!(pools("connection_drain=true".into()).await, [POOL]);
+    assert_eq!(
+        pools("connection_drain=false".into()).await,
+        [PROTECTED, MONITORED]
+    );
+    assert_eq!(
+        pools("member_deletion_protection_enable=true".into()).await,
+        [PROTECTED]
+    );
+    assert_eq!(pools("admin_state_up=true".into()).await.len(), 3);
+    assert_eq!(
+        pools("pool_health=minimum_healthy_member_count=0".into())
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        pools("protection_status=nonProtection".into()).await.len(),
+        3
+    );
+    assert_eq!(pools("any_port_enable=false".into()).await.len(), 3);
+    assert_eq!(pools("quic_cid_len=8".into()).await, Vec::<String>::new());
+    assert_eq!(pools("type=ip".into()).await, Vec::<String>::new());
     let r = api.get(&elb("/pools?member_port=80")).await;
     r.assert_error(400, "ELB.8902");
 
@@ -679,20 +708,51 @@ async fn paging_follows_markers_across_pages() {
     assert_eq!(sizes, [4, 4, 4, 4], "16 members on port 80");
     assert!(pages[3].1.get("next_marker").is_none());
 
-    // Filters and paging together; page_reverse walks backwards.
-    let reversed: Vec<String> = all_pages(
-        &api,
-        &format!("{}?page_reverse=true", members(POOL)),
-        "members",
-        6,
-    )
-    .await
-    .into_iter()
-    .flat_map(|(ids, _)| ids)
-    .collect();
-    let mut backwards = everything.clone();
+    // page_reverse, as documented: without a marker the last page; with a page's previous_marker
+    // the page before it; pages stay in ascending order.
+    let mut backwards: Vec<Vec<String>> = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let r = api
+            .get(&format!(
+                "{}?page_reverse=true&limit=6{marker}",
+                members(POOL)
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        let ids = r.ids("members");
+        let info = &r.body["page_info"];
+        assert_eq!(info["current_count"].as_u64(), Some(ids.len() as u64));
+        if backwards.is_empty() {
+            assert!(info.get("next_marker").is_none(), "the last page: {info}");
+        } else {
+            assert_eq!(info["next_marker"].as_str(), ids.last().map(String::as_str));
+        }
+        if ids.is_empty() {
+            break;
+        }
+        assert_eq!(info["previous_marker"].as_str(), Some(ids[0].as_str()));
+        marker = format!("&marker={}", ids[0]);
+        backwards.push(ids);
+        assert!(backwards.len() < 10, "reverse paging never ends");
+    }
+    let sizes: Vec<usize> = backwards.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [6, 6, 5]);
     backwards.reverse();
-    assert_eq!(reversed, backwards);
+    assert_eq!(
+        backwards.concat(),
+        everything,
+        "the same members, page by page"
+    );
+    // From the middle: the page before member 8 (index 7) is members 2..7.
+    let r = api
+        .get(&format!(
+            "{}?page_reverse=true&limit=5&marker={}",
+            members(POOL),
+            everything[7]
+        ))
+        .await;
+    assert_eq!(r.ids("members"), everything[2..7]);
 
     // marker is ignored without limit, as the reference says.
     let r = api.get(&format!("{}?marker={}", members(POOL), m(3))).await;
@@ -710,12 +770,28 @@ async fn paging_follows_markers_across_pages() {
     assert_eq!(sizes, [2, 1]);
 
     // Bad paging input is a 400, not a silent default.
-    for q in ["limit=0", "limit=2001", "limit=ten", "limit=2&marker=nope"] {
+    for q in [
+        "limit=-1",
+        "limit=2001",
+        "limit=ten",
+        "limit=2&marker=nope",
+        "limit=2&page_reverse=yes",
+    ] {
         let r = api.get(&format!("{}?{q}", members(POOL))).await;
         r.assert_error(400, "ELB.8902");
     }
     let r = api.get(&format!("{}?limit=2000", members(POOL))).await;
     assert_eq!(r.ids("members").len(), 17, "2000 is allowed");
+    // limit is documented as 0-2000: 0 is the default page size (2000), and markers still work.
+    let r = api
+        .get(&format!(
+            "{}?limit=0&marker={}",
+            members(POOL),
+            everything[14]
+        ))
+        .await;
+    assert_eq!(r.ids("members"), everything[15..]);
+    assert!(r.body["page_info"].get("next_marker").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,7 +842,7 @@ async fn every_answer_carries_a_request_id_and_errors_their_shape() {
     let cases: Vec<(Reply, u16, &str)> = vec![
         (api.get(&member(POOL, MISSING)).await, 404, "ELB.8904"),
         (
-            api.get(&format!("{}?limit=0", members(POOL))).await,
+            api.get(&format!("{}?limit=2001", members(POOL))).await,
             400,
             "ELB.8902",
         ),

@@ -128,6 +128,44 @@ async fn metadata_token_modes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_session_tokens_live_for_their_ttl() {
+    let mut s = scenario(Duration::from_secs(3600), "ABANDON");
+    s.metadata.tokens = TokenMode::Required;
+    let sim = Sim::start(s).await.unwrap();
+    let put = |ttl: Option<&'static str>| {
+        let mut req =
+            simkit::client(&sim).put(format!("{}/meta-data/latest/api/token", sim.metadata_url()));
+        if let Some(t) = ttl {
+            req = req.header("X-Metadata-Token-Ttl-Seconds", t);
+        }
+        async move { Reply::from(req.send().await.expect("metadata answers")).await }
+    };
+    // The TTL header is required and bounded, as on the real service.
+    for bad in [None, Some("0"), Some("21601"), Some("soon")] {
+        let r = put(bad).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.raw);
+        assert!(r.raw.contains("1-21600"), "{}", r.raw);
+    }
+    let long = put(Some("21600")).await;
+    assert_eq!(long.status, 200);
+    let short = put(Some("1")).await;
+    assert_eq!(short.status, 200);
+    let path = "/openstack/latest/meta_data.json";
+    assert_eq!(md(&sim, path, Some(&short.raw)).await.status, 200);
+    // A one-second token expires; the long one still works; a new short one works again.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            md(&sim, path, Some(&short.raw)).await.status == 401
+        })
+        .await,
+        "the 1 s session token never expired"
+    );
+    assert_eq!(md(&sim, path, Some(&long.raw)).await.status, 200);
+    let again = put(Some("1")).await;
+    assert_eq!(md(&sim, path, Some(&again.raw)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_identity_and_addresses() {
     let sim = Sim::start(scenario(Duration::from_secs(3600), "ABANDON"))
         .await
@@ -451,6 +489,7 @@ async fn callbacks_continue_abandon_and_a_second_answer() {
     )
     .await;
     assert_eq!((r.status, r.raw.as_str()), (204, ""));
+    assert!(r.header("x-request-id").is_some(), "{:?}", r.headers);
     let h = &sim.hooks(GROUP)[0];
     assert_eq!((h.status.as_str(), h.timed_out), ("CONTINUE", false));
     let r = api

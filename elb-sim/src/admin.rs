@@ -5,13 +5,19 @@
 //! |---|---|
 //! | `GET /log`, `DELETE /log` | the request log (method, path, query, auth kind, status, arrival times) |
 //! | `POST /faults` (a [`Fault`]), `DELETE /faults` | inject faults per route |
-//! | `POST /rate-limit` `{"project_id", "per_second", "burst"}` | a per-project token bucket (429 `APIGW.0308`) |
+//! | `POST /rate-limit` `{"project_id", "per_second", "burst"}`, `DELETE /rate-limit` | a per-project token bucket (429 `APIGW.0308`); lift them all |
 //! | `POST /tokens/expire` | every IAM token expires now |
 //! | `POST /scale-in` `{"instance_id"}` | delete the instance's members, then hang its terminating hook |
 //! | `GET /hooks` | lifecycle hooks with their callbacks |
 //! | `GET /pools/{pool}/members` | the members of a pool as stored |
 //! | `POST /members` (a `MemberConfig`) | add a member behind the API's back (someone else registering) |
 //! | `GET /connections` | per-member live and total connections on the data plane |
+//! | `POST /seed` (a [`Seed`]: `project`, `user`, `access_key`, `pool`, `listener`, `member`, `instance`, `scaling_group` lists) | add to the running world, all or nothing; answers the new members' ids and listeners' addresses |
+//! | `PATCH /pools/{pool}` (a [`PoolPatch`]) | deletion protection, connection drain, health monitor, name |
+//! | `PUT /metadata` (a [`MetadataPatch`]) | which instance the metadata service describes, its token mode, its agency |
+//! | `GET /listeners` | data-plane listeners' addresses by id |
+//!
+//! Refusals are `400 {"error": "<reason>"}`.
 
 use std::sync::Arc;
 
@@ -21,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::Shared;
+use crate::scenario::{MetadataPatch, PoolPatch, Seed};
 use crate::state::Fault;
 
 fn ok(v: Value) -> Response {
@@ -40,6 +47,17 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let parse =
         |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| bad(format!("body: {e}")));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Seeding binds listeners, which awaits: it cannot live in the synchronous match below.
+    if method == Method::POST && segments == ["seed"] {
+        let seed: Seed = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => return bad(format!("seed: {e}")),
+        };
+        return match shared.seed(&seed).await {
+            Ok(seeded) => ok(serde_json::to_value(seeded).unwrap_or_default()),
+            Err(e) => bad(e.to_string()),
+        };
+    }
     let result: Result<Response, Response> = (|| match (method.clone(), segments.as_slice()) {
         (Method::GET, ["log"]) => Ok(ok(
             serde_json::to_value(shared.request_log()).unwrap_or_default()
@@ -65,9 +83,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
                 .ok_or_else(|| bad("project_id".into()))?;
             let rate = v["per_second"]
                 .as_f64()
-                .ok_or_else(|| bad("per_second".into()))?;
+                .filter(|r| *r > 0.0 && r.is_finite())
+                .ok_or_else(|| bad("per_second: a positive number".into()))?;
             let burst = v["burst"].as_f64().unwrap_or(rate);
             shared.set_rate_limit(project, rate, burst as u32);
+            Ok(ok(json!({})))
+        }
+        (Method::DELETE, ["rate-limit"]) => {
+            shared.clear_rate_limits();
             Ok(ok(json!({})))
         }
         (Method::POST, ["tokens", "expire"]) => {
@@ -94,6 +117,25 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             inner.publish();
             Ok(ok(json!({"id": id})))
         }
+        (Method::PATCH, ["pools", pool]) => {
+            let patch: PoolPatch =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("pool: {e}")))?;
+            shared
+                .update_pool(pool, &patch)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(ok(json!({})))
+        }
+        (Method::PUT, ["metadata"]) => {
+            let patch: MetadataPatch =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("metadata: {e}")))?;
+            shared
+                .set_metadata(&patch)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(ok(json!({})))
+        }
+        (Method::GET, ["listeners"]) => Ok(ok(
+            serde_json::to_value(shared.listener_addrs()).unwrap_or_default()
+        )),
         (Method::GET, ["connections"]) => {
             let stats: Vec<Value> = shared
                 .connection_stats()

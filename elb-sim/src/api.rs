@@ -6,7 +6,10 @@
 //!
 //! Error codes the reference leaves open, chosen here: a duplicate member (same address and port in a
 //! pool) is 409 `ELB.8911`; a DELETE refused by `member_deletion_protection_enable` is 403 `ELB.8916`;
-//! a token or key of another project is 403 `APIGW.0302`; a denied action is 403 `ELB.9802`.
+//! a token or key of another project is 403 `APIGW.0302`; a denied action is 403 `ELB.9802`; an
+//! unknown scaling group is 404 `AS.2007`; a callback matching no lifecycle action is 404 `AS.7041`.
+//! With `settings.aksk_lockout`, 5 failed signatures in a row lock the access key (401 `APIGW.0301`,
+//! even for a correct signature) for `settings.aksk_lockout_duration`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -202,7 +205,11 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     } else {
         "elb"
     };
-    let (answer, kind) = gate(&shared, &method, &path, &query, &parts.headers, &body).await;
+    let (mut answer, kind) = gate(&shared, &method, &path, &query, &parts.headers, &body).await;
+    // The gateway stamps every answer, bodiless ones (204) and refusals included.
+    if !answer.response.headers().contains_key("x-request-id") {
+        answer.response = with_request_id(answer.response, &request_id());
+    }
     shared.log(LoggedRequest {
         service: service.into(),
         method: method.to_string(),
@@ -212,6 +219,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         status: answer.status,
         at: arrived,
         mono_ns: arrived_mono,
+        sim_ns: shared.since_start(arrived_mono),
     });
     answer.response
 }
@@ -371,7 +379,7 @@ fn authenticate(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let inner = shared.lock();
+    let mut inner = shared.lock();
     if let Some(token) = header("x-auth-token") {
         if token.is_empty() {
             return Err((
@@ -403,7 +411,13 @@ fn authenticate(
     let key = inner
         .keys
         .get(&parsed.access)
+        .cloned()
         .ok_or_else(|| (unauthorized("unknown access key"), AuthKind::Aksk))?;
+    let now = SystemTime::now();
+    let lockout = inner
+        .settings
+        .aksk_lockout
+        .then_some(inner.settings.aksk_lockout_duration);
     let kind = if key.security_token.is_some() {
         AuthKind::AkskTemporary
     } else {
@@ -424,7 +438,19 @@ fn authenticate(
             ));
         }
     }
-    auth::verify(
+    if lockout.is_some()
+        && let Some((_, Some(until))) = inner.signature_failures.get(&parsed.access)
+        && *until > now
+    {
+        let left = until.duration_since(now).unwrap_or_default().as_secs() + 1;
+        return Err((
+            unauthorized(&format!(
+                "the access key is locked for {left} s after 5 failed signatures"
+            )),
+            kind,
+        ));
+    }
+    let verified = auth::verify(
         &parsed,
         method.as_str(),
         path,
@@ -432,10 +458,25 @@ fn authenticate(
         &header,
         body,
         &key.sk,
-        SystemTime::now(),
+        now,
         inner.settings.max_clock_skew,
-    )
-    .map_err(|e| (unauthorized(&e.to_string()), kind))?;
+    );
+    if let Some(lock_for) = lockout {
+        let entry = inner
+            .signature_failures
+            .entry(parsed.access.clone())
+            .or_default();
+        match &verified {
+            Ok(()) => *entry = (0, None),
+            Err(_) => {
+                entry.0 += 1;
+                if entry.0 >= 5 {
+                    *entry = (0, Some(now + lock_for));
+                }
+            }
+        }
+    }
+    verified.map_err(|e| (unauthorized(&e.to_string()), kind))?;
     let project = header("x-project-id").unwrap_or_else(|| key.project_id.clone());
     if project != key.project_id {
         return Err((
@@ -580,6 +621,7 @@ const ALL_MEMBER_FILTERS: &[&str] = &[
     "pool_id",
     "loadbalancer_id",
 ];
+/// Every filter of the SDK's ListPoolsRequest (huaweicloudsdkelb 3.1.219).
 const POOL_FILTERS: &[&str] = &[
     "id",
     "name",
@@ -594,6 +636,18 @@ const POOL_FILTERS: &[&str] = &[
     "enterprise_project_id",
     "ip_version",
     "healthmonitor_id",
+    "admin_state_up",
+    "member_deletion_protection_enable",
+    "vpc_id",
+    "type",
+    "protection_status",
+    "connection_drain",
+    "pool_health",
+    "any_port_enable",
+    "public_border_group",
+    "quic_cid_len",
+    "quic_cid_offset",
+    "az_affinity",
 ];
 
 /// A filter the generic field comparison cannot express: `Some(answer)` decides, `None` defers.
@@ -643,6 +697,11 @@ fn filter(
 }
 
 /// One page of `items` and its `page_info`.
+///
+/// As the real API documents it: `marker` and `page_reverse` only count with `limit`; `limit` is
+/// 0-2000, 0 meaning the default page of 2000; `page_reverse=true` with a page's `previous_marker`
+/// gives the page before it (the last page without a marker), still in ascending order.
+/// `previous_marker` is the page's first id, `next_marker` its last id when anything follows it.
 fn page(
     shared: &Shared,
     items: Vec<Value>,
@@ -660,41 +719,53 @@ fn page(
         return Ok((items, json!({"current_count": n})));
     };
     let limit: usize = match limit.parse() {
-        Ok(n) if (1..=2000).contains(&n) => n,
+        Ok(0) => 2000,
+        Ok(n) if n <= 2000 => n,
         _ => {
             return Err(error(
                 400,
                 "ELB.8902",
-                &format!("Invalid input for limit: {limit:?} (1-2000)"),
+                &format!("Invalid input for limit: {limit:?} (0-2000)"),
             ));
         }
     };
     let limit = limit.min(cap);
-    let reverse = get("page_reverse") == Some("true");
-    let mut items = items;
-    if reverse {
-        items.reverse();
-    }
-    let start = match get("marker") {
-        Some(m) => match items.iter().position(|i| i["id"] == m) {
-            Some(p) => p + 1,
-            None => {
-                return Err(error(
-                    400,
-                    "ELB.8902",
-                    &format!("Invalid input for marker: {m} does not exist"),
-                ));
-            }
-        },
-        None => 0,
+    let reverse = match get("page_reverse") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(error(
+                400,
+                "ELB.8902",
+                &format!("Invalid input for page_reverse: {other:?} (true or false)"),
+            ));
+        }
     };
-    let slice: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
-    let more = start + slice.len() < items.len();
+    let marker = match get("marker") {
+        Some(m) => Some(items.iter().position(|i| i["id"] == m).ok_or_else(|| {
+            error(
+                400,
+                "ELB.8902",
+                &format!("Invalid input for marker: {m} does not exist"),
+            )
+        })?),
+        None => None,
+    };
+    let (start, end) = if reverse {
+        let end = marker.unwrap_or(items.len());
+        (end.saturating_sub(limit), end)
+    } else {
+        let start = marker.map_or(0, |p| p + 1);
+        (start, (start + limit).min(items.len()))
+    };
+    let slice: Vec<Value> = items[start..end].to_vec();
     let mut info = json!({"current_count": slice.len()});
     if let Some(first) = slice.first() {
         info["previous_marker"] = first["id"].clone();
     }
-    if more && let Some(last) = slice.last() {
+    if end < items.len()
+        && let Some(last) = slice.last()
+    {
         info["next_marker"] = last["id"].clone();
     }
     Ok((slice, info))
@@ -785,6 +856,17 @@ fn list_pools(shared: &Shared, caller: &Caller, query: &[(String, String)]) -> H
                 a.iter()
                     .any(|l| vals.contains(&l["id"].as_str().unwrap_or("")))
             })),
+            "connection_drain" => {
+                Some(vals.contains(&spelled(&pool["connection_drain"]["enable"]).as_str()))
+            }
+            // `pool_health=minimum_healthy_member_count=0`, as the documentation spells it.
+            "pool_health" => Some(vals.iter().any(|v| {
+                v.strip_prefix("minimum_healthy_member_count=")
+                    == Some(spelled(&pool["pool_health"]["minimum_healthy_member_count"]).as_str())
+            })),
+            // Only QUIC pools have these; every simulated pool is TCP, UDP, HTTP or the like.
+            "quic_cid_len" | "quic_cid_offset" => Some(false),
+            "az_affinity" => Some(vals.iter().any(|v| v.contains("false"))),
             _ => None,
         }
     };

@@ -3,6 +3,13 @@
 //! Written from the reference algorithm independently of the agent's signer (the agent's tests check
 //! that the two agree): the canonical request is rebuilt from the raw path, the raw query and the
 //! headers the client listed in `SignedHeaders`.
+//!
+//! Repeated query keys: the official SDKs disagree on the order of their values (Go sorts them as
+//! strings, Python as numbers when they are numbers: `protocol_port=9001&protocol_port=10000`), and
+//! both send the query in the order they signed it. Both work against the real service, so a
+//! signature is accepted over either canonical query: keys and values sorted as strings, or keys
+//! sorted with each key's values in their order on the wire. Both are built from the query as it
+//! arrived, so a query changed after signing still fails.
 
 use std::time::{Duration, SystemTime};
 
@@ -84,8 +91,8 @@ pub fn canonical_uri(raw_path: &str) -> String {
     out
 }
 
-pub fn canonical_query(raw_query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = raw_query
+fn query_pairs(raw_query: &str) -> Vec<(String, String)> {
+    raw_query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -93,13 +100,30 @@ pub fn canonical_query(raw_query: &str) -> String {
             let plus = |s: &str| s.replace('+', "%20");
             (reencode(&plus(k)), reencode(&plus(v)))
         })
-        .collect();
-    pairs.sort();
+        .collect()
+}
+
+fn join(pairs: &[(String, String)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// The reference's canonical query: pairs sorted by key, then value, as strings.
+pub fn canonical_query(raw_query: &str) -> String {
+    let mut pairs = query_pairs(raw_query);
+    pairs.sort();
+    join(&pairs)
+}
+
+/// Pairs sorted by key only, a key's values kept in their wire order (how the Python SDK's numeric
+/// value order reaches the server).
+pub fn canonical_query_wire_values(raw_query: &str) -> String {
+    let mut pairs = query_pairs(raw_query);
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    join(&pairs)
 }
 
 /// Why a signature was refused (for the 401 message and the sim's log).
@@ -117,11 +141,12 @@ pub enum Refused {
     Mismatch,
 }
 
-/// The canonical request and string to sign, exactly as the client must have built them.
+/// The canonical request and string to sign, exactly as the client must have built them, for a
+/// canonical query already built (see [`canonical_query`]).
 pub fn string_to_sign(
     method: &str,
     raw_path: &str,
-    raw_query: &str,
+    canonical_query: &str,
     header: &dyn Fn(&str) -> Option<String>,
     body: &[u8],
     signed: &[String],
@@ -140,7 +165,7 @@ pub fn string_to_sign(
         "{}\n{}\n{}\n{}\n{}\n{}",
         method.to_ascii_uppercase(),
         canonical_uri(raw_path),
-        canonical_query(raw_query),
+        canonical_query,
         canonical_headers,
         signed.join(";"),
         payload
@@ -180,18 +205,23 @@ pub fn verify(
     {
         return Err(Refused::Malformed);
     }
-    let (_, sts) = string_to_sign(
-        method,
-        raw_path,
-        raw_query,
-        header,
-        body,
-        &auth.signed_headers,
-    )?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(sk.as_bytes()).map_err(|_| Refused::Mismatch)?;
-    mac.update(sts.as_bytes());
     let expected = hex::decode(&auth.signature).map_err(|_| Refused::Mismatch)?;
-    mac.verify_slice(&expected).map_err(|_| Refused::Mismatch)
+    let strict = canonical_query(raw_query);
+    let wire_values = canonical_query_wire_values(raw_query);
+    let mut queries = vec![strict];
+    if wire_values != queries[0] {
+        queries.push(wire_values);
+    }
+    for query in &queries {
+        let (_, sts) = string_to_sign(method, raw_path, query, header, body, &auth.signed_headers)?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(sk.as_bytes()).map_err(|_| Refused::Mismatch)?;
+        mac.update(sts.as_bytes());
+        if mac.verify_slice(&expected).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(Refused::Mismatch)
 }
 
 #[cfg(test)]
@@ -290,6 +320,78 @@ mod tests {
         assert_eq!(checked, 4);
     }
 
+    /// Signs like the Python SDK: repeated numeric values in numeric order, sent in that order.
+    fn python_style(query: &str, sk: &str) -> Authorization {
+        let headers = [
+            ("host", "127.0.0.1:8443"),
+            ("x-sdk-date", "20261128T120000Z"),
+        ];
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let signed: Vec<String> = vec!["host".into(), "x-sdk-date".into()];
+        let (_, sts) = string_to_sign("GET", "/v3/p/elb/members", query, &lookup, b"", &signed)
+            .expect("headers present");
+        let mut mac = Hmac::<Sha256>::new_from_slice(sk.as_bytes()).unwrap();
+        mac.update(sts.as_bytes());
+        Authorization {
+            access: "AK".into(),
+            signed_headers: signed,
+            signature: hex::encode(mac.finalize().into_bytes()),
+        }
+    }
+
+    #[test]
+    fn repeated_values_in_numeric_wire_order_verify_and_tampering_does_not() {
+        let headers = [
+            ("host", "127.0.0.1:8443"),
+            ("x-sdk-date", "20261128T120000Z"),
+        ];
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let now = parse_sdk_date("20261128T120000Z").unwrap();
+        let check = |auth: &Authorization, wire: &str| {
+            verify(
+                auth,
+                "GET",
+                "/v3/p/elb/members",
+                wire,
+                &lookup,
+                b"",
+                "sk",
+                now,
+                Duration::from_secs(900),
+            )
+        };
+        let numeric = "limit=10&protocol_port=9001&protocol_port=10000";
+        let auth = python_style(numeric, "sk");
+        assert_eq!(check(&auth, numeric), Ok(()), "the Python SDK's order");
+        // Keys out of order on the wire still canonicalise to the signed form.
+        assert_eq!(
+            check(&auth, "protocol_port=9001&protocol_port=10000&limit=10"),
+            Ok(())
+        );
+        for tampered in [
+            "limit=10&protocol_port=10000&protocol_port=9001",
+            "limit=10&protocol_port=9001",
+            "limit=11&protocol_port=9001&protocol_port=10000",
+        ] {
+            assert_eq!(check(&auth, tampered), Err(Refused::Mismatch), "{tampered}");
+        }
+        // The reference's order (strings) verifies too, whatever the wire order.
+        let strings = "limit=10&protocol_port=10000&protocol_port=9001";
+        let auth = python_style(strings, "sk");
+        assert_eq!(check(&auth, strings), Ok(()));
+        assert_eq!(check(&auth, numeric), Ok(()));
+    }
+
     #[test]
     fn queries_are_recanonicalised_from_the_wire() {
         assert_eq!(
@@ -297,6 +399,12 @@ mod tests {
             "address=1&limit=10&name=a%20b%2Fc~%2A"
         );
         assert_eq!(canonical_query("b=2&a=1&a=0"), "a=0&a=1&b=2");
+        assert_eq!(canonical_query_wire_values("b=2&a=1&a=0"), "a=1&a=0&b=2");
+        assert_eq!(
+            canonical_query("p=9001&p=10000"),
+            "p=10000&p=9001",
+            "values sort as strings"
+        );
         assert_eq!(canonical_uri("/v3/x/elb/members"), "/v3/x/elb/members/");
     }
 }

@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use scenario::Scenario;
+pub use scenario::{MetadataPatch, PoolPatch, Scenario, Seed};
 pub use state::{AuthKind, Fault, FaultAction, HookState, LoggedRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +53,18 @@ pub enum SimError {
 pub struct Shared {
     inner: Mutex<state::Inner>,
     listeners: Mutex<HashMap<String, dataplane::Listener>>,
+    /// CLOCK_MONOTONIC at start, the origin of [`LoggedRequest::sim_ns`].
+    started_mono_ns: u64,
+    /// Ends every listener and task, also those added while running.
+    cancel: CancellationToken,
 }
 
 impl Shared {
+    /// Nanoseconds since the simulator started, for a request that arrived at CLOCK_MONOTONIC `mono_ns`.
+    pub(crate) fn since_start(&self, mono_ns: u64) -> u64 {
+        mono_ns.saturating_sub(self.started_mono_ns)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, state::Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -84,6 +93,10 @@ impl Shared {
                 at: std::time::Instant::now(),
             },
         );
+    }
+
+    pub fn clear_rate_limits(&self) {
+        self.lock().buckets.clear();
     }
 
     pub fn expire_tokens(&self) {
@@ -115,6 +128,75 @@ impl Shared {
         r
     }
 
+    /// Adds `seed` to the running simulator (all or nothing for the state), then binds its listeners.
+    pub async fn seed(&self, seed: &Seed) -> Result<Seeded, SimError> {
+        let members = {
+            let mut inner = self.lock();
+            let ids = inner.apply_seed(seed).map_err(SimError::Scenario)?;
+            inner.publish();
+            ids
+        };
+        let mut listeners = HashMap::new();
+        for l in &seed.listener {
+            listeners.insert(l.id.clone(), self.bind_listener(l).await?);
+        }
+        Ok(Seeded { members, listeners })
+    }
+
+    /// Starts the data plane of one listener; its pool must exist.
+    async fn bind_listener(&self, l: &scenario::ListenerConfig) -> Result<SocketAddr, SimError> {
+        let addr: SocketAddr = l.listen.parse().map_err(|_| {
+            SimError::Scenario(format!("listener {}: bad listen {:?}", l.id, l.listen))
+        })?;
+        let view = {
+            let mut inner = self.lock();
+            let current = inner.view(&l.pool_id);
+            // Every listener of a pool follows the same view.
+            match inner.views.get(&l.pool_id) {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (tx, rx) = watch::channel(current);
+                    inner.views.insert(l.pool_id.clone(), tx);
+                    rx
+                }
+            }
+        };
+        let dp = dataplane::Listener::bind(addr, view, self.cancel.clone())
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: l.listen.clone(),
+                source,
+            })?;
+        let local = dp.local_addr();
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(l.id.clone(), dp);
+        Ok(local)
+    }
+
+    /// Every data-plane listener's address, by listener id.
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, l)| (id.clone(), l.local_addr()))
+            .collect()
+    }
+
+    pub fn update_pool(&self, pool_id: &str, patch: &PoolPatch) -> Result<(), SimError> {
+        self.lock()
+            .update_pool(pool_id, patch)
+            .map_err(SimError::Scenario)
+    }
+
+    pub fn set_metadata(&self, patch: &MetadataPatch) -> Result<(), SimError> {
+        self.lock()
+            .update_metadata(patch)
+            .map_err(SimError::Scenario)
+    }
+
     pub fn connection_stats(&self) -> Vec<(String, usize, u64)> {
         let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: HashMap<String, (usize, u64)> = HashMap::new();
@@ -131,14 +213,24 @@ impl Shared {
     }
 }
 
+/// What [`Sim::seed`] added that the caller could not know in advance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Seeded {
+    /// The ids of the seed's members, in its order (generated where it gave none).
+    pub members: Vec<String>,
+    /// Where each of the seed's listeners listens.
+    pub listeners: HashMap<String, SocketAddr>,
+}
+
 /// A running simulator. Dropping it stops every listener and task.
 pub struct Sim {
     shared: Arc<Shared>,
     api: SocketAddr,
     metadata: SocketAddr,
     admin: SocketAddr,
-    listener_addrs: HashMap<String, SocketAddr>,
     cancel: CancellationToken,
+    /// The HTTP servers and the clocks, awaited by [`Sim::shutdown`].
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, SimError> {
@@ -150,22 +242,28 @@ async fn bind(addr: &str) -> Result<TcpListener, SimError> {
         })
 }
 
-fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) {
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await;
-    });
+    })
 }
 
 impl Sim {
     pub async fn start(scenario: Scenario) -> Result<Sim, SimError> {
         let inner = state::Inner::from_scenario(&scenario).map_err(SimError::Scenario)?;
+        let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             listeners: Mutex::new(HashMap::new()),
+            started_mono_ns: state::monotonic_ns(),
+            cancel: cancel.clone(),
         });
-        let cancel = CancellationToken::new();
         let s = &scenario.settings;
         let api = bind(&s.api_listen).await?;
         let metadata = bind(&s.metadata_listen).await?;
@@ -184,57 +282,39 @@ impl Sim {
                 source: e,
             })?,
         );
-        serve(
-            api,
-            axum::Router::new()
-                .fallback(api::handle)
-                .with_state(shared.clone()),
-            cancel.clone(),
-        );
-        serve(
-            metadata,
-            axum::Router::new()
-                .fallback(metadata::handle)
-                .with_state(shared.clone()),
-            cancel.clone(),
-        );
-        serve(
-            admin,
-            axum::Router::new()
-                .fallback(admin::handle)
-                .with_state(shared.clone()),
-            cancel.clone(),
-        );
-        let mut listener_addrs = HashMap::new();
-        for l in &scenario.listener {
-            let (tx, rx) = watch::channel(shared.lock().view(&l.pool_id));
-            shared.lock().views.insert(l.pool_id.clone(), tx);
-            let addr: SocketAddr = l.listen.parse().map_err(|_| {
-                SimError::Scenario(format!("listener {}: bad listen {:?}", l.id, l.listen))
-            })?;
-            let dp = dataplane::Listener::bind(addr, rx, cancel.clone())
-                .await
-                .map_err(|source| SimError::Bind {
-                    addr: l.listen.clone(),
-                    source,
-                })?;
-            listener_addrs.insert(l.id.clone(), dp.local_addr());
-            shared
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(l.id.clone(), dp);
-        }
-        tokio::spawn(health::run(shared.clone(), cancel.clone()));
-        tokio::spawn(hook_clock(shared.clone(), cancel.clone()));
-        Ok(Sim {
+        let router = |r: axum::Router<Arc<Shared>>| r.with_state(shared.clone());
+        let tasks = vec![
+            serve(
+                api,
+                router(axum::Router::new().fallback(api::handle)),
+                cancel.clone(),
+            ),
+            serve(
+                metadata,
+                router(axum::Router::new().fallback(metadata::handle)),
+                cancel.clone(),
+            ),
+            serve(
+                admin,
+                router(axum::Router::new().fallback(admin::handle)),
+                cancel.clone(),
+            ),
+            tokio::spawn(health::run(shared.clone(), cancel.clone())),
+            tokio::spawn(hook_clock(shared.clone(), cancel.clone())),
+        ];
+        // From here on a failure drops the Sim, which stops what already runs.
+        let sim = Sim {
             shared,
             api: api_addr,
             metadata: metadata_addr,
             admin: admin_addr,
-            listener_addrs,
             cancel,
-        })
+            tasks,
+        };
+        for l in &scenario.listener {
+            sim.shared.bind_listener(l).await?;
+        }
+        Ok(sim)
     }
 
     pub fn api_url(&self) -> String {
@@ -250,11 +330,28 @@ impl Sim {
     }
 
     pub fn listener_addr(&self, listener_id: &str) -> Option<SocketAddr> {
-        self.listener_addrs.get(listener_id).copied()
+        self.shared.listener_addrs().get(listener_id).copied()
     }
 
-    pub fn listeners(&self) -> &HashMap<String, SocketAddr> {
-        &self.listener_addrs
+    /// Every data-plane listener's address, by listener id (also those seeded while running).
+    pub fn listeners(&self) -> HashMap<String, SocketAddr> {
+        self.shared.listener_addrs()
+    }
+
+    /// Adds projects, users, keys, pools, listeners, members, instances or scaling groups to the
+    /// running simulator, as the admin API's `POST /seed` does.
+    pub async fn seed(&self, seed: Seed) -> Result<Seeded, SimError> {
+        self.shared.seed(&seed).await
+    }
+
+    /// Changes a pool as the console would (deletion protection, connection drain, health monitor).
+    pub fn update_pool(&self, pool_id: &str, patch: PoolPatch) -> Result<(), SimError> {
+        self.shared.update_pool(pool_id, &patch)
+    }
+
+    /// Switches what the metadata service describes, or how it treats session tokens.
+    pub fn set_metadata(&self, patch: MetadataPatch) -> Result<(), SimError> {
+        self.shared.set_metadata(&patch)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -284,6 +381,11 @@ impl Sim {
 
     pub fn set_rate_limit(&self, project_id: &str, per_second: f64, burst: u32) {
         self.shared.set_rate_limit(project_id, per_second, burst);
+    }
+
+    /// Lifts every project's rate limit.
+    pub fn clear_rate_limits(&self) {
+        self.shared.clear_rate_limits();
     }
 
     pub fn expire_tokens(&self) {
@@ -334,8 +436,16 @@ impl Sim {
             .map_or(0, |(_, _, a)| a)
     }
 
-    pub async fn shutdown(self) {
+    /// Stops everything and waits (at most two seconds) until the HTTP servers have closed their
+    /// ports and the clocks have stopped.
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures_util::future::join_all(tasks),
+        )
+        .await;
     }
 }
 

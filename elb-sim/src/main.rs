@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use elb_sim::scenario::TokenMode;
 use elb_sim::{Scenario, Sim};
 
 #[derive(Parser)]
@@ -20,8 +21,24 @@ struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override the API listen address (ELB, IAM, AS).
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR:PORT")]
     api_listen: Option<String>,
+    /// Override the metadata service's listen address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metadata_listen: Option<String>,
+    /// Override the admin API's listen address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
+    /// Every listener (API, metadata, admin, data plane) on 127.0.0.1 with a port of the kernel's
+    /// choosing: read them from the ready line. For harnesses running several simulators at once.
+    #[arg(long)]
+    any_port: bool,
+    /// IAM token lifetime, e.g. "2s" to watch clients refresh.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    token_lifetime: Option<std::time::Duration>,
+    /// How the metadata service treats session tokens.
+    #[arg(long, value_name = "MODE", value_parser = ["optional", "required", "unsupported"])]
+    metadata_tokens: Option<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -61,9 +78,7 @@ async fn main() -> ExitCode {
         },
         None => Scenario::default(),
     };
-    if let Some(a) = args.api_listen {
-        scenario.settings.api_listen = a;
-    }
+    apply_flags(&mut scenario, args);
     let sim = match Sim::start(scenario).await {
         Ok(s) => s,
         Err(e) => {
@@ -95,4 +110,36 @@ async fn main() -> ExitCode {
     tracing::info!("elb-sim stopping");
     sim.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Flags win over the scenario file.
+fn apply_flags(scenario: &mut Scenario, args: Args) {
+    let settings = &mut scenario.settings;
+    if args.any_port {
+        let any = "127.0.0.1:0".to_owned();
+        settings.api_listen = any.clone();
+        settings.metadata_listen = any.clone();
+        settings.admin_listen = any.clone();
+        for l in &mut scenario.listener {
+            l.listen = any.clone();
+        }
+    }
+    if let Some(a) = args.api_listen {
+        settings.api_listen = a;
+    }
+    if let Some(a) = args.metadata_listen {
+        settings.metadata_listen = a;
+    }
+    if let Some(a) = args.admin_listen {
+        settings.admin_listen = a;
+    }
+    if let Some(d) = args.token_lifetime {
+        settings.token_lifetime = d;
+    }
+    scenario.metadata.tokens = match args.metadata_tokens.as_deref() {
+        Some("required") => TokenMode::Required,
+        Some("unsupported") => TokenMode::Unsupported,
+        Some(_) => TokenMode::Optional,
+        None => scenario.metadata.tokens,
+    };
 }

@@ -1,8 +1,12 @@
 //! The ECS metadata service of one simulated server, on its own loopback listener (never
 //! 169.254.169.254): identity, addresses, session tokens, and the agency's temporary keys.
+//!
+//! Session tokens live for the `X-Metadata-Token-Ttl-Seconds` they were asked for (1-21600; without
+//! the header, or outside that range, the PUT answers 400); a read with an expired or unknown token
+//! answers 401, so a client's token refresh can be tested with a TTL of one second.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -19,11 +23,19 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let at = SystemTime::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let token = req
-        .headers()
-        .get("x-metadata-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // In a block: the request body is not Sync, so no borrow of it may live across an await.
+    let (token, ttl) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            header("x-metadata-token"),
+            header("x-metadata-token-ttl-seconds"),
+        )
+    };
     let fault = shared.lock().next_fault(method.as_str(), &path);
     let mut answer = None;
     if let Some(action) = fault {
@@ -31,7 +43,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     }
     let response = match answer {
         Some(r) => r,
-        None => serve(&shared, &method, &path, token.as_deref()),
+        None => serve(&shared, &method, &path, token.as_deref(), ttl.as_deref()),
     };
     shared.log(LoggedRequest {
         service: "metadata".into(),
@@ -42,6 +54,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         status: response.status().as_u16(),
         at,
         mono_ns,
+        sim_ns: shared.since_start(mono_ns),
     });
     response
 }
@@ -50,15 +63,37 @@ fn text(body: String) -> Response {
     (StatusCode::OK, [("content-type", "text/plain")], body).into_response()
 }
 
-fn serve(shared: &Shared, method: &Method, path: &str, token: Option<&str>) -> Response {
+fn serve(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+    ttl: Option<&str>,
+) -> Response {
     let mut inner = shared.lock();
     let mode = inner.metadata_tokens;
+    let now = SystemTime::now();
+    inner
+        .metadata_sessions
+        .retain(|(_, expires)| *expires > now);
     if method == Method::PUT && path == "/meta-data/latest/api/token" {
         if mode == TokenMode::Unsupported {
             return (StatusCode::NOT_FOUND, "404 Not Found").into_response();
         }
+        let Some(ttl) = ttl
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|t| (1..=21_600).contains(t))
+        else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "X-Metadata-Token-Ttl-Seconds must be 1-21600",
+            )
+                .into_response();
+        };
         let t = random_hex(24);
-        inner.metadata_sessions.push(t.clone());
+        inner
+            .metadata_sessions
+            .push((t.clone(), now + Duration::from_secs(ttl)));
         return text(t);
     }
     if method != Method::GET {
@@ -67,7 +102,7 @@ fn serve(shared: &Shared, method: &Method, path: &str, token: Option<&str>) -> R
     match token {
         Some(t)
             if mode != TokenMode::Unsupported
-                && !inner.metadata_sessions.iter().any(|s| s == t) =>
+                && !inner.metadata_sessions.iter().any(|(s, _)| s == t) =>
         {
             return (StatusCode::UNAUTHORIZED, "invalid metadata token").into_response();
         }

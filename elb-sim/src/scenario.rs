@@ -34,6 +34,12 @@ pub struct Settings {
     pub max_clock_skew: Duration,
     /// Caps every list's page size below the API's 2000, so tests can exercise paging with few items.
     pub page_size_cap: Option<usize>,
+    /// Lock an access key after 5 failed signatures in a row, as the real gateway does (off by
+    /// default: most tests send bad signatures on purpose and want each judged on its own).
+    pub aksk_lockout: bool,
+    /// How long a locked access key stays locked (5 minutes in the real service).
+    #[serde(with = "humantime_serde_compat")]
+    pub aksk_lockout_duration: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +55,8 @@ impl Default for Settings {
             hook_extend: Duration::from_secs(3600),
             max_clock_skew: Duration::from_secs(900),
             page_size_cap: None,
+            aksk_lockout: false,
+            aksk_lockout_duration: Duration::from_secs(300),
         }
     }
 }
@@ -267,6 +275,44 @@ pub struct MetadataConfig {
     pub tokens: TokenMode,
 }
 
+/// What a running simulator can be given more of (admin `POST /seed`, [`crate::Sim::seed`]): the
+/// scenario's lists, without its settings. Applied whole or not at all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Seed {
+    pub project: Vec<Project>,
+    pub user: Vec<User>,
+    pub access_key: Vec<AccessKey>,
+    pub pool: Vec<PoolConfig>,
+    pub listener: Vec<ListenerConfig>,
+    pub member: Vec<MemberConfig>,
+    pub instance: Vec<Instance>,
+    pub scaling_group: Vec<ScalingGroup>,
+}
+
+/// A change to a pool of a running simulator (admin `PATCH /pools/{id}`, [`crate::Sim::update_pool`]):
+/// what the console can change under a running agent. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolPatch {
+    pub name: Option<String>,
+    pub health_monitor: Option<bool>,
+    /// `{"enable": false, ...}` turns connection drain off.
+    pub connection_drain: Option<ConnectionDrain>,
+    pub member_deletion_protection: Option<bool>,
+}
+
+/// A change to the metadata service of a running simulator (admin `PUT /metadata`,
+/// [`crate::Sim::set_metadata`]): which instance it describes, how it treats session tokens, whether
+/// the instance has an agency. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataPatch {
+    pub instance: Option<String>,
+    pub tokens: Option<TokenMode>,
+    pub agency: Option<bool>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scenario {
@@ -285,6 +331,20 @@ pub struct Scenario {
 impl Scenario {
     pub fn from_toml(text: &str) -> Result<Scenario, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Everything the scenario starts with, as one [`Seed`].
+    pub fn seed(&self) -> Seed {
+        Seed {
+            project: self.project.clone(),
+            user: self.user.clone(),
+            access_key: self.access_key.clone(),
+            pool: self.pool.clone(),
+            listener: self.listener.clone(),
+            member: self.member.clone(),
+            instance: self.instance.clone(),
+            scaling_group: self.scaling_group.clone(),
+        }
     }
 
     /// An empty scenario to chain on.

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::dataplane::{Backend, PoolView};
-use crate::scenario::{ConnectionDrain, Scenario, Settings, TokenMode};
+use crate::scenario::{
+    ConnectionDrain, MetadataPatch, PoolPatch, Scenario, Seed, Settings, TokenMode,
+};
 
 pub fn now_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -61,11 +63,11 @@ pub struct Member {
 impl Member {
     /// The v3 member object: no `pool_id`, no `provisioning_status`.
     pub fn to_json(&self, pool: &Pool) -> Value {
-        let status = if self.operating_status == "NO_MONITOR" {
-            "NO_MONITOR"
-        } else {
-            &self.operating_status
-        };
+        let status = self.operating_status.as_str();
+        // A failed TCP check: the connect did not succeed (refused or timed out alike).
+        let reason = (status == "OFFLINE").then(|| {
+            json!({"reason_code": "CONNECT_FAILED", "expected_response": "", "healthcheck_response": ""})
+        });
         json!({
             "id": self.id,
             "name": self.name,
@@ -78,9 +80,9 @@ impl Member {
             "ip_version": if self.address.contains(':') { "v6" } else { "v4" },
             "operating_status": status,
             "status": pool.listeners.iter().map(|l| json!({
-                "listener_id": l, "operating_status": status, "reason": null
+                "listener_id": l, "operating_status": status, "reason": reason
             })).collect::<Vec<_>>(),
-            "reason": null,
+            "reason": reason,
             "member_type": if self.instance_id.is_some() { "instance" } else { "ip" },
             "instance_id": self.instance_id.clone().unwrap_or_default(),
             "availability_zone": "",
@@ -117,6 +119,14 @@ impl Pool {
                 .unwrap_or(json!({"enable": false, "timeout": 300})),
             "type": "",
             "vpc_id": "",
+            "enterprise_project_id": "0",
+            "protection_status": "nonProtection",
+            "protection_reason": "",
+            "any_port_enable": false,
+            "pool_health": {"minimum_healthy_member_count": 0},
+            "public_border_group": "center",
+            "quic_cid_hash_strategy": null,
+            "az_affinity": null,
             "created_at": now_rfc3339(self.created_at),
             "updated_at": now_rfc3339(self.created_at),
         })
@@ -148,6 +158,9 @@ pub struct LoggedRequest {
     pub at: SystemTime,
     /// CLOCK_MONOTONIC at arrival, in nanoseconds: comparable with other processes' monotonic clocks.
     pub mono_ns: u64,
+    /// Nanoseconds from the simulator's start to the arrival: small numbers for reading a log.
+    #[serde(default)]
+    pub sim_ns: u64,
 }
 
 mod system_time_secs {
@@ -329,22 +342,70 @@ pub struct Inner {
     pub faults: Vec<Fault>,
     pub log: Vec<LoggedRequest>,
     pub buckets: HashMap<String, Bucket>,
+    /// Failed signatures in a row per access key, and until when a key is locked.
+    pub signature_failures: HashMap<String, (u32, Option<SystemTime>)>,
     pub metadata_instance: Option<String>,
     pub metadata_tokens: TokenMode,
-    pub metadata_sessions: Vec<String>,
+    /// Metadata session tokens and when each expires.
+    pub metadata_sessions: Vec<(String, SystemTime)>,
     /// The metadata instance's current temporary key: (ak, issued).
     pub temp_key: Option<(String, SystemTime)>,
 }
 
 impl Inner {
     pub fn from_scenario(s: &Scenario) -> Result<Inner, String> {
-        let projects: Vec<String> = s.project.iter().map(|p| p.id.clone()).collect();
-        let default_project = projects.first().cloned().unwrap_or_default();
+        let mut inner = Inner {
+            settings: s.settings.clone(),
+            projects: Vec::new(),
+            users: Vec::new(),
+            keys: HashMap::new(),
+            tokens: HashMap::new(),
+            pools: Vec::new(),
+            members: Vec::new(),
+            views: HashMap::new(),
+            instances: Vec::new(),
+            groups: Vec::new(),
+            hooks: Vec::new(),
+            faults: Vec::new(),
+            log: Vec::new(),
+            buckets: HashMap::new(),
+            signature_failures: HashMap::new(),
+            metadata_instance: s.metadata.instance.clone(),
+            metadata_tokens: s.metadata.tokens,
+            metadata_sessions: Vec::new(),
+            temp_key: None,
+        };
+        inner.apply_seed(&s.seed())?;
+        Ok(inner)
+    }
+
+    /// Adds everything in `seed`, after checking all of it: on an error nothing has changed.
+    /// Returns the ids of the members added (generated where the seed gives none). The caller binds
+    /// the seed's listeners (they need the runtime) and publishes the views.
+    pub fn apply_seed(&mut self, seed: &Seed) -> Result<Vec<String>, String> {
+        self.check_seed(seed)?;
+        for p in &seed.project {
+            if !self.projects.contains(&p.id) {
+                self.projects.push(p.id.clone());
+            }
+        }
+        self.users.extend(seed.user.iter().cloned());
+        for k in &seed.access_key {
+            self.keys.insert(
+                k.ak.clone(),
+                KeyRecord {
+                    sk: k.sk.clone(),
+                    project_id: k.project_id.clone(),
+                    security_token: None,
+                    expires: None,
+                    deny: k.deny.clone(),
+                },
+            );
+        }
+        let default_project = self.projects.first().cloned().unwrap_or_default();
         let now = SystemTime::now();
-        let pools = s
-            .pool
-            .iter()
-            .map(|p| Pool {
+        for p in &seed.pool {
+            self.pools.push(Pool {
                 id: p.id.clone(),
                 project_id: p
                     .project_id
@@ -356,58 +417,164 @@ impl Inner {
                 health_monitor: p.health_monitor,
                 connection_drain: p.connection_drain,
                 member_deletion_protection: p.member_deletion_protection,
-                listeners: s
-                    .listener
-                    .iter()
-                    .filter(|l| l.pool_id == p.id)
-                    .map(|l| l.id.clone())
-                    .collect(),
+                listeners: Vec::new(),
                 created_at: now,
-            })
-            .collect::<Vec<_>>();
-        let mut inner = Inner {
-            settings: s.settings.clone(),
-            projects,
-            users: s.user.clone(),
-            keys: s
-                .access_key
-                .iter()
-                .map(|k| {
-                    (
-                        k.ak.clone(),
-                        KeyRecord {
-                            sk: k.sk.clone(),
-                            project_id: k.project_id.clone(),
-                            security_token: None,
-                            expires: None,
-                            deny: k.deny.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            tokens: HashMap::new(),
-            pools,
-            members: Vec::new(),
-            views: HashMap::new(),
-            instances: s.instance.clone(),
-            groups: s.scaling_group.clone(),
-            hooks: Vec::new(),
-            faults: Vec::new(),
-            log: Vec::new(),
-            buckets: HashMap::new(),
-            metadata_instance: s
-                .metadata
-                .instance
-                .clone()
-                .or_else(|| s.instance.first().map(|i| i.uuid.clone())),
-            metadata_tokens: s.metadata.tokens,
-            metadata_sessions: Vec::new(),
-            temp_key: None,
-        };
-        for m in &s.member {
-            inner.add_member(m)?;
+            });
         }
-        Ok(inner)
+        for l in &seed.listener {
+            if let Some(p) = self.pools.iter_mut().find(|p| p.id == l.pool_id) {
+                p.listeners.push(l.id.clone());
+            }
+        }
+        let mut ids = Vec::new();
+        for m in &seed.member {
+            ids.push(self.add_member(m)?);
+        }
+        self.instances.extend(seed.instance.iter().cloned());
+        self.groups.extend(seed.scaling_group.iter().cloned());
+        if self.metadata_instance.is_none() {
+            self.metadata_instance = self.instances.first().map(|i| i.uuid.clone());
+        }
+        Ok(ids)
+    }
+
+    /// Every reason `seed` cannot be added, as one message naming the first.
+    fn check_seed(&self, seed: &Seed) -> Result<(), String> {
+        fn unique<'a>(
+            what: &str,
+            existing: impl Iterator<Item = &'a str>,
+            new: impl Iterator<Item = &'a str>,
+        ) -> Result<(), String> {
+            let mut seen: std::collections::HashSet<&str> = existing.collect();
+            for id in new {
+                if !seen.insert(id) {
+                    return Err(format!("{what} {id} already exists"));
+                }
+            }
+            Ok(())
+        }
+        unique(
+            "access key",
+            self.keys.keys().map(String::as_str),
+            seed.access_key.iter().map(|k| k.ak.as_str()),
+        )?;
+        unique(
+            "pool",
+            self.pools.iter().map(|p| p.id.as_str()),
+            seed.pool.iter().map(|p| p.id.as_str()),
+        )?;
+        unique(
+            "listener",
+            self.pools
+                .iter()
+                .flat_map(|p| p.listeners.iter().map(String::as_str)),
+            seed.listener.iter().map(|l| l.id.as_str()),
+        )?;
+        unique(
+            "member",
+            self.members.iter().map(|m| m.id.as_str()),
+            seed.member.iter().filter_map(|m| m.id.as_deref()),
+        )?;
+        unique(
+            "instance",
+            self.instances.iter().map(|i| i.uuid.as_str()),
+            seed.instance.iter().map(|i| i.uuid.as_str()),
+        )?;
+        unique(
+            "scaling group",
+            self.groups.iter().map(|g| g.id.as_str()),
+            seed.scaling_group.iter().map(|g| g.id.as_str()),
+        )?;
+        let pool_exists = |id: &str| {
+            self.pools.iter().any(|p| p.id == id) || seed.pool.iter().any(|p| p.id == id)
+        };
+        for l in &seed.listener {
+            if !pool_exists(&l.pool_id) {
+                return Err(format!(
+                    "listener {}: pool {} does not exist",
+                    l.id, l.pool_id
+                ));
+            }
+            if l.listen.parse::<SocketAddr>().is_err() {
+                return Err(format!(
+                    "listener {}: listen {:?} is not an address:port",
+                    l.id, l.listen
+                ));
+            }
+        }
+        for m in &seed.member {
+            if !pool_exists(&m.pool_id) {
+                return Err(format!("member: pool {} does not exist", m.pool_id));
+            }
+        }
+        for g in &seed.scaling_group {
+            if !matches!(g.default_result.as_str(), "CONTINUE" | "ABANDON") {
+                return Err(format!(
+                    "scaling group {}: default_result {:?} is not CONTINUE or ABANDON",
+                    g.id, g.default_result
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a console-style change to a pool; members follow a health monitor switched on or off.
+    pub fn update_pool(&mut self, id: &str, patch: &PoolPatch) -> Result<(), String> {
+        let pool = self
+            .pools
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| format!("pool {id} does not exist"))?;
+        if let Some(name) = &patch.name {
+            pool.name = name.clone();
+        }
+        if let Some(d) = patch.connection_drain {
+            pool.connection_drain = Some(d);
+        }
+        if let Some(on) = patch.member_deletion_protection {
+            pool.member_deletion_protection = on;
+        }
+        if let Some(on) = patch.health_monitor
+            && on != pool.health_monitor
+        {
+            pool.health_monitor = on;
+            let status = if on { "INITIAL" } else { "NO_MONITOR" };
+            for m in self.members.iter_mut().filter(|m| m.pool_id == id) {
+                m.operating_status = status.into();
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Points the metadata service at another instance, or changes its token mode or agency.
+    pub fn update_metadata(&mut self, patch: &MetadataPatch) -> Result<(), String> {
+        let target = patch
+            .instance
+            .clone()
+            .or_else(|| self.metadata_instance.clone());
+        if let Some(id) = &patch.instance
+            && !self.instances.iter().any(|i| i.uuid == *id)
+        {
+            return Err(format!("instance {id} does not exist"));
+        }
+        if let Some(agency) = patch.agency {
+            let i = self
+                .instances
+                .iter_mut()
+                .find(|i| Some(&i.uuid) == target.as_ref())
+                .ok_or("the metadata service describes no instance: agency needs one")?;
+            i.agency = agency;
+        }
+        if patch.instance.is_some() && patch.instance != self.metadata_instance {
+            // Another server's metadata: its agency's keys, not the previous one's.
+            self.temp_key = None;
+        }
+        self.metadata_instance = target;
+        if let Some(t) = patch.tokens {
+            self.metadata_tokens = t;
+        }
+        Ok(())
     }
 
     pub fn pool(&self, id: &str) -> Option<&Pool> {

@@ -183,3 +183,76 @@ fn a_bad_scenario_is_refused_with_the_reason() {
         sim.stderr()
     );
 }
+
+/// One HTTP/1.1 request over a plain socket; returns the whole answer (status line, headers, body).
+fn http(host: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn flags_override_the_scenario() {
+    // The sample scenario's fixed ports, all moved by one flag; two simulators side by side prove it.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/elb-sim.toml");
+    let spawn = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_elb-sim"));
+        cmd.args(["--config", config, "--any-port", "--token-lifetime", "90s"])
+            .args(["--metadata-tokens", "required"]);
+        Proc::spawn(cmd)
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut ready = Vec::new();
+    for sim in [&a, &b] {
+        assert!(
+            wait_until(Duration::from_secs(10), || sim.stdout().contains('\n')),
+            "{}",
+            sim.stderr()
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(sim.stdout().lines().next().unwrap()).unwrap();
+        ready.push(line);
+    }
+    assert_ne!(ready[0]["api"], ready[1]["api"]);
+    let listener = ready[0]["listeners"]["0b5c5a2e-8f37-4a57-8b7e-4c2f1b0d9e11"]
+        .as_str()
+        .unwrap();
+    assert!(!listener.ends_with(":8080"), "{listener}");
+    for key in ["api", "metadata", "admin"] {
+        let url = ready[0][key].as_str().unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert!(!url.ends_with(":8443") && !url.ends_with(":8775") && !url.ends_with(":8776"));
+    }
+    // --token-lifetime: expires_at - issued_at is 90 s.
+    let body =
+        serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "deployer", "password": "change-me", "domain": {"name": "acme"}}}},
+        "scope": {"project": {"id": PROJECT}}}})
+        .to_string();
+    let api = ready[0]["api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://");
+    let answer = http(api, "POST", "/v3/auth/tokens", &body);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let json: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let at = |k: &str| humantime::parse_rfc3339(json["token"][k].as_str().unwrap()).unwrap();
+    let lifetime = at("expires_at").duration_since(at("issued_at")).unwrap();
+    assert_eq!(lifetime.as_secs(), 90, "{json}");
+    // --metadata-tokens required: a read without a session token is refused.
+    let md = ready[0]["metadata"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://");
+    let answer = http(md, "GET", "/openstack/latest/meta_data.json", "");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}

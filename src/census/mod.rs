@@ -8,16 +8,18 @@
 //! sending connections. [`destroy`] subscribes to the kernel's socket-destroy notifications, so a long
 //! drain can count down instead of re-walking a large socket table.
 
+pub mod cookies;
 pub mod destroy;
 pub mod netlink;
 pub mod procfs;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
+pub use cookies::{CookieSet, Horizon};
 pub use destroy::DestroyWatch;
-pub use netlink::NetlinkCensus;
+pub use netlink::{DumpMode, NetlinkCensus};
 pub use procfs::ProcCensus;
 
 /// What to count.
@@ -34,6 +36,9 @@ impl CensusSpec {
     }
 
     pub fn excluded(&self, peer: IpAddr) -> bool {
+        if self.exclude_peers.is_empty() {
+            return false;
+        }
         let peer = unmap(peer);
         self.exclude_peers.iter().any(|net| net.contains(&peer))
     }
@@ -63,43 +68,105 @@ pub enum Backend {
     Procfs,
 }
 
+/// What failed, named so an operator can act on it (which request, which file and line).
 #[derive(Debug, thiserror::Error)]
 pub enum CensusError {
-    #[error("census: netlink sock_diag: {0}")]
-    Netlink(String),
-    #[error("census: {file}: {reason}")]
-    Proc { file: String, reason: String },
+    #[error("census: netlink sock_diag {what}: {source}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("census: {file}: {source}")]
+    ProcRead {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("census: {file}: line {line}: {reason}")]
+    ProcLine {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    /// The kernel dropped destroy notifications (our receive buffer overflowed): a count-down from
+    /// them would be wrong, so the caller must go back to counting.
+    #[error("census: socket-destroy notifications were lost (receive buffer overflow)")]
+    DestroyLost,
 }
 
 pub trait Census: Send {
     fn count(&mut self) -> Result<Count, CensusError>;
     fn backend(&self) -> Backend;
+    /// Which sockets the latest census saw, for a [`DestroyWatch`] to tell counted sockets from others.
+    /// Only the netlink census has socket cookies.
+    fn horizon(&self) -> Option<Horizon> {
+        None
+    }
 }
 
 /// The best census this process may use: netlink if a probe count works, else /proc.
 pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
-    match NetlinkCensus::new(spec.clone()) {
-        Ok(mut n) => match n.probe() {
-            Ok(()) => return Box::new(n),
-            Err(e) => {
-                tracing::warn!(error = %e, "netlink census unavailable; falling back to /proc/net/tcp")
-            }
-        },
+    match NetlinkCensus::new(spec.clone()).and_then(|mut n| n.probe().map(|()| n)) {
+        Ok(n) => Box::new(n),
         Err(e) => {
-            tracing::warn!(error = %e, "netlink census unavailable; falling back to /proc/net/tcp")
+            tracing::warn!(error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
+            Box::new(ProcCensus::new(spec.clone()))
         }
     }
-    Box::new(ProcCensus::new(spec.clone()))
 }
 
 /// Socket-destroy notifications as a channel of "this many counted sockets went away", or `None` when
 /// the kernel does not allow the subscription (it needs CAP_NET_ADMIN); the drain then polls.
+///
+/// Not tied to a census, so it cannot tell counted sockets from ones that arrived later: prefer
+/// [`open_with_destroy`], which also subscribes before the first census.
 pub fn destroy_channel(spec: &CensusSpec) -> Option<tokio::sync::mpsc::UnboundedReceiver<usize>> {
-    match DestroyWatch::subscribe(spec.clone()) {
+    match DestroyWatch::subscribe(spec) {
         Ok(watch) => Some(watch.spawn()),
         Err(e) => {
             tracing::info!(error = %e, "socket-destroy notifications unavailable; the drain polls the census");
             None
+        }
+    }
+}
+
+/// [`open`] plus a destroy channel that counts only sockets the latest census counted (by cookie). The
+/// subscription comes first, so no destroy between it and the first census is missed. The channel is
+/// `None` without CAP_NET_ADMIN. Needs a tokio runtime (the watch runs as a task).
+pub fn open_with_destroy(
+    spec: &CensusSpec,
+) -> (
+    Box<dyn Census>,
+    Option<tokio::sync::mpsc::UnboundedReceiver<usize>>,
+) {
+    let watch = DestroyWatch::subscribe(spec);
+    let census = open(spec);
+    let channel = match (watch, census.horizon()) {
+        (Ok(mut watch), Some(horizon)) => {
+            watch.follow(horizon);
+            Some(watch.spawn())
+        }
+        (Ok(_), None) => {
+            tracing::info!("socket-destroy notifications need the netlink census; the drain polls");
+            None
+        }
+        (Err(e), _) => {
+            tracing::info!(error = %e, "socket-destroy notifications unavailable; the drain polls the census");
+            None
+        }
+    };
+    (census, channel)
+}
+
+/// The LISTEN sockets on `ports` (port, local address), IPv4 and IPv6: whether the application is up,
+/// and whether IPv6 (or dual-stack) clients can arrive. Netlink, or /proc where netlink is refused.
+pub fn listening(ports: &[u16]) -> Result<Vec<(u16, SocketAddr)>, CensusError> {
+    match netlink::listening(ports) {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            tracing::debug!(error = %e, "netlink listener dump refused; reading /proc/net/tcp");
+            procfs::listening_sockets(ports)
         }
     }
 }
@@ -126,5 +193,17 @@ mod tests {
         assert!(spec.counts(80, "::ffff:11.1.2.3".parse().unwrap()));
         assert!(!spec.counts(81, "11.1.2.3".parse().unwrap()));
         assert!(spec.counts(80, "fd00::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_exclusions_do_not_match_v4_mapped_as_ipv6() {
+        // ::ffff:0:0/96 written as an IPv6 CIDR is not how operators name IPv4 peers; the mapped peer
+        // is compared as IPv4, so an IPv6 /8 elsewhere does not swallow it.
+        let spec = CensusSpec {
+            ports: vec![80],
+            exclude_peers: vec!["fd00::/8".parse().unwrap()],
+        };
+        assert!(spec.counts(80, "::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!spec.counts(80, "fd12::3".parse().unwrap()));
     }
 }

@@ -1,28 +1,37 @@
 //! The netlink `sock_diag` census.
 //!
-//! One `SOCK_DIAG_BY_FAMILY` dump per address family, asking only for ESTABLISHED sockets and carrying
-//! an `INET_DIAG_REQ_BYTECODE` filter on the local port, so the kernel sends only the sockets we count.
-//! The reply is walked in place in one reused buffer: a census costs no allocation per socket, and its
-//! memory does not grow with the socket table.
+//! A dump asks only for ESTABLISHED sockets and carries an `INET_DIAG_REQ_BYTECODE` filter on the local
+//! port, so the kernel sends only the sockets we count. The reply is walked in place in one reused
+//! buffer: a census costs no allocation per socket, and its memory does not grow with the socket table.
 //!
-//! Both families share the kernel's established hash, so every dump walks the *whole* table: the IPv6
-//! dump is skipped unless an IPv6 (or dual-stack) listener is on a drain port, which a LISTEN-only dump
-//! (the small listening hash) tells cheaply.
+//! IPv4 and IPv6 TCP sockets live in one kernel hash, and every dump walks all of it whatever family it
+//! asks for, so two per-family dumps cost two walks. The legacy `TCPDIAG_GETSOCK` request (still served
+//! by `inet_diag` for `ss` of old) dumps both families in one walk, and is what [`DumpMode::Combined`]
+//! uses. Where a kernel refuses it, [`DumpMode::PerFamily`] sends the `SOCK_DIAG_BY_FAMILY` dumps and
+//! skips the IPv6 one unless an IPv6 or dual-stack socket listens on a drain port (a dual-stack `[::]`
+//! listener receives IPv4 clients as v4-mapped IPv6 sockets). That check is redone at every census: a
+//! LISTEN-only dump walks the small listening hash, not the established one, so it costs microseconds
+//! and a listener that appears later is never missed.
 //!
 //! Written against the raw structures rather than through `netlink-packet-sock-diag`: decoding each
 //! message into owned values costs about 0.45 µs per socket, which at 100k sockets is a quarter of the
-//! census; the layout used here is the stable kernel ABI (`linux/inet_diag.h`).
+//! census; the layout used here is the stable kernel ABI (`linux/inet_diag.h`, `linux/netlink.h`).
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::cookies::{CookieSet, Horizon};
 use super::{Backend, Census, CensusError, CensusSpec, Count, v4, v6};
 
 pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The legacy inet_diag request: `struct inet_diag_req`, both families in one dump.
+pub(crate) const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_GE: u8 = 2;
@@ -31,11 +40,21 @@ pub(crate) const TCP_ESTABLISHED: u8 = 1;
 pub(crate) const TCP_LISTEN: u8 = 10;
 /// `struct inet_diag_msg`: family, state, timer, retrans, the 48-byte socket id, then 5 u32.
 pub(crate) const DIAG_MSG_LEN: usize = 72;
+/// The kernel fills a dump reply up to 32 KiB; the rest is headroom so a reply is never truncated.
 const RECV_BUF: usize = 256 * 1024;
+
+fn truncated(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("truncated {what}"))
+}
+
+fn ne_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
 
 /// A `NETLINK_SOCK_DIAG` socket.
 pub(crate) struct DiagSocket {
     fd: OwnedFd,
+    seq: u32,
 }
 
 impl AsRawFd for DiagSocket {
@@ -57,9 +76,10 @@ impl DiagSocket {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is a fresh, valid descriptor.
+        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
         Ok(DiagSocket {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            seq: 0,
         })
     }
 
@@ -68,7 +88,7 @@ impl DiagSocket {
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl zeroed is the kernel's address; msg is a valid buffer.
+        // SAFETY: a zeroed sockaddr_nl with the family set is the kernel's address; msg is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         let rc = unsafe {
@@ -88,12 +108,31 @@ impl DiagSocket {
         }
     }
 
+    /// One datagram. MSG_TRUNC makes the kernel report its real length, so a reply larger than the
+    /// buffer is an error instead of silently cut messages.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
             if n >= 0 {
-                return Ok(n as usize);
+                let n = n as usize;
+                if n > buf.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "netlink message of {n} bytes exceeds the {} byte buffer",
+                            buf.len()
+                        ),
+                    ));
+                }
+                return Ok(n);
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
@@ -102,44 +141,76 @@ impl DiagSocket {
         }
     }
 
-    /// Sends a dump request and calls `each` with every `inet_diag_msg` of the reply.
-    fn dump(&self, request: &[u8], buf: &mut [u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    /// Sends a dump request and calls `each` with every `inet_diag_msg` of the reply. Each dump gets a
+    /// new sequence number and messages of other numbers (the rest of an earlier, failed dump) are
+    /// skipped, so one bad census does not poison the next.
+    fn dump(
+        &mut self,
+        request: &mut [u8],
+        buf: &mut [u8],
+        each: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        request[8..12].copy_from_slice(&self.seq.to_ne_bytes());
         self.send(request)?;
         loop {
             let n = self.recv(buf)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-                if len < 16 || at + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let errno =
-                            i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    SOCK_DIAG_BY_FAMILY if len >= 16 + DIAG_MSG_LEN => {
-                        each(&buf[at + 16..at + 16 + DIAG_MSG_LEN])
-                    }
-                    _ => {}
-                }
-                at += (len + 3) & !3;
-            }
             if n == 0 {
+                return Err(truncated("dump: the socket ended before NLMSG_DONE"));
+            }
+            if walk(&buf[..n], Some(self.seq), each)? {
                 return Ok(());
             }
         }
     }
 }
 
+/// Walks the netlink messages of one datagram, calling `each` with every `inet_diag_msg` (only those of
+/// sequence `seq` when given). `Ok(true)` at NLMSG_DONE; NLMSG_ERROR (or a DONE carrying an error) is
+/// the kernel's errno.
+pub(crate) fn walk(buf: &[u8], seq: Option<u32>, each: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        let Some(header) = buf.get(at..at + NLMSG_HDRLEN) else {
+            return Err(truncated("netlink header"));
+        };
+        let len = ne_u32(header, 0) as usize;
+        let kind = u16::from_ne_bytes([header[4], header[5]]);
+        let msg_seq = ne_u32(header, 8);
+        if len < NLMSG_HDRLEN || len > buf.len() - at {
+            return Err(truncated("netlink message"));
+        }
+        let payload = &buf[at + NLMSG_HDRLEN..at + len];
+        if seq.is_none_or(|s| s == msg_seq) {
+            match kind {
+                NLMSG_DONE | NLMSG_ERROR => {
+                    let errno = match payload.get(..4) {
+                        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                        None if kind == NLMSG_DONE => 0,
+                        None => return Err(truncated("netlink error")),
+                    };
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
+                    }
+                    if kind == NLMSG_DONE {
+                        return Ok(true);
+                    }
+                }
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match payload.get(..DIAG_MSG_LEN) {
+                    Some(msg) => each(msg),
+                    None => return Err(truncated("inet_diag_msg")),
+                },
+                _ => {}
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(false)
+}
+
 /// The bytecode accepting a local port in `ports`: for each port `sport >= p && sport <= p`, OR-ed with
-/// jumps the kernel's bytecode audit accepts (every jump target is reachable along the "yes" chain).
+/// jumps the kernel's bytecode audit accepts (every jump lands on an instruction boundary or just past
+/// the end, which rejects).
 pub fn port_filter(ports: &[u16]) -> Vec<u8> {
     let n = ports.len();
     if n == 0 {
@@ -170,27 +241,45 @@ pub fn port_filter(ports: &[u16]) -> Vec<u8> {
     bc
 }
 
-/// A dump request for one family and set of states, filtered to `ports`.
-pub(crate) fn request(family: u8, states: u32, ports: &[u16]) -> Vec<u8> {
-    let bc = port_filter(ports);
-    let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
-    let len = 16 + 56 + attr_len;
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+fn header(msg: &mut Vec<u8>, kind: u16) {
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
+    msg.extend_from_slice(&kind.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // seq, set per dump
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    // struct inet_diag_req_v2
-    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    msg.extend_from_slice(&states.to_ne_bytes());
-    msg.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no exact match
+}
+
+fn finish(mut msg: Vec<u8>, ports: &[u16]) -> Vec<u8> {
+    let bc = port_filter(ports);
     if !bc.is_empty() {
         msg.extend_from_slice(&((4 + bc.len()) as u16).to_ne_bytes());
         msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         msg.extend_from_slice(&bc);
     }
+    let len = msg.len() as u32;
+    msg[..4].copy_from_slice(&len.to_ne_bytes());
     msg
+}
+
+/// A `SOCK_DIAG_BY_FAMILY` dump request (`struct inet_diag_req_v2`) for one family, filtered to `ports`.
+pub(crate) fn request(family: u8, states: u32, ports: &[u16]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(128);
+    header(&mut msg, SOCK_DIAG_BY_FAMILY);
+    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    msg.extend_from_slice(&states.to_ne_bytes());
+    msg.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no exact match
+    finish(msg, ports)
+}
+
+/// A `TCPDIAG_GETSOCK` dump request (`struct inet_diag_req`): TCP of both families in one walk.
+pub(crate) fn combined_request(states: u32, ports: &[u16]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(128);
+    header(&mut msg, TCPDIAG_GETSOCK);
+    msg.extend_from_slice(&[0, 0, 0, 0]); // family (ignored: both), src_len, dst_len, ext
+    msg.extend_from_slice(&[0u8; 48]); // inet_diag_sockid
+    msg.extend_from_slice(&states.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // idiag_dbs
+    finish(msg, ports)
 }
 
 /// The fields of one `inet_diag_msg` the census needs.
@@ -199,62 +288,100 @@ pub(crate) struct DiagSock {
     pub family: u8,
     pub state: u8,
     pub local_port: u16,
+    pub local: std::net::IpAddr,
     pub peer: std::net::IpAddr,
     pub cookie: u64,
 }
 
+/// Reads a message of at least [`DIAG_MSG_LEN`] bytes (the walker guarantees it).
 pub(crate) fn parse(msg: &[u8]) -> DiagSock {
     let family = msg[0];
     let local_port = u16::from_be_bytes([msg[4], msg[5]]);
-    let dst = &msg[24..40];
-    let peer = if i32::from(family) == libc::AF_INET {
-        v4(dst[..4].try_into().expect("4 bytes"))
-    } else {
-        v6(dst.try_into().expect("16 bytes"))
+    let addr = |at: usize| {
+        if i32::from(family) == libc::AF_INET {
+            v4([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]])
+        } else {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&msg[at..at + 16]);
+            v6(b)
+        }
     };
-    let lo = u32::from_ne_bytes(msg[44..48].try_into().expect("4 bytes")) as u64;
-    let hi = u32::from_ne_bytes(msg[48..52].try_into().expect("4 bytes")) as u64;
+    let lo = u64::from(ne_u32(msg, 44));
+    let hi = u64::from(ne_u32(msg, 48));
     DiagSock {
         family,
         state: msg[1],
         local_port,
-        peer,
+        local: addr(8),
+        peer: addr(24),
         cookie: lo | (hi << 32),
     }
+}
+
+/// How the census asks the kernel; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpMode {
+    /// One `TCPDIAG_GETSOCK` dump for both families.
+    Combined,
+    /// `SOCK_DIAG_BY_FAMILY` per family, IPv6 only when an IPv6/dual-stack listener is on a port.
+    PerFamily,
 }
 
 pub struct NetlinkCensus {
     spec: CensusSpec,
     socket: DiagSocket,
     buf: Vec<u8>,
-    v4_request: Vec<u8>,
-    v6_request: Vec<u8>,
-    v6_listen_request: Vec<u8>,
-    /// The largest socket cookie of the previous census: cookies come from a global counter and are given
-    /// out on first dump, so a counted socket with a larger one is new.
-    max_cookie: Option<u64>,
+    combined: Vec<u8>,
+    v4: Vec<u8>,
+    v6: Vec<u8>,
+    v6_listen: Vec<u8>,
+    /// `None` until the first dump tried [`DumpMode::Combined`].
+    mode: Option<DumpMode>,
+    /// The cookies of the previous census, to tell arrivals (`None` before the first).
+    previous: Option<CookieSet>,
+    current: CookieSet,
+    horizon: Horizon,
 }
 
 impl NetlinkCensus {
     pub fn new(spec: CensusSpec) -> Result<NetlinkCensus, CensusError> {
-        let socket =
-            DiagSocket::open().map_err(|e| CensusError::Netlink(format!("socket: {e}")))?;
+        let socket = DiagSocket::open().map_err(|source| CensusError::Netlink {
+            what: "socket",
+            source,
+        })?;
+        let established = 1 << TCP_ESTABLISHED;
         Ok(NetlinkCensus {
-            v4_request: request(libc::AF_INET as u8, 1 << TCP_ESTABLISHED, &spec.ports),
-            v6_request: request(libc::AF_INET6 as u8, 1 << TCP_ESTABLISHED, &spec.ports),
-            v6_listen_request: request(libc::AF_INET6 as u8, 1 << TCP_LISTEN, &spec.ports),
+            combined: combined_request(established, &spec.ports),
+            v4: request(libc::AF_INET as u8, established, &spec.ports),
+            v6: request(libc::AF_INET6 as u8, established, &spec.ports),
+            v6_listen: request(libc::AF_INET6 as u8, 1 << TCP_LISTEN, &spec.ports),
             spec,
             socket,
             buf: vec![0; RECV_BUF],
-            max_cookie: None,
+            mode: None,
+            previous: None,
+            current: CookieSet::default(),
+            horizon: Horizon::default(),
         })
     }
 
-    /// One throw-away dump, to learn whether this process may use sock_diag at all.
+    /// A census that always uses `mode` (to compare the two in a benchmark).
+    pub fn with_mode(spec: CensusSpec, mode: DumpMode) -> Result<NetlinkCensus, CensusError> {
+        let mut census = Self::new(spec)?;
+        census.mode = Some(mode);
+        Ok(census)
+    }
+
+    /// The mode in use, once the first census chose it.
+    pub fn dump_mode(&self) -> Option<DumpMode> {
+        self.mode
+    }
+
+    /// One throw-away census, to learn whether this process may use sock_diag at all. The next
+    /// [`Census::count`] is still the first (its `arrived` is 0).
     pub fn probe(&mut self) -> Result<(), CensusError> {
-        let saved = self.max_cookie;
         self.count()?;
-        self.max_cookie = saved;
+        self.previous = None;
         Ok(())
     }
 
@@ -263,40 +390,52 @@ impl NetlinkCensus {
     pub fn ipv6_listener(&mut self) -> Result<bool, CensusError> {
         let mut any = false;
         self.socket
-            .dump(&self.v6_listen_request, &mut self.buf, |_| any = true)
-            .map_err(|e| CensusError::Netlink(format!("IPv6 listener dump: {e}")))?;
+            .dump(&mut self.v6_listen, &mut self.buf, &mut |_| any = true)
+            .map_err(|source| CensusError::Netlink {
+                what: "IPv6 listener dump",
+                source,
+            })?;
         Ok(any)
     }
 
-    /// Counts every ESTABLISHED socket on the ports, also those of IPv6 without a listener (client
-    /// sockets, or a listener closed while its connections live on).
+    /// Counts every ESTABLISHED socket on the ports in both families, also IPv6 ones without a
+    /// listener (a listener closed while its connections live on).
     pub fn count_all_families(&mut self) -> Result<Count, CensusError> {
-        self.count_families(true)
+        match self.mode {
+            Some(DumpMode::PerFamily) => self.tally(&[Dump::V4, Dump::V6]),
+            _ => self.count(),
+        }
     }
 
-    fn count_families(&mut self, with_v6: bool) -> Result<Count, CensusError> {
-        let (mut established, mut arrived, mut max) = (0usize, 0usize, 0u64);
-        let prev = self.max_cookie;
+    fn tally(&mut self, dumps: &[Dump]) -> Result<Count, CensusError> {
+        let (mut established, mut arrived) = (0usize, 0usize);
         let spec = &self.spec;
-        let mut tally = |m: &[u8]| {
+        let previous = self.previous.as_ref();
+        let current = &mut self.current;
+        current.clear();
+        let mut each = |m: &[u8]| {
             let s = parse(m);
             if s.state == TCP_ESTABLISHED && spec.counts(s.local_port, s.peer) {
                 established += 1;
-                max = max.max(s.cookie);
-                if prev.is_some_and(|p| s.cookie > p) {
+                current.insert(s.cookie);
+                if previous.is_some_and(|p| !p.knew(s.cookie)) {
                     arrived += 1;
                 }
             }
         };
-        self.socket
-            .dump(&self.v4_request, &mut self.buf, &mut tally)
-            .map_err(|e| CensusError::Netlink(format!("IPv4 dump: {e}")))?;
-        if with_v6 {
+        for dump in dumps {
+            let (request, what) = match dump {
+                Dump::Combined => (&mut self.combined, "dump (both families)"),
+                Dump::V4 => (&mut self.v4, "IPv4 dump"),
+                Dump::V6 => (&mut self.v6, "IPv6 dump"),
+            };
             self.socket
-                .dump(&self.v6_request, &mut self.buf, &mut tally)
-                .map_err(|e| CensusError::Netlink(format!("IPv6 dump: {e}")))?;
+                .dump(request, &mut self.buf, &mut each)
+                .map_err(|source| CensusError::Netlink { what, source })?;
         }
-        self.max_cookie = Some(prev.unwrap_or(0).max(max));
+        self.horizon.publish(&self.current);
+        let previous = self.previous.get_or_insert_with(CookieSet::default);
+        std::mem::swap(previous, &mut self.current);
         Ok(Count {
             established,
             arrived,
@@ -304,15 +443,77 @@ impl NetlinkCensus {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Dump {
+    Combined,
+    V4,
+    V6,
+}
+
 impl Census for NetlinkCensus {
     fn count(&mut self) -> Result<Count, CensusError> {
-        let with_v6 = self.ipv6_listener()?;
-        self.count_families(with_v6)
+        match self.mode {
+            Some(DumpMode::Combined) => self.tally(&[Dump::Combined]),
+            Some(DumpMode::PerFamily) => {
+                if self.ipv6_listener()? {
+                    self.tally(&[Dump::V4, Dump::V6])
+                } else {
+                    self.tally(&[Dump::V4])
+                }
+            }
+            None => match self.tally(&[Dump::Combined]) {
+                Ok(count) => {
+                    self.mode = Some(DumpMode::Combined);
+                    Ok(count)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "combined sock_diag dump refused; dumping per family");
+                    self.mode = Some(DumpMode::PerFamily);
+                    self.count()
+                }
+            },
+        }
     }
 
     fn backend(&self) -> Backend {
         Backend::Netlink
     }
+
+    fn horizon(&self) -> Option<Horizon> {
+        Some(self.horizon.clone())
+    }
+}
+
+/// The LISTEN sockets on `ports`, both families, from one dump of the listening hash.
+pub fn listening(ports: &[u16]) -> Result<Vec<(u16, SocketAddr)>, CensusError> {
+    let mut socket = DiagSocket::open().map_err(|source| CensusError::Netlink {
+        what: "socket",
+        source,
+    })?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut found = Vec::new();
+    let mut each = |m: &[u8]| {
+        let s = parse(m);
+        if s.state == TCP_LISTEN && ports.contains(&s.local_port) {
+            found.push((s.local_port, SocketAddr::new(s.local, s.local_port)));
+        }
+    };
+    let states = 1 << TCP_LISTEN;
+    let mut combined = combined_request(states, ports);
+    if socket.dump(&mut combined, &mut buf, &mut each).is_err() {
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            let mut req = request(family as u8, states, ports);
+            socket
+                .dump(&mut req, &mut buf, &mut each)
+                .map_err(|source| CensusError::Netlink {
+                    what: "listener dump",
+                    source,
+                })?;
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -331,6 +532,7 @@ mod tests {
             ops(&port_filter(&[8080])),
             vec![(2, 8, 20), (0, 0, 8080), (3, 8, 12), (0, 0, 8080)]
         );
+        assert!(port_filter(&[]).is_empty());
     }
 
     #[test]
@@ -358,19 +560,162 @@ mod tests {
         );
     }
 
+    /// Runs the bytecode the way the kernel's `inet_diag_bc_run` does, for the ops we emit.
+    fn run(bc: &[u8], sport: u16) -> bool {
+        let mut at = 0i64;
+        let len = bc.len() as i64;
+        while at < len {
+            let i = at as usize;
+            let (code, yes, no) = (bc[i], bc[i + 1], u16::from_ne_bytes([bc[i + 2], bc[i + 3]]));
+            let arg = u16::from_ne_bytes([bc[i + 6], bc[i + 7]]);
+            let ok = match code {
+                INET_DIAG_BC_S_GE => sport >= arg,
+                INET_DIAG_BC_S_LE => sport <= arg,
+                INET_DIAG_BC_JMP => false,
+                _ => unreachable!(),
+            };
+            at += if ok { i64::from(yes) } else { i64::from(no) };
+        }
+        at == len
+    }
+
+    #[test]
+    fn the_filter_accepts_exactly_the_ports() {
+        for ports in [&[8080][..], &[80, 443], &[1, 65535, 8080, 8081]] {
+            let bc = port_filter(ports);
+            for p in [
+                0, 1, 79, 80, 81, 442, 443, 444, 8079, 8080, 8081, 8082, 65534, 65535,
+            ] {
+                assert_eq!(
+                    run(&bc, p),
+                    ports.contains(&p),
+                    "ports {ports:?}, sport {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn requests_have_the_kernel_layout() {
+        let r = request(libc::AF_INET6 as u8, 1 << TCP_ESTABLISHED, &[8080]);
+        // nlmsghdr 16 + inet_diag_req_v2 56 + nlattr 4 + bytecode 16
+        assert_eq!(r.len(), 92);
+        assert_eq!(ne_u32(&r, 0), 92);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), 0x301);
+        assert_eq!(&r[16..20], &[libc::AF_INET6 as u8, 6, 0, 0]);
+        assert_eq!(ne_u32(&r, 20), 2);
+        assert_eq!(u16::from_ne_bytes([r[72], r[73]]), 20);
+        assert_eq!(u16::from_ne_bytes([r[74], r[75]]), INET_DIAG_REQ_BYTECODE);
+        let c = combined_request(1 << TCP_LISTEN, &[80, 443]);
+        // nlmsghdr 16 + inet_diag_req 60 + nlattr 4 + bytecode 36
+        assert_eq!(c.len(), 116);
+        assert_eq!(u16::from_ne_bytes([c[4], c[5]]), TCPDIAG_GETSOCK);
+        assert_eq!(ne_u32(&c, 16 + 52), 1 << TCP_LISTEN);
+        assert_eq!(u16::from_ne_bytes([c[76], c[77]]), 40);
+    }
+
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    fn diag(port: u16, cookie: u64) -> Vec<u8> {
+        let mut m = vec![0u8; DIAG_MSG_LEN + 8]; // + an attribute, as the kernel appends
+        m[0] = libc::AF_INET as u8;
+        m[1] = TCP_ESTABLISHED;
+        m[4..6].copy_from_slice(&port.to_be_bytes());
+        m[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        m[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn the_walker_keeps_its_sequence_and_stops_at_done() {
+        let mut buf = message(TCPDIAG_GETSOCK, 6, &diag(1, 1)); // left over from an earlier dump
+        buf.extend(message(TCPDIAG_GETSOCK, 7, &diag(2, 2)));
+        buf.extend(message(SOCK_DIAG_BY_FAMILY, 7, &diag(3, 3)));
+        let mut seen = Vec::new();
+        assert!(!walk(&buf, Some(7), &mut |m| seen.push(parse(m).local_port)).unwrap());
+        buf.extend(message(NLMSG_DONE, 7, &0i32.to_ne_bytes()));
+        buf.extend(message(TCPDIAG_GETSOCK, 7, &diag(4, 4))); // after DONE: not read
+        assert!(walk(&buf, Some(7), &mut |m| seen.push(parse(m).local_port)).unwrap());
+        assert_eq!(seen, vec![2, 3, 2, 3]);
+    }
+
+    #[test]
+    fn the_walker_reports_kernel_errors_and_truncation() {
+        let err = walk(
+            &message(NLMSG_ERROR, 1, &(-libc::EPERM).to_ne_bytes()),
+            Some(1),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        let err = walk(
+            &message(NLMSG_DONE, 1, &(-libc::EINTR).to_ne_bytes()),
+            Some(1),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINTR));
+        let whole = message(TCPDIAG_GETSOCK, 1, &diag(2, 2));
+        assert!(
+            walk(&whole[..40], Some(1), &mut |_| {}).is_err(),
+            "cut message"
+        );
+        assert!(
+            walk(&whole[..10], Some(1), &mut |_| {}).is_err(),
+            "cut header"
+        );
+        let short = message(TCPDIAG_GETSOCK, 1, &[0u8; 20]);
+        assert!(
+            walk(&short, Some(1), &mut |_| {}).is_err(),
+            "short inet_diag_msg"
+        );
+    }
+
     #[test]
     fn a_message_is_parsed_from_the_kernel_layout() {
         let mut m = [0u8; DIAG_MSG_LEN];
         m[0] = libc::AF_INET as u8;
         m[1] = TCP_ESTABLISHED;
         m[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[10, 0, 0, 1]);
         m[24..28].copy_from_slice(&[10, 0, 0, 7]);
         m[44..48].copy_from_slice(&7u32.to_ne_bytes());
         m[48..52].copy_from_slice(&1u32.to_ne_bytes());
         let s = parse(&m);
         assert_eq!(
-            (s.local_port, s.peer.to_string(), s.cookie),
-            (8080, "10.0.0.7".to_owned(), (1 << 32) | 7)
+            (
+                s.local_port,
+                s.local.to_string(),
+                s.peer.to_string(),
+                s.cookie
+            ),
+            (
+                8080,
+                "10.0.0.1".to_owned(),
+                "10.0.0.7".to_owned(),
+                (1 << 32) | 7
+            )
         );
+        m[0] = libc::AF_INET6 as u8;
+        m[24..40].copy_from_slice(
+            &"::ffff:10.0.0.9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        assert_eq!(parse(&m).peer.to_string(), "::ffff:10.0.0.9");
     }
 }

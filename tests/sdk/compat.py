@@ -73,12 +73,22 @@ def main():
     resp = client.show_pool(ShowPoolRequest(pool_id=pool))
     calls += 1
     assert resp.pool.id == pool and resp.pool.connection_drain is not None, resp
+    drain = resp.pool.connection_drain
+    assert drain.enable is True and drain.timeout == 30, drain
+    assert resp.pool.member_deletion_protection_enable is False, resp
+    assert sorted(m.id for m in resp.pool.members) == sorted(created), resp.pool.members
 
     resp = client.list_pools(ListPoolsRequest(member_address=["10.0.0.9"]))
     calls += 1
     assert [p.id for p in resp.pools] == [pool], resp
 
     # The address belongs to an instance: members carry its id, and ListMembers filters on it.
+    # A repeated numeric filter: the SDK signs its values sorted as numbers (9001 before 10000), which
+    # is not their order as strings; the simulator must accept that signature as the real service does.
+    resp = client.list_members(ListMembersRequest(pool_id=pool, protocol_port=[9003, 10000, 9001]))
+    calls += 1
+    assert sorted(m.protocol_port for m in resp.members) == [9001, 9003], resp
+
     resp = client.list_members(ListMembersRequest(pool_id=pool, instance_id=[instance]))
     calls += 1
     assert sorted(m.id for m in resp.members) == sorted(created), resp
