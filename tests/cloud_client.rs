@@ -419,6 +419,23 @@ async fn an_endless_body_is_refused_without_being_buffered_or_fetched_again() {
 }
 
 #[tokio::test]
+async fn a_503_with_a_huge_body_is_still_a_503_and_retried() {
+    let mut huge = String::from(r#"{"error_code":"ELB.8906","error_msg":"unavailable","pad":""#);
+    huge.push_str(&" ".repeat(6 * 1024 * 1024));
+    huge.push_str(r#""}"#);
+    let stub = Stub::start(vec![json(503, &huge), resp(204, &[], "")]).await;
+    let (pool, member) = ids();
+    assert_eq!(
+        elb(&stub)
+            .delete_member(&pool, &member)
+            .await
+            .expect("deleted"),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(stub.seen().len(), 2);
+}
+
+#[tokio::test]
 async fn redirects_are_not_followed() {
     let elsewhere = Stub::start(vec![resp(204, &[], "")]).await;
     let location = format!(

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
-use super::{CloudError, api_error, read_bounded, transport};
+use super::{CloudError, ERROR_BODY_HEAD, api_error, read_bounded, read_head, transport};
 use crate::ids::{InstanceId, ProjectId};
 use crate::secret::Secret;
 use crate::sign::SigningKey;
@@ -115,7 +115,7 @@ impl Metadata {
             | StatusCode::SERVICE_UNAVAILABLE => None,
             _ => {
                 let headers = response.headers().clone();
-                let body = read_bounded(response, OP).await.unwrap_or_default();
+                let body = read_head(response, ERROR_BODY_HEAD).await;
                 return Err(api_error(OP, status, &headers, &body));
             }
         };
@@ -150,13 +150,12 @@ impl Metadata {
         }
         let response = req.send().await.map_err(|e| transport(op, &e))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_bounded(response, op).await?;
         if status.is_success() {
-            Ok(body)
-        } else {
-            Err(api_error(op, status, &headers, &body))
+            return read_bounded(response, op).await;
         }
+        let headers = response.headers().clone();
+        let body = read_head(response, ERROR_BODY_HEAD).await;
+        Err(api_error(op, status, &headers, &body))
     }
 
     pub async fn identity(&self) -> Result<Identity, CloudError> {

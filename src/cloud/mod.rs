@@ -398,23 +398,26 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(300)));
+        if !status.is_success() {
+            // An error body is only read for its code and message: its head is enough, and a huge one
+            // must not turn a retryable 503 into a "too large" that is not.
+            let body = read_head(response, ERROR_BODY_HEAD).await;
+            return (
+                Err(api_error(&req.op, status, &headers, &body)),
+                retry_after,
+            );
+        }
         let body = match read_bounded(response, &req.op).await {
             Ok(b) => b,
             Err(e) => return (Err(e), retry_after),
         };
-        if status.is_success() {
-            return (
-                Ok(Reply {
-                    status: status.as_u16(),
-                    headers,
-                    body,
-                }),
-                None,
-            );
-        }
         (
-            Err(api_error(&req.op, status, &headers, &body)),
-            retry_after,
+            Ok(Reply {
+                status: status.as_u16(),
+                headers,
+                body,
+            }),
+            None,
         )
     }
 }
@@ -435,6 +438,24 @@ pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
         op: op.to_owned(),
         reason,
     }
+}
+
+/// How much of an error body is read: real ones are a few hundred bytes.
+pub const ERROR_BODY_HEAD: usize = 64 * 1024;
+
+/// The first `limit` bytes of a body (or fewer, if it ends or breaks first); the rest is not read.
+pub(crate) async fn read_head(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
 }
 
 /// Reads a body, refusing more than [`MAX_BODY`] bytes without buffering them.
