@@ -98,6 +98,53 @@ impl Pool {
     }
 }
 
+/// A member to create; `address` and `protocol_port` are required by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMember {
+    pub address: IpAddr,
+    pub protocol_port: u16,
+    pub subnet_cidr_id: Option<String>,
+    pub weight: Option<u32>,
+    pub name: Option<String>,
+}
+
+/// The fields of a member UpdateMember may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberUpdate {
+    pub weight: Option<u32>,
+    pub admin_state_up: Option<bool>,
+    pub name: Option<String>,
+}
+
+/// Which resource a 404 says is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Member,
+    Pool,
+    Unclear,
+}
+
+/// Reads a 404's message (`"Member <id> could not be found."`, `"Pool <id> ..."`): the IDs first, then
+/// the resource word of an `ELB.8904`.
+fn missing(e: &CloudError, pool: &PoolId, member: &MemberId) -> Missing {
+    let text = e.message().unwrap_or_default().to_ascii_lowercase();
+    if text.contains(member.as_str()) {
+        return Missing::Member;
+    }
+    if text.contains(pool.as_str()) {
+        return Missing::Pool;
+    }
+    if e.code() == Some("ELB.8904") {
+        if text.starts_with("member") {
+            return Missing::Member;
+        }
+        if text.starts_with("pool") {
+            return Missing::Pool;
+        }
+    }
+    Missing::Unclear
+}
+
 /// A membership found by discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -196,7 +243,10 @@ impl Elb {
     }
 
     /// DeleteMember. 404 `ELB.8904` naming the member is success (already gone); naming the pool is a
-    /// configuration error. A bare gateway 404 (`APIGW.0101`) is checked with ShowPool before deciding.
+    /// configuration error. A 404 naming neither (a bare `APIGW.0101` gateway 404) is checked with
+    /// ShowPool before deciding: a pool that is there means the member is gone; a ShowPool that gets
+    /// the gateway's 404 too means the API is not there (wrong endpoint or project), which must not
+    /// pass for a member already gone nor be blamed on the pool.
     pub async fn delete_member(
         &self,
         pool: &PoolId,
@@ -208,43 +258,38 @@ impl Elb {
             Method::DELETE,
             self.path(&format!("/pools/{pool}/members/{member}")),
         );
-        match self.service.send(&req).await {
-            Ok(_) => Ok(DeleteOutcome::Deleted),
-            Err(CloudError::Api {
-                status: 404,
-                code,
-                message,
-                request_id,
-                ..
-            }) => {
-                let text = message.clone().unwrap_or_default().to_ascii_lowercase();
-                if text.contains(member.as_str()) || text.starts_with("member") {
-                    return Ok(DeleteOutcome::AlreadyGone);
-                }
-                if text.contains(pool.as_str()) || text.starts_with("pool") {
-                    return Err(CloudError::PoolNotFound {
-                        op,
-                        pool: pool.to_string(),
-                    });
-                }
-                // Ambiguous: ask whether the pool exists.
-                match self.show_pool(pool).await {
-                    Ok(_) => Ok(DeleteOutcome::AlreadyGone),
-                    Err(CloudError::Api { status: 404, .. }) => Err(CloudError::PoolNotFound {
-                        op,
-                        pool: pool.to_string(),
-                    }),
-                    Err(_) => Err(CloudError::Api {
-                        op,
-                        status: 404,
-                        code,
-                        message,
-                        request_id,
-                    }),
-                }
-            }
-            Err(e) => Err(e),
+        let refused = match self.service.send(&req).await {
+            Ok(_) => return Ok(DeleteOutcome::Deleted),
+            Err(e) if e.status() == Some(404) => e,
+            Err(e) => return Err(e),
+        };
+        let pool_not_found = || CloudError::PoolNotFound {
+            op: op.clone(),
+            pool: pool.to_string(),
+        };
+        match missing(&refused, pool, member) {
+            Missing::Member => return Ok(DeleteOutcome::AlreadyGone),
+            Missing::Pool => return Err(pool_not_found()),
+            Missing::Unclear => {}
         }
+        tracing::warn!(%pool, %member, error = %refused, "DeleteMember: a 404 naming neither the member nor the pool; asking whether the pool exists");
+        match self.show_pool(pool).await {
+            Ok(_) => {}
+            // ShowPool's `ELB.8904` can only be about the pool; another 404 (the gateway's
+            // `APIGW.0101` again) says the API itself is not there: report the original answer.
+            Err(e) if e.status() == Some(404) => {
+                let pool_missing =
+                    e.code() == Some("ELB.8904") || missing(&e, pool, member) == Missing::Pool;
+                return Err(if pool_missing {
+                    pool_not_found()
+                } else {
+                    refused
+                });
+            }
+            Err(_) => return Err(refused),
+        }
+        // The pool is there and the route answered: the member is what is missing.
+        Ok(DeleteOutcome::AlreadyGone)
     }
 
     pub async fn show_pool(&self, pool: &PoolId) -> Result<Pool, CloudError> {
@@ -288,13 +333,34 @@ impl Elb {
         subnet_cidr_id: Option<&str>,
         weight: Option<u32>,
     ) -> Result<Member, CloudError> {
-        let op = format!("CreateMember pool={pool} address={address} port={port}");
-        let mut member = serde_json::json!({"address": address.to_string(), "protocol_port": port});
-        if let Some(s) = subnet_cidr_id {
-            member["subnet_cidr_id"] = s.into();
+        self.create(
+            pool,
+            &NewMember {
+                address,
+                protocol_port: port,
+                subnet_cidr_id: subnet_cidr_id.map(str::to_owned),
+                weight,
+                name: None,
+            },
+        )
+        .await
+    }
+
+    /// CreateMember (201), every optional field.
+    pub async fn create(&self, pool: &PoolId, new: &NewMember) -> Result<Member, CloudError> {
+        let op = format!(
+            "CreateMember pool={pool} address={} port={}",
+            new.address, new.protocol_port
+        );
+        let mut member = serde_json::json!({"address": new.address.to_string(), "protocol_port": new.protocol_port});
+        if let Some(s) = &new.subnet_cidr_id {
+            member["subnet_cidr_id"] = s.as_str().into();
         }
-        if let Some(w) = weight {
+        if let Some(w) = new.weight {
             member["weight"] = w.into();
+        }
+        if let Some(n) = &new.name {
+            member["name"] = n.as_str().into();
         }
         let req = Request::new(
             &op,
@@ -317,13 +383,43 @@ impl Elb {
         member: &MemberId,
         weight: u32,
     ) -> Result<Member, CloudError> {
-        let op = format!("UpdateMember pool={pool} member={member} weight={weight}");
+        self.update_member(
+            pool,
+            member,
+            &MemberUpdate {
+                weight: Some(weight),
+                ..MemberUpdate::default()
+            },
+        )
+        .await
+    }
+
+    /// UpdateMember: only the fields given are sent.
+    pub async fn update_member(
+        &self,
+        pool: &PoolId,
+        member: &MemberId,
+        update: &MemberUpdate,
+    ) -> Result<Member, CloudError> {
+        let mut op = format!("UpdateMember pool={pool} member={member}");
+        let mut body = serde_json::Map::new();
+        if let Some(w) = update.weight {
+            op.push_str(&format!(" weight={w}"));
+            body.insert("weight".into(), w.into());
+        }
+        if let Some(up) = update.admin_state_up {
+            op.push_str(&format!(" admin_state_up={up}"));
+            body.insert("admin_state_up".into(), up.into());
+        }
+        if let Some(n) = &update.name {
+            body.insert("name".into(), n.as_str().into());
+        }
         let req = Request::new(
             &op,
             Method::PUT,
             self.path(&format!("/pools/{pool}/members/{member}")),
         )
-        .json(&serde_json::json!({"member": {"weight": weight}}));
+        .json(&serde_json::json!({ "member": body }));
         Ok(self
             .service
             .send(&req)
@@ -433,6 +529,14 @@ impl Elb {
             // Filters are the server's promise; check them anyway, a wrong DELETE is not undoable.
             .filter(|m| address.is_none_or(|a| m.address.parse::<IpAddr>().ok() == Some(a)))
             .filter(|m| port.is_none_or(|p| m.protocol_port == p))
+            .filter(|m| {
+                address.is_some()
+                    || instance.is_none_or(|i| {
+                        m.instance_id
+                            .as_deref()
+                            .is_some_and(|x| x.eq_ignore_ascii_case(i.as_str()))
+                    })
+            })
             .map(|m| {
                 let decode = |reason: String| CloudError::Decode {
                     op: op.clone(),
@@ -484,6 +588,52 @@ mod tests {
             "a short page is the last"
         );
         assert_eq!(next_marker(None, 2, 2), None);
+    }
+
+    fn not_found(code: &str, msg: &str) -> CloudError {
+        CloudError::Api {
+            op: "DeleteMember".into(),
+            status: 404,
+            code: Some(code.into()),
+            message: Some(msg.into()),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn a_404_is_read_for_which_resource_is_missing() {
+        let pool = PoolId::parse("36ce7086-a496-4666-9064-5ba0e6840c75").unwrap();
+        let member = MemberId::parse("1923923e-fe8a-484f-bdbc-e11559b1f48f").unwrap();
+        let m = |code, msg| missing(&not_found(code, msg), &pool, &member);
+        assert_eq!(
+            m(
+                "ELB.8904",
+                "Member 1923923e-fe8a-484f-bdbc-e11559b1f48f could not be found."
+            ),
+            Missing::Member
+        );
+        assert_eq!(
+            m(
+                "ELB.8904",
+                "Pool 36CE7086-A496-4666-9064-5BA0E6840C75 could not be found."
+            ),
+            Missing::Pool
+        );
+        assert_eq!(m("ELB.8904", "Member could not be found."), Missing::Member);
+        assert_eq!(m("ELB.8904", "Pool could not be found."), Missing::Pool);
+        assert_eq!(
+            m(
+                "APIGW.0101",
+                "The API does not exist or has not been published in the environment"
+            ),
+            Missing::Unclear
+        );
+        assert_eq!(
+            m("ELB.8904", "Resource could not be found."),
+            Missing::Unclear
+        );
+        // Only an ELB.8904 is trusted for its first word.
+        assert_eq!(m("APIGW.0101", "Pool routing failed"), Missing::Unclear);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! local IPv4) and its agency's temporary keys.
 //!
 //! Session tokens (IMDSv2 style) are used when the service offers them; a 404/405/503 on the token
-//! request means an older platform without them, remembered so it is asked only once.
+//! request means an older platform without them, remembered so it is asked only once. Reads are
+//! retried a few times on transient failures (the service is local; a hiccup is short), and a 401 gets
+//! a new session token once (it may have expired).
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
-use super::{CloudError, api_error, read_bounded, transport};
+use super::{CloudError, ERROR_BODY_HEAD, api_error, read_bounded, read_head, transport};
 use crate::ids::{InstanceId, ProjectId};
 use crate::secret::Secret;
 use crate::sign::SigningKey;
@@ -30,6 +32,7 @@ pub struct Identity {
     pub instance_id: InstanceId,
     pub project_id: Option<ProjectId>,
     pub region: Option<String>,
+    pub availability_zone: Option<String>,
     pub hostname: Option<String>,
 }
 
@@ -38,7 +41,20 @@ struct RawIdentity {
     uuid: String,
     project_id: Option<String>,
     region_id: Option<String>,
+    availability_zone: Option<String>,
     hostname: Option<String>,
+}
+
+/// `network_data.json`: one link per NIC.
+#[derive(Deserialize)]
+struct NetworkData {
+    #[serde(default)]
+    links: Vec<Link>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    local_ipv4: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -99,7 +115,7 @@ impl Metadata {
             | StatusCode::SERVICE_UNAVAILABLE => None,
             _ => {
                 let headers = response.headers().clone();
-                let body = read_bounded(response, OP).await.unwrap_or_default();
+                let body = read_head(response, ERROR_BODY_HEAD).await;
                 return Err(api_error(OP, status, &headers, &body));
             }
         };
@@ -134,13 +150,12 @@ impl Metadata {
         }
         let response = req.send().await.map_err(|e| transport(op, &e))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_bounded(response, op).await?;
         if status.is_success() {
-            Ok(body)
-        } else {
-            Err(api_error(op, status, &headers, &body))
+            return read_bounded(response, op).await;
         }
+        let headers = response.headers().clone();
+        let body = read_head(response, ERROR_BODY_HEAD).await;
+        Err(api_error(op, status, &headers, &body))
     }
 
     pub async fn identity(&self) -> Result<Identity, CloudError> {
@@ -158,6 +173,7 @@ impl Metadata {
                 .as_deref()
                 .and_then(|p| ProjectId::parse(p).ok()),
             region: raw.region_id.filter(|r| !r.is_empty()),
+            availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
             hostname: raw.hostname,
         })
     }
@@ -170,6 +186,28 @@ impl Metadata {
             op: format!("metadata GET {PATH}"),
             reason: format!("{:?} is not an IPv4 address", text.trim()),
         })
+    }
+
+    /// The IPv4 addresses of every NIC (`network_data.json`), for a server in pools on several subnets.
+    /// Entries that are not addresses are skipped; duplicates kept once, in the service's order.
+    pub async fn local_ipv4s(&self) -> Result<Vec<Ipv4Addr>, CloudError> {
+        const PATH: &str = "/openstack/latest/network_data.json";
+        let body = self.get(PATH).await?;
+        let data: NetworkData = serde_json::from_slice(&body).map_err(|e| CloudError::Decode {
+            op: format!("metadata GET {PATH}"),
+            reason: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        for ip in data
+            .links
+            .iter()
+            .filter_map(|l| l.local_ipv4.as_deref()?.trim().parse::<Ipv4Addr>().ok())
+        {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        Ok(out)
     }
 
     /// The agency's temporary keys and their expiry.

@@ -35,7 +35,7 @@ pub struct HttpSettings {
 }
 
 /// Builds the one HTTP client of the process: rustls with the platform's roots (plus `ca_file`), no
-/// proxy discovery surprises, bounded timeouts.
+/// proxy discovery surprises, no redirects, bounded timeouts.
 pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
@@ -43,6 +43,10 @@ pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudErro
         .timeout(settings.request_timeout)
         .user_agent(concat!("elb-drain/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
+        // The cloud APIs do not redirect; following one would carry `X-Auth-Token` (which reqwest does
+        // not strip across hosts, unlike `Authorization`) to wherever the redirect points, possibly
+        // over plain HTTP. A 3xx is reported as an error instead.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(50))
         .tcp_nodelay(true);
     if let Some(path) = &settings.ca_file {
@@ -121,11 +125,44 @@ impl CloudError {
         }
     }
 
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { message, .. } => message.as_deref(),
+            CloudError::GaveUp { last, .. } => last.message(),
+            _ => None,
+        }
+    }
+
+    /// The request id (from the body or `X-Request-Id`), to quote to the cloud's support.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { request_id, .. } => request_id.as_deref(),
+            CloudError::GaveUp { last, .. } => last.request_id(),
+            _ => None,
+        }
+    }
+
+    /// The credential was refused (401) or lacks a permission (403).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
+    /// The resource (or, with `APIGW.0101`, the API itself) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CloudError::PoolNotFound { .. }) || self.status() == Some(404)
+    }
+
+    /// The API's rate limit (429): back off.
+    pub fn is_throttled(&self) -> bool {
+        self.status() == Some(429)
+    }
+
     /// Worth another attempt: the condition is expected to pass (busy, throttled, server-side, network).
+    /// An oversized body is not: it would be downloaded again, up to the limit, at every attempt.
     pub fn is_retryable(&self) -> bool {
         match self {
             CloudError::Transport { .. } => true,
-            CloudError::Decode { .. } | CloudError::TooLarge { .. } => true,
+            CloudError::Decode { .. } => true,
             CloudError::Api { status, code, .. } => match status {
                 409 => code.as_deref() != Some("ELB.8905"), // quota exceeded will not pass
                 429 | 500 | 502 | 503 | 504 => true,
@@ -361,23 +398,26 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(300)));
+        if !status.is_success() {
+            // An error body is only read for its code and message: its head is enough, and a huge one
+            // must not turn a retryable 503 into a "too large" that is not.
+            let body = read_head(response, ERROR_BODY_HEAD).await;
+            return (
+                Err(api_error(&req.op, status, &headers, &body)),
+                retry_after,
+            );
+        }
         let body = match read_bounded(response, &req.op).await {
             Ok(b) => b,
             Err(e) => return (Err(e), retry_after),
         };
-        if status.is_success() {
-            return (
-                Ok(Reply {
-                    status: status.as_u16(),
-                    headers,
-                    body,
-                }),
-                None,
-            );
-        }
         (
-            Err(api_error(&req.op, status, &headers, &body)),
-            retry_after,
+            Ok(Reply {
+                status: status.as_u16(),
+                headers,
+                body,
+            }),
+            None,
         )
     }
 }
@@ -398,6 +438,24 @@ pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
         op: op.to_owned(),
         reason,
     }
+}
+
+/// How much of an error body is read: real ones are a few hundred bytes.
+pub const ERROR_BODY_HEAD: usize = 64 * 1024;
+
+/// The first `limit` bytes of a body (or fewer, if it ends or breaks first); the rest is not read.
+pub(crate) async fn read_head(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
 }
 
 /// Reads a body, refusing more than [`MAX_BODY`] bytes without buffering them.
@@ -551,6 +609,73 @@ mod tests {
                 reason: "reset".into()
             }
             .is_retryable()
+        );
+        assert!(
+            !CloudError::TooLarge {
+                op: "x".into(),
+                limit: MAX_BODY
+            }
+            .is_retryable()
+        );
+        let throttled = parse(429, r#"{"error_code":"APIGW.0308"}"#);
+        assert!(throttled.is_throttled() && !throttled.is_auth());
+        assert!(parse(401, "{}").is_auth() && parse(403, "{}").is_auth());
+        assert!(parse(404, "{}").is_not_found() && !parse(404, "{}").is_auth());
+        let gave_up = CloudError::GaveUp {
+            op: "x".into(),
+            attempts: 3,
+            elapsed: Duration::from_secs(1),
+            last: Box::new(parse(
+                503,
+                r#"{"error_code":"ELB.8906","error_msg":"busy","request_id":"r9"}"#,
+            )),
+        };
+        assert_eq!(
+            (
+                gave_up.status(),
+                gave_up.code(),
+                gave_up.message(),
+                gave_up.request_id()
+            ),
+            (Some(503), Some("ELB.8906"), Some("busy"), Some("r9"))
+        );
+        assert!(!gave_up.is_retryable(), "the budget is spent");
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_a_setup_error_naming_the_field() {
+        let settings = |ca_file: &str| HttpSettings {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            ca_file: Some(PathBuf::from(ca_file)),
+            allow_insecure_http: false,
+        };
+        let missing = http_client(&settings("/nonexistent/ca.pem")).unwrap_err();
+        assert!(
+            matches!(&missing, CloudError::Setup(m) if m.starts_with("cloud.ca_file: cannot read /nonexistent/ca.pem")),
+            "{missing}"
+        );
+        assert!(missing.is_configuration());
+        let dir = std::env::temp_dir().join(format!("elb-drain-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("ca.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = http_client(&settings(garbage.to_str().unwrap())).unwrap_err();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(
+            matches!(&bad, CloudError::Setup(m) if m.contains("is not a PEM bundle")),
+            "{bad}"
+        );
+        assert!(
+            http_client(&HttpSettings {
+                ca_file: None,
+                ..settings("")
+            })
+            .is_ok()
         );
     }
 
