@@ -128,3 +128,59 @@ async fn ready_status_stopping_extend_and_the_final_status() {
     let status = all.iter().find(|m| m.contains("left")).unwrap();
     assert!(status.contains("s left"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_pings_at_half_the_interval_only_when_asked() {
+    let s = setup().await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
+    // systemd sets WATCHDOG_PID to the main process: a shell that execs the agent knows it ($$).
+    let base = agent(&config, &["run"]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000")
+        .args([
+            "-c",
+            "export WATCHDOG_PID=$$; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_elb-drain"),
+        ])
+        .args(base.get_args());
+    let agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    let pings = || {
+        notify
+            .all()
+            .iter()
+            .filter(|m| m.trim_end() == "WATCHDOG=1")
+            .count()
+    };
+    let start = pings();
+    std::thread::sleep(Duration::from_millis(1000));
+    let n = pings() - start;
+    assert!(
+        (5..=15).contains(&n),
+        "{n} pings in 1 s at WatchdogSec=200ms (expected about 10)"
+    );
+    drop(agent);
+
+    // Without WatchdogSec: no pings at all (no periodic wake-ups).
+    let sub = s.dir.path().join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let notify2 = NotifySocket::bind(&sub);
+    let mut cmd = common::agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify2.path);
+    let agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify2.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!notify2.has("WATCHDOG=1"), "{:?}", notify2.all());
+}
