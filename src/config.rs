@@ -1103,6 +1103,19 @@ mod tests {
         }
     }
 
+    /// The documented example is a valid configuration (with its token file swapped for the env var).
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../config/elb-drain.toml").replace(
+            "token_file = \"/run/credentials/elb-drain.service/token\"\n",
+            "",
+        );
+        let cfg = with_token(&text).unwrap();
+        assert_eq!(cfg.members.len(), 1);
+        assert_eq!(cfg.drain.ports, vec![8080]);
+        assert_eq!(cfg.drain.timeout, Duration::from_secs(300));
+    }
+
     #[test]
     fn token_method_without_a_token_is_an_error() {
         let err = parse("").unwrap_err().to_string();
