@@ -316,12 +316,7 @@ impl Elb {
             Method::GET,
             self.path(&format!("/pools/{pool}/members/{member}")),
         );
-        Ok(self
-            .service
-            .send(&req)
-            .await?
-            .json::<OneMember>(&op)?
-            .member)
+        self.member_reply(&op, &req).await
     }
 
     /// CreateMember (201).
@@ -368,12 +363,12 @@ impl Elb {
             self.path(&format!("/pools/{pool}/members")),
         )
         .json(&serde_json::json!({ "member": member }));
-        Ok(self
-            .service
-            .send(&req)
-            .await?
-            .json::<OneMember>(&op)?
-            .member)
+        self.member_reply(&op, &req).await
+    }
+
+    /// Sends a request answered by one `{"member": ...}`.
+    async fn member_reply(&self, op: &str, req: &Request) -> Result<Member, CloudError> {
+        Ok(self.service.send(req).await?.json::<OneMember>(op)?.member)
     }
 
     /// UpdateMember: the weight (0 stops new connections, keeps the membership).
@@ -420,12 +415,7 @@ impl Elb {
             self.path(&format!("/pools/{pool}/members/{member}")),
         )
         .json(&serde_json::json!({ "member": body }));
-        Ok(self
-            .service
-            .send(&req)
-            .await?
-            .json::<OneMember>(&op)?
-            .member)
+        self.member_reply(&op, &req).await
     }
 
     /// ListMembers with filters, every page.
