@@ -24,11 +24,7 @@ fn app_command(port: u16) -> Vec<String> {
 
 /// A setup whose member is served by the supervised child instead of the in-test echo server.
 async fn exec_setup() -> (Setup, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unclaimed_port();
     let s = setup_with(|mut sc| {
         if let Some(m) = sc
             .member

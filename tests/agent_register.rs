@@ -183,11 +183,7 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_healthy_holds_the_deregistration_until_another_member_is_healthy() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = unclaimed_port();
     let s = setup_with(|mut sc| {
         // The other server is down: its member points at a port nobody listens on.
         sc.member

@@ -275,11 +275,7 @@ async fn a_member_back_before_the_drain_timeout_keeps_its_connections() {
 async fn health_checks_take_a_dead_member_out_and_report_it() {
     // B's server is down from the start: its port has nobody listening.
     let a = EchoServer::start();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = unclaimed_port();
     let sim = start(None, true, a.addr.port(), dead).await;
     let status = |id: &str| {
         sim.members(POOL)
@@ -355,11 +351,7 @@ async fn connection_drain_also_follows_a_failed_health_check() {
         .all(|m| m["operating_status"] == "ONLINE")));
     let mut conns = connect(&sim, 4, "hello");
     assert_eq!(sim.live_connections(B), 2);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = unclaimed_port();
     let failed_from = Instant::now();
     sim.shared().lock_for_tests(|inner| {
         inner

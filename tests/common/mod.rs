@@ -287,6 +287,26 @@ impl EchoServer {
     }
 }
 
+/// A loopback port that nothing listens on now and that no other socket of this machine will be given
+/// while the test runs: it lies below the kernel's ephemeral range (`ip_local_port_range`), which is
+/// where every `bind(0)` listener and every outgoing connection of the other tests gets its port. A
+/// port picked by binding 0 and closing again can be handed to the next `bind(0)` at once (seen in
+/// CI: the supervised child of an `exec` test lost its port to a parallel test's listener).
+pub fn unclaimed_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = 10_000.min(low.saturating_sub(1_000));
+    for _ in 0..1_000 {
+        let port = fastrand::u16(floor..low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {floor}..{low}");
+}
+
 /// Sends a line and reads the echo back.
 pub fn echo(conn: &mut TcpStream, msg: &str) -> std::io::Result<String> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
