@@ -172,8 +172,10 @@ pub async fn exec(
     })?;
     tracing::info!(pid = child.pid(), command = ?command, "started");
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let prepare = Agent::prepare(cfg);
+    tokio::pin!(prepare);
     let agent = tokio::select! {
-        agent = Agent::prepare(cfg) => match agent {
+        agent = &mut prepare => match agent {
             Ok(a) => a,
             Err(e) => {
                 let code = prepare_failed(e);
@@ -182,8 +184,17 @@ pub async fn exec(
             }
         },
         status = child.wait() => {
-            eprintln!("elb-drain: exec: {} exited before the agent was ready; nothing to deregister", command[0]);
-            return Ok(Exit::from_code(status.map(exit_code).unwrap_or(1)));
+            // A server whose application died while starting is as dead as one that died later: take
+            // it out as soon as its memberships are known (preparing is bounded by its own deadlines).
+            let code = status.map(exit_code).unwrap_or(1);
+            tracing::warn!(code, "the child exited before the agent was ready: deregistering once the memberships are resolved");
+            match prepare.await {
+                Ok(agent) => deregister_after_child_died(&agent).await,
+                Err(e) => {
+                    prepare_failed(e);
+                }
+            }
+            return Ok(Exit::from_code(code));
         }
     };
     notifier.ready(&format!(
@@ -220,14 +231,20 @@ pub async fn exec(
             status = child.wait() => {
                 let code = status.map(exit_code).unwrap_or(1);
                 tracing::warn!(code, "the child exited on its own: deregistering now");
-                let failed = agent.deregister(&|_| {}).await.iter().any(|r| r.is_err());
-                if failed {
-                    tracing::error!("deregistration failed after the child died");
-                }
+                deregister_after_child_died(&agent).await;
                 return Ok(Exit::from_code(code));
             }
             Some(sig) = futures_util::StreamExt::next(&mut forwarded) => child.signal(sig),
         }
+    }
+}
+
+/// Takes a dead child's server out of its pools. The exit code stays the child's (the contract of
+/// `exec`), so a failure here is only logged.
+async fn deregister_after_child_died(agent: &Agent) {
+    let failed = agent.deregister(&|_| {}).await.iter().any(|r| r.is_err());
+    if failed {
+        tracing::error!("deregistration failed after the child died");
     }
 }
 

@@ -145,3 +145,24 @@ async fn a_child_that_dies_is_deregistered_at_once() {
     let after_ms = (del[0].mono_ns.saturating_sub(killed_ns)) as f64 / 1e6;
     assert!(after_ms < 100.0, "DELETE {after_ms:.1} ms after the crash");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_dies_while_the_agent_starts_is_deregistered_too() {
+    let s = setup().await;
+    let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
+    // The child is gone long before the memberships are resolved (IAM login, ShowMember).
+    let mut agent = ProcGuard::spawn(agent(&config, &["exec", "--", "sh", "-c", "exit 7"]));
+    let exit = agent.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(
+        exit.code(),
+        Some(7),
+        "the child's status: {}",
+        agent.stderr()
+    );
+    assert!(
+        !s.sim.member_exists(POOL, MEMBER),
+        "a server whose application died at start is taken out: {}",
+        agent.stderr()
+    );
+    assert_eq!(deletes(&s.sim).len(), 1);
+}
