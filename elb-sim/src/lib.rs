@@ -8,7 +8,8 @@
 //! * [`admin`]: the admin API for tests and demos (faults, log, scale-in, ...);
 //! * [`dataplane`]: a real TCP load balancer in front of the members;
 //! * [`health`]: TCP health checks that drive `operating_status`;
-//! * [`demo`]: `elb-sim demo`, a stop with and without elb-drain, side by side.
+//! * [`demo`]: `elb-sim demo`, a stop with and without elb-drain, side by side;
+//! * [`tls`]: optional https on the API listener, with a throwaway CA for tests.
 //!
 //! [`Sim::start`] runs it all in-process on `127.0.0.1:0` ports; the `elb-sim` binary runs it as a
 //! process. Nothing here ever talks to a real cloud.
@@ -25,9 +26,11 @@ pub mod health;
 pub mod metadata;
 pub mod scenario;
 pub mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use scenario::{MetadataPatch, PoolPatch, Scenario, Seed};
 pub use state::{AuthKind, Fault, FaultAction, HookState, LoggedRequest};
+pub use tls::{SelfSigned, TlsConfig, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -47,6 +51,8 @@ pub enum SimError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("elb-sim: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What the HTTP handlers share.
@@ -57,6 +63,9 @@ pub struct Shared {
     started_mono_ns: u64,
     /// Ends every listener and task, also those added while running.
     cancel: CancellationToken,
+    /// TLS handshakes on the API listener that failed or timed out (a client refusing the
+    /// certificate, most often).
+    tls_failures: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -76,6 +85,11 @@ impl Shared {
 
     pub fn request_log(&self) -> Vec<LoggedRequest> {
         self.lock().log.clone()
+    }
+
+    /// TLS handshakes on the API listener that did not complete (0 without TLS).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_failures.load(Ordering::Relaxed)
     }
 
     pub fn inject_fault(&self, fault: Fault) {
@@ -228,6 +242,10 @@ pub struct Sim {
     api: SocketAddr,
     metadata: SocketAddr,
     admin: SocketAddr,
+    /// The API listener speaks TLS.
+    api_tls: bool,
+    /// The CA that signed the API's certificate, when the simulator made it.
+    tls_ca_pem: Option<String>,
     cancel: CancellationToken,
     /// The HTTP servers and the clocks, awaited by [`Sim::shutdown`].
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -242,11 +260,15 @@ async fn bind(addr: &str) -> Result<TcpListener, SimError> {
         })
 }
 
-fn serve(
-    listener: TcpListener,
+fn serve<L>(
+    listener: L,
     router: axum::Router,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(cancel.cancelled_owned())
@@ -257,12 +279,19 @@ fn serve(
 impl Sim {
     pub async fn start(scenario: Scenario) -> Result<Sim, SimError> {
         let inner = state::Inner::from_scenario(&scenario).map_err(SimError::Scenario)?;
+        // Before any port is bound: a bad certificate is a scenario error, not a half-started sim.
+        let tls = scenario
+            .tls
+            .as_ref()
+            .map(tls::Tls::from_config)
+            .transpose()?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             listeners: Mutex::new(HashMap::new()),
             started_mono_ns: state::monotonic_ns(),
             cancel: cancel.clone(),
+            tls_failures: Arc::new(AtomicU64::new(0)),
         });
         let s = &scenario.settings;
         let api = bind(&s.api_listen).await?;
@@ -283,12 +312,26 @@ impl Sim {
             })?,
         );
         let router = |r: axum::Router<Arc<Shared>>| r.with_state(shared.clone());
+        let api_router = router(axum::Router::new().fallback(api::handle));
+        let api_tls = tls.is_some();
+        let (api_task, tls_ca_pem) = match tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::start(
+                    api,
+                    tls.acceptor,
+                    shared.tls_failures.clone(),
+                    cancel.clone(),
+                )
+                .map_err(|source| SimError::Bind {
+                    addr: s.api_listen.clone(),
+                    source,
+                })?;
+                (serve(listener, api_router, cancel.clone()), tls.ca_pem)
+            }
+            None => (serve(api, api_router, cancel.clone()), None),
+        };
         let tasks = vec![
-            serve(
-                api,
-                router(axum::Router::new().fallback(api::handle)),
-                cancel.clone(),
-            ),
+            api_task,
             serve(
                 metadata,
                 router(axum::Router::new().fallback(metadata::handle)),
@@ -308,6 +351,8 @@ impl Sim {
             api: api_addr,
             metadata: metadata_addr,
             admin: admin_addr,
+            api_tls,
+            tls_ca_pem,
             cancel,
             tasks,
         };
@@ -317,8 +362,23 @@ impl Sim {
         Ok(sim)
     }
 
+    /// `https://…` with `[tls]`, else `http://…`. With a self-signed certificate, connect to it as
+    /// `127.0.0.1`, `[::1]` or `localhost`: the names the certificate is for.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        let scheme = if self.api_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api)
+    }
+
+    /// The CA that signed the API's certificate, PEM, when the simulator generated it
+    /// ([`TlsConfig::self_signed`]).
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls_ca_pem.as_deref()
+    }
+
+    /// TLS handshakes on the API listener that did not complete: a client that refused the
+    /// certificate shows here, and never in [`Sim::request_log`].
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.shared.tls_handshake_failures()
     }
 
     pub fn metadata_url(&self) -> String {

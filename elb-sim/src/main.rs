@@ -1,5 +1,6 @@
 //! `elb-sim --config FILE`: runs the simulator until SIGTERM or Ctrl-C. When every listener is up it
-//! prints one JSON line on stdout with the addresses, for a parent process to read.
+//! prints one JSON line on stdout with the addresses (and, with a generated certificate, the CA file),
+//! for a parent process to read.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ struct Args {
     /// How the metadata service treats session tokens.
     #[arg(long, value_name = "MODE", value_parser = ["optional", "required", "unsupported"])]
     metadata_tokens: Option<String>,
+    /// Serve the API (ELB, IAM, AS) over https with a certificate for 127.0.0.1, ::1 and localhost,
+    /// signed by a CA generated at start and written to DIR/ca.pem (trust it with elb-drain's
+    /// cloud.ca_file). Replaces the scenario's [tls]. Metadata and admin stay plain http.
+    #[arg(long, value_name = "DIR")]
+    tls_self_signed: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -79,6 +85,7 @@ async fn main() -> ExitCode {
         None => Scenario::default(),
     };
     apply_flags(&mut scenario, args);
+    let ca_dir = scenario.tls.as_ref().and_then(|t| t.self_signed.clone());
     let sim = match Sim::start(scenario).await {
         Ok(s) => s,
         Err(e) => {
@@ -91,10 +98,15 @@ async fn main() -> ExitCode {
         .iter()
         .map(|(id, a)| (id.clone(), a.to_string().into()))
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({"api": sim.api_url(), "metadata": sim.metadata_url(), "admin": sim.admin_url(), "listeners": listeners})
-    );
+    let mut ready = serde_json::json!({"api": sim.api_url(), "metadata": sim.metadata_url(), "admin": sim.admin_url(), "listeners": listeners});
+    if let Some(dir) = ca_dir {
+        ready["ca_file"] = dir
+            .join(elb_sim::tls::CA_FILE_NAME)
+            .display()
+            .to_string()
+            .into();
+    }
+    println!("{ready}");
     tracing::info!(api = %sim.api_url(), metadata = %sim.metadata_url(), admin = %sim.admin_url(), "elb-sim ready");
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -135,6 +147,9 @@ fn apply_flags(scenario: &mut Scenario, args: Args) {
     }
     if let Some(d) = args.token_lifetime {
         settings.token_lifetime = d;
+    }
+    if let Some(dir) = args.tls_self_signed {
+        scenario.tls = Some(elb_sim::TlsConfig::self_signed(dir));
     }
     scenario.metadata.tokens = match args.metadata_tokens.as_deref() {
         Some("required") => TokenMode::Required,

@@ -326,6 +326,8 @@ pub struct Scenario {
     pub instance: Vec<Instance>,
     pub scaling_group: Vec<ScalingGroup>,
     pub metadata: MetadataConfig,
+    /// `[tls]`: the API listener speaks https (see [`crate::tls`]); plain http without it.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Scenario {
@@ -353,6 +355,12 @@ impl Scenario {
     }
 
     pub fn build(self) -> Scenario {
+        self
+    }
+
+    /// Serves the API over TLS.
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
