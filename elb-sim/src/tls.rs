@@ -96,8 +96,12 @@ impl SelfSigned {
         };
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca.distinguished_name
-            .push(DnType::CommonName, "elb-sim throwaway test CA");
+        // A name of its own: a client holding another elb-sim CA is told "unknown issuer", not "bad
+        // signature" from a CA whose name matches but whose key does not.
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!("elb-sim throwaway test CA {:016x}", fastrand::u64(..)),
+        );
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca.self_signed(&ca_key)?;

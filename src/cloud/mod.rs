@@ -86,6 +86,17 @@ pub enum CloudError {
     },
     #[error("{op}: {reason}")]
     Transport { op: String, reason: String },
+    /// The endpoint's TLS certificate failed verification: nothing was sent over the connection, and
+    /// no retry can change the answer. A configuration error (or someone in the way).
+    #[error(
+        "{op}: the TLS certificate of {endpoint} is not trusted ({reason}); no request was sent. If \
+         the endpoint is right, set cloud.ca_file to the CA that signed its certificate"
+    )]
+    Untrusted {
+        op: String,
+        endpoint: String,
+        reason: String,
+    },
     #[error("{op}: response body larger than {limit} bytes; refused")]
     TooLarge { op: String, limit: usize },
     #[error("{op}: cannot parse the response: {reason}")]
@@ -176,7 +187,10 @@ impl CloudError {
     pub fn is_configuration(&self) -> bool {
         match self {
             CloudError::Api { status, .. } => matches!(status, 400 | 401 | 403 | 404),
-            CloudError::PoolNotFound { .. } | CloudError::NoAgency | CloudError::Setup(_) => true,
+            CloudError::PoolNotFound { .. }
+            | CloudError::NoAgency
+            | CloudError::Setup(_)
+            | CloudError::Untrusted { .. } => true,
             CloudError::GaveUp { .. } => false,
             _ => false,
         }
@@ -424,6 +438,16 @@ impl Service {
 
 pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
     use std::error::Error;
+    if let Some(cert) = certificate_error(e) {
+        return CloudError::Untrusted {
+            op: op.to_owned(),
+            endpoint: e.url().map_or_else(
+                || "the endpoint".to_owned(),
+                |u| u.origin().ascii_serialization(),
+            ),
+            reason: cert.to_string(),
+        };
+    }
     let mut reason = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -438,6 +462,26 @@ pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
         op: op.to_owned(),
         reason,
     }
+}
+
+/// The certificate verification failure somewhere in `e`'s causes, if that is what it is. An
+/// `io::Error` hides the error it wraps from `source()` (it skips to that error's own source), and the
+/// connector nests them, so an `io::Error` is opened with `get_ref()` instead.
+fn certificate_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    use std::error::Error;
+    let mut next: Option<&(dyn Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls);
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// How much of an error body is read: real ones are a few hundred bytes.
@@ -640,6 +684,12 @@ mod tests {
             (Some(503), Some("ELB.8906"), Some("busy"), Some("r9"))
         );
         assert!(!gave_up.is_retryable(), "the budget is spent");
+        let untrusted = CloudError::Untrusted {
+            op: "x".into(),
+            endpoint: "https://elb.example.com".into(),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(!untrusted.is_retryable() && untrusted.is_configuration());
     }
 
     #[test]
