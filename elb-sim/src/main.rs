@@ -90,7 +90,13 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(1);
+            // What the scenario asked for cannot be (a bad certificate, a dangling reference) is a
+            // configuration error, as a scenario that does not parse is.
+            let config = matches!(
+                e,
+                elb_sim::SimError::Scenario(_) | elb_sim::SimError::Tls(_)
+            );
+            return ExitCode::from(if config { 78 } else { 1 });
         }
     };
     let listeners: serde_json::Map<String, serde_json::Value> = sim
