@@ -1139,6 +1139,44 @@ mod tests {
             .unwrap();
     }
 
+    /// Every endpoint field is held to the same rule, and the refusal names the field. Parse level
+    /// only: nothing here opens a connection.
+    #[test]
+    fn plain_http_to_a_remote_host_is_refused_for_every_endpoint_unless_opted_in() {
+        for field in [
+            "elb_endpoint",
+            "iam_endpoint",
+            "as_endpoint",
+            "metadata_endpoint",
+        ] {
+            let err = with_token(&format!("[cloud]\n{field} = \"http://10.1.2.3\"\n"))
+                .expect_err(field)
+                .to_string();
+            assert!(
+                err.contains(&format!("cloud.{field}"))
+                    && err.contains("cloud.allow_insecure_http"),
+                "{err}"
+            );
+            with_token(&format!("[cloud]\n{field} = \"https://10.1.2.3\"\n")).unwrap();
+            let opted_in = with_token(&format!(
+                "[cloud]\n{field} = \"http://10.1.2.3\"\nallow_insecure_http = true\n"
+            ))
+            .unwrap();
+            assert!(opted_in.cloud.allow_insecure_http);
+        }
+        // The metadata service only speaks http, at its link-local address: the default, no opt-in.
+        let cfg = with_token("[cloud]\nmetadata_endpoint = \"http://169.254.169.254\"\n").unwrap();
+        assert_eq!(
+            cfg.cloud.metadata_endpoint.as_str(),
+            "http://169.254.169.254/"
+        );
+        assert!(!cfg.cloud.allow_insecure_http);
+        // Neighbours of the trusted addresses are not trusted.
+        for near in ["http://169.254.169.253", "http://127.0.0.1.example.com"] {
+            with_token(&format!("[cloud]\nelb_endpoint = \"{near}\"\n")).expect_err(near);
+        }
+    }
+
     #[test]
     fn secret_files_are_read_trimmed_and_checked_for_permissions() {
         use std::os::unix::fs::PermissionsExt;
