@@ -510,7 +510,7 @@ fn endpoint(field: &str, value: &str, allow_insecure_http: bool) -> Result<Url, 
         Url::parse(value).map_err(|e| invalid(field, format!("{value:?} is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
-        "http" if allow_insecure_http || is_trusted_plain_http_host(&url) => {}
+        "http" if allow_insecure_http || is_trusted_plain_http_host(field, &url) => {}
         "http" => {
             return Err(invalid(
                 field,
@@ -533,12 +533,14 @@ fn endpoint(field: &str, value: &str, allow_insecure_http: bool) -> Result<Url, 
     Ok(url)
 }
 
-/// Plain HTTP is acceptable without opting in only where it cannot leave the machine, or to the
-/// link-local metadata service, which only speaks HTTP.
-pub fn is_trusted_plain_http_host(url: &Url) -> bool {
+/// Plain http is trusted to loopback, and to the link-local metadata service for the metadata
+/// endpoint only (the one service that speaks nothing else; no cloud API lives there).
+fn is_trusted_plain_http_host(field: &str, url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => {
-            ip.is_loopback() || ip == std::net::Ipv4Addr::new(169, 254, 169, 254)
+            ip.is_loopback()
+                || (field == "cloud.metadata_endpoint"
+                    && ip == std::net::Ipv4Addr::new(169, 254, 169, 254))
         }
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -1131,7 +1133,6 @@ mod tests {
             "http://127.0.0.1:1",
             "http://[::1]:80",
             "http://localhost:9",
-            "http://169.254.169.254",
         ] {
             with_token(&format!("[cloud]\nelb_endpoint = \"{ok}\"\n")).unwrap();
         }
@@ -1171,8 +1172,12 @@ mod tests {
             "http://169.254.169.254/"
         );
         assert!(!cfg.cloud.allow_insecure_http);
-        // Neighbours of the trusted addresses are not trusted.
-        for near in ["http://169.254.169.253", "http://127.0.0.1.example.com"] {
+        // The metadata address is trusted for the metadata service only; its neighbours never.
+        for near in [
+            "http://169.254.169.254",
+            "http://169.254.169.253",
+            "http://127.0.0.1.example.com",
+        ] {
             with_token(&format!("[cloud]\nelb_endpoint = \"{near}\"\n")).expect_err(near);
         }
     }
