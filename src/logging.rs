@@ -54,6 +54,10 @@ pub fn init(format: LogFormat) {
     }
 }
 
+/// INFO for everything but rustls, whose certificate errors the agent reports itself, with the
+/// endpoint and the fix (`ELB_DRAIN_LOG` can turn it back on).
 fn default_filter() -> Targets {
-    Targets::new().with_default(tracing::Level::INFO)
+    Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("rustls", tracing::level_filters::LevelFilter::OFF)
 }
