@@ -105,10 +105,7 @@ async fn wait(
 /// Registers every target; returns what was done, in order.
 pub async fn register(agent: &Agent) -> Result<Vec<Registered>, RegisterError> {
     let path = &agent.config.drain.state_file;
-    let state = State::load(path).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ignoring the state file");
-        State::default()
-    });
+    let state = State::load_or_warn(path);
     let targets = targets(agent, &state);
     if targets.is_empty() {
         return Err(RegisterError::Config(

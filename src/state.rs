@@ -53,6 +53,42 @@ impl State {
         }
     }
 
+    /// The state at `path`, never failing: the state file is a memory, not a source of truth, so a
+    /// file that cannot be used costs only that memory. The agent then asks the API (a DELETE of a
+    /// member already gone answers 404, which is success) and `register` falls back to the
+    /// configuration. A file that is not valid JSON (truncated by a full disk, edited by hand) is moved
+    /// aside to `<file>.corrupt`, for a person to look at, so the next save does not destroy it and the
+    /// warning is given once; one that cannot be read is left alone. Either way the warning names the
+    /// file and says what is done instead.
+    pub fn load_or_warn(path: &Path) -> State {
+        match State::load(path) {
+            Ok(state) => state,
+            Err(e) => {
+                let unreadable = std::fs::read(path).is_err();
+                if unreadable {
+                    tracing::warn!(error = %e, "state file ignored: asking the API instead");
+                    return State::default();
+                }
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".corrupt");
+                let aside = std::path::PathBuf::from(aside);
+                match std::fs::rename(path, &aside) {
+                    Ok(()) => tracing::warn!(
+                        error = %e,
+                        moved_to = %aside.display(),
+                        "state file ignored (moved aside): asking the API instead"
+                    ),
+                    Err(re) => tracing::warn!(
+                        error = %e,
+                        rename_error = %re,
+                        "state file ignored (could not move it aside): asking the API instead"
+                    ),
+                }
+                State::default()
+            }
+        }
+    }
+
     /// Writes atomically: readers see the old file or the new one, never half of one.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let err = |reason: String| StateError::Io {
@@ -185,6 +221,25 @@ mod tests {
                 .to_string()
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{\"memberships\": [{\"pool_id\": \"36ce").unwrap();
+        assert_eq!(State::load_or_warn(&path), State::default());
+        assert!(
+            !path.exists(),
+            "moved aside, so the next save cannot lose it"
+        );
+        assert!(
+            std::fs::read_to_string(dir.path().join("state.json.corrupt"))
+                .unwrap()
+                .starts_with("{\"memberships\"")
+        );
+        // Absent now: empty, silently.
+        assert_eq!(State::load_or_warn(&path), State::default());
     }
 
     #[test]
