@@ -79,7 +79,8 @@ pub fn connections(args: &Args, ports: &[u16], json: bool) -> Result<Exit, Exit>
 /// A stop that arrives while starting (resolving credentials and memberships) is not lost and does
 /// not kill the process: start-up finishes (it is bounded by its own retry deadlines), and the drain
 /// follows at once, without registering on start and without reporting ready, so a server stopped
-/// moments after boot still leaves its pools. A second SIGINT meanwhile exits 130 at once.
+/// moments after boot still leaves its pools. A stop while registering on start cuts the waits of the
+/// registration short and drains what was registered. A second SIGINT meanwhile exits 130 at once.
 pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
     let mut signals = install_signals()?;
@@ -88,7 +89,7 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     notifier.status("starting: resolving memberships");
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
-    let (agent, early_stop) = tokio::select! {
+    let (agent, mut early_stop) = tokio::select! {
         agent = &mut prepare => (agent.map_err(prepare_failed)?, None),
         sig = signals.stop() => {
             let started = Instant::now();
@@ -109,11 +110,20 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     };
     if agent.config.register.on_start && early_stop.is_none() {
         notifier.status("starting: registering");
-        let done = crate::register::register(&agent)
+        // A stop here cuts the waits short (for the port, for ONLINE: up to healthy_timeout), never a
+        // create in flight; what was registered is then drained at once.
+        let (done, stopped) = crate::register::register_unless(&agent, signals.stop())
             .await
             .map_err(register_failed)?;
         tracing::info!(registered = done.len(), "registered on start");
         agent.rediscover().await.map_err(prepare_failed)?;
+        if let Some(sig) = stopped {
+            tracing::warn!(
+                signal = signals::name(sig),
+                "stop signal while registering: deregistering and draining what is registered"
+            );
+            early_stop = Some(Instant::now());
+        }
     }
     agent.snapshot_state().await;
     let board =
