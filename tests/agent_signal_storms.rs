@@ -149,6 +149,53 @@ async fn sigint_twice_while_starting_exits_130_at_once_without_deregistering() {
     assert!(s.sim.member_exists(POOL, MEMBER));
 }
 
+/// `run` with `[register] on_start`, stopped while waiting for the member it created to turn ONLINE
+/// (the simulator's health check runs once a minute here, so it stays INITIAL): the storm cuts the
+/// wait short, and the member just registered is drained, well before `healthy_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_while_registering_on_start_drains_what_was_registered() {
+    let s = setup_with(|mut sc| {
+        sc.member.retain(|m| m.id.as_deref() != Some(MEMBER));
+        sc.settings(|st| st.health_interval = Duration::from_secs(60))
+    })
+    .await;
+    let port = s.app.addr.port();
+    let config = s.config(&format!("{QUICK}\nports = [{port}]"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("member_id = \"{MEMBER}\"\n"),
+        "address = \"127.0.0.1\"\n",
+    ) + "[register]\non_start = true\nhealthy_timeout = \"60s\"\n";
+    std::fs::write(&config, text).unwrap();
+    let ours = || {
+        s.sim
+            .members(POOL)
+            .into_iter()
+            .filter(|m| m["protocol_port"] == port)
+            .count()
+    };
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(wait_until(LIMIT, || ours() == 1), "{}", agent.stderr());
+    let stopped = Instant::now();
+    storm(&agent, STORM);
+    let exit = agent.wait_timeout(LIMIT).expect("exits");
+    let err = agent.stderr();
+    assert_eq!(exit.code(), Some(0), "{err}");
+    assert!(stopped.elapsed() < LIMIT, "{:?}", stopped.elapsed());
+    assert!(err.contains("stop signal while registering"), "{err}");
+    assert!(!err.contains("ready: waiting"), "{err}");
+    assert_eq!(ours(), 0, "the member it registered is drained");
+    assert_eq!(count(&err, "stop: deregistering"), 1, "{err}");
+    assert_eq!(deletes(&s.sim).len(), 1);
+    let creates = s
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.service == "elb")
+        .count();
+    assert_eq!(creates, 1);
+    no_panic(&agent);
+}
+
 async fn serving(s: &Setup) -> ProcGuard {
     let agent = ProcGuard::spawn(agent(&s.config(QUICK), &["run"]));
     assert!(
