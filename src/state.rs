@@ -100,16 +100,25 @@ impl State {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        // One temporary file per writer: two agents (the daemon and a `drain` from a deploy script),
+        // or two threads, sharing one name would write into the same inode and rename a mix.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+            ".{}.{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
         let text = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        f.write_all(&text)
+        let written = f
+            .write_all(&text)
             .and_then(|()| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e.to_string()));
+        }
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -209,11 +218,11 @@ mod tests {
         };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
-        assert!(
-            !dir.path()
-                .join(format!("sub/.state.json.{}.tmp", std::process::id()))
-                .exists()
-        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["state.json"], "no temporary file left behind");
         std::fs::write(&path, "{broken").unwrap();
         assert!(
             State::load(&path)
@@ -221,6 +230,30 @@ mod tests {
                 .to_string()
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn concurrent_writers_never_leave_a_file_that_does_not_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut s = State {
+                        memberships: (0..50).map(|_| rec(M1, Some(Mode::Delete))).collect(),
+                    };
+                    s.memberships[0].weight = Some(w);
+                    for _ in 0..100 {
+                        s.save(&path).unwrap();
+                        State::load(&path).expect("always a whole file");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
     }
 
     #[test]
