@@ -372,10 +372,27 @@ impl Agent {
         // Record what was done, after the fact: the DELETEs were not delayed by a disk write.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (m, r) in memberships.iter().zip(&results) {
-            if r.is_ok()
-                && state
-                    .record(&m.pool_id, &m.member_id)
-                    .is_some_and(|r| r.removed.is_none())
+            if r.is_err() {
+                continue;
+            }
+            // A membership found by re-discovery after the start-up snapshot has no record yet: it is
+            // recorded now (without its weight, which nobody asked), or `register` after a reboot
+            // would not know to put it back.
+            if state.record(&m.pool_id, &m.member_id).is_none() {
+                state.memberships.push(Record {
+                    pool_id: m.pool_id.clone(),
+                    member_id: m.member_id.clone(),
+                    address: m.address,
+                    protocol_port: m.protocol_port,
+                    weight: None,
+                    subnet_cidr_id: None,
+                    removed: None,
+                    removed_at: None,
+                });
+            }
+            if state
+                .record(&m.pool_id, &m.member_id)
+                .is_some_and(|r| r.removed.is_none())
             {
                 state.mark_removed(&m.pool_id, &m.member_id, mode);
             }

@@ -461,3 +461,87 @@ async fn a_corrupt_state_file_is_set_aside_with_a_warning_and_the_api_asked() {
         state(&s)
     );
 }
+
+/// A membership this server gained after the daemon started (found by re-discovery) is recorded in
+/// the state file when the stop removes it, so `register` after a reboot puts back both, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_found_after_start_is_remembered_and_registered_back() {
+    let s = setup_with(|mut sc| {
+        // Alone at 127.0.0.1 in the pool, so that discovery by address finds only us.
+        sc.member.retain(|m| m.id.as_deref() != Some(OTHER));
+        sc
+    })
+    .await;
+    let port = s.app.addr.port();
+    let second_port = s.other_app.addr.port();
+    let config = s.config(&format!("{QUICK}\nports = [{port}, {second_port}]"));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[cloud]\n", "[cloud]\ndiscovery_interval = \"100ms\"\n")
+        .replace(
+            &format!("member_id = \"{MEMBER}\"\nprotocol_port = {port}\n"),
+            "address = \"127.0.0.1\"\n",
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        daemon.wait_stderr("ready: waiting", LIMIT),
+        "{}",
+        daemon.stderr()
+    );
+    // Someone adds this server to the pool on a second port while the daemon serves.
+    let added = s.sim.shared().lock_for_tests(|inner| {
+        inner
+            .add_member(&elb_sim::scenario::MemberConfig {
+                id: None,
+                pool_id: POOL.into(),
+                address: "127.0.0.1".into(),
+                protocol_port: second_port,
+                weight: 3,
+                instance_id: None,
+                name: String::new(),
+                subnet_cidr_id: None,
+            })
+            .unwrap()
+    });
+    assert!(
+        daemon.wait_stderr("memberships changed", LIMIT),
+        "{}",
+        daemon.stderr()
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(exits(&mut daemon), Some(0), "{}", daemon.stderr());
+    assert!(s.sim.members(POOL).is_empty(), "both deleted");
+    let recorded: Vec<(String, String)> = state(&s)["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["member_id"].as_str().unwrap_or("").to_owned(),
+                m["removed"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        recorded.contains(&(added.clone(), "delete".into())),
+        "{recorded:?}"
+    );
+    assert!(
+        recorded.contains(&(MEMBER.into(), "delete".into())),
+        "{recorded:?}"
+    );
+
+    let mut reg = ProcGuard::spawn(agent(&config, &["register"]));
+    assert_eq!(exits(&mut reg), Some(0), "{}", reg.stderr());
+    let mut ports: Vec<u64> = s
+        .sim
+        .members(POOL)
+        .iter()
+        .filter_map(|m| m["protocol_port"].as_u64())
+        .collect();
+    ports.sort_unstable();
+    let mut want = vec![u64::from(port), u64::from(second_port)];
+    want.sort_unstable();
+    assert_eq!(ports, want, "both put back, once each");
+}
