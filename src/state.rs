@@ -1,6 +1,13 @@
 //! The state file: exactly which memberships this server had, and what a stop did to them, so
 //! `register` can put them back as they were, also after a crash or a reboot, and a second stop is a
-//! no-op. Written atomically (a temporary file, fsync, rename) under systemd's `StateDirectory=`.
+//! no-op. Written atomically (a temporary file per write, fsync, rename) under systemd's
+//! `StateDirectory=`.
+//!
+//! Crash safety rests on it and on the API together: the removals are recorded right after the
+//! DELETEs are answered, so an agent SIGKILLed mid-drain and started again knows its memberships are
+//! gone without asking; one killed before the record asks the API again, and a DELETE of a member
+//! already gone is a 404, i.e. success. The file is a memory, not a source of truth: one that cannot
+//! be parsed is moved aside with a warning ([`State::load_or_warn`]) and the API is asked instead.
 
 use std::io::Write;
 use std::net::IpAddr;
