@@ -26,6 +26,8 @@ pub struct Signals {
 impl Signals {
     pub fn install() -> std::io::Result<Signals> {
         let stream = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        // A stop signal that came while they were held by `hold` is delivered to the handler now.
+        release();
         // Tests (and operators reading a log) need to know from when a SIGTERM is a stop request
         // rather than the default action: this is the line.
         tracing::debug!("signal handlers installed: SIGTERM/SIGINT stop, SIGHUP is ignored");
@@ -85,6 +87,34 @@ impl Signals {
                 ),
             }
         }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, for `main` to call first thing: one that
+/// arrives before the handlers exist (while the command line is parsed and the runtime built) then
+/// stays pending instead of killing the process with the default action, and [`Signals::install`]
+/// (or [`release`], for commands that install none) lets it through. Threads and children started
+/// later inherit the mask in effect when they start, which is after the release.
+pub fn hold() {
+    mask(libc::SIG_BLOCK);
+}
+
+/// Undoes [`hold`]: a stop signal held meanwhile is delivered now (to the handler if there is one,
+/// else with its default action).
+pub fn release() {
+    mask(libc::SIG_UNBLOCK);
+}
+
+fn mask(how: libc::c_int) {
+    // SAFETY: a zeroed sigset_t is valid storage for sigemptyset, which initialises it; the calls only
+    // touch this local set and the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 

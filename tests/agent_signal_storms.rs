@@ -128,6 +128,38 @@ async fn a_storm_while_starting_is_one_stop_it_finishes_start_up_and_drains() {
     assert!(err.contains("SIGHUP received"), "{err}");
 }
 
+/// A SIGTERM that arrives before the handlers exist. The agent blocks the stop signals as the first
+/// thing `main` does, so such a signal is pending, not fatal; this test starts the agent in exactly
+/// that state (blocked and pending are both inherited across exec) and checks that it is then
+/// handled as a stop during start-up: memberships resolved, deregistered, drained, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_before_the_handlers_are_installed_is_a_stop_not_a_kill() {
+    use std::os::unix::process::CommandExt;
+    let s = setup().await;
+    let held = s.connections_to_us(1);
+    let mut cmd = agent(&s.config(QUICK), &["run"]);
+    // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, sigprocmask, kill, getpid)
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        agent.wait_stderr("stop signal while starting", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    one_drain_then_exit_0(&s, &mut agent, held);
+    assert!(!agent.stderr().contains("ready: waiting"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_twice_while_starting_exits_130_at_once_without_deregistering() {
     let s = setup().await;
