@@ -3,9 +3,11 @@
 //! ends as documented: exit 0 once the held connection closes, 130 right after a second SIGINT, SIGHUP
 //! ignored, a SIGTERM storm never an abort.
 //!
-//! The states: *starting* is from the agent's "signal handlers installed" log line (before it, a few
-//! milliseconds after exec, the kernel's default action applies, as for any process) until READY; it
-//! is held open here by delaying the IAM token request. *Serving* is after "ready". *Deleting* is while
+//! The states: *starting* is until READY, held open here by delaying the IAM token request; the
+//! tests send their signals after the agent's "signal handlers installed" line. A signal before the
+//! handlers exist is held pending from the first line of `main` (only the dynamic loader's first
+//! instants after exec remain, as for any process) and then handled as a stop while starting, which
+//! one test checks by starting the agent with SIGTERM already pending. *Serving* is after "ready". *Deleting* is while
 //! the DELETE is held in the simulator by a delay. *Draining* is after the DELETE with a connection
 //! held. *Stopping the child* is `exec`'s last step, after the drain, while the child takes its time
 //! to exit.
