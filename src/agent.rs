@@ -211,7 +211,7 @@ impl Agent {
             credential,
             metadata,
             hooks,
-            state: std::sync::Mutex::new(State::load(&config_state_file).unwrap_or_default()),
+            state: std::sync::Mutex::new(State::load_or_warn(&config_state_file)),
         })
     }
 
@@ -305,14 +305,26 @@ impl Agent {
         }
     }
 
-    /// What the census counts: the configured ports, else the memberships' ports.
+    /// What the census counts: the configured ports, else the memberships' ports, including those an
+    /// earlier stop already removed (a drain restarted after a crash no longer discovers them, but their
+    /// connections are still the ones to wait for).
     pub fn census_spec(&self) -> CensusSpec {
         let mut ports = self.config.drain_ports();
         if ports.is_empty() {
+            let removed: Vec<u16> = self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .memberships
+                .iter()
+                .filter(|r| r.removed.is_some())
+                .filter_map(|r| r.protocol_port)
+                .collect();
             ports = self
                 .memberships()
                 .iter()
                 .filter_map(|m| m.protocol_port)
+                .chain(removed)
                 .collect();
             ports.sort_unstable();
             ports.dedup();
@@ -360,10 +372,27 @@ impl Agent {
         // Record what was done, after the fact: the DELETEs were not delayed by a disk write.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (m, r) in memberships.iter().zip(&results) {
-            if r.is_ok()
-                && state
-                    .record(&m.pool_id, &m.member_id)
-                    .is_some_and(|r| r.removed.is_none())
+            if r.is_err() {
+                continue;
+            }
+            // A membership found by re-discovery after the start-up snapshot has no record yet: it is
+            // recorded now (without its weight, which nobody asked), or `register` after a reboot
+            // would not know to put it back.
+            if state.record(&m.pool_id, &m.member_id).is_none() {
+                state.memberships.push(Record {
+                    pool_id: m.pool_id.clone(),
+                    member_id: m.member_id.clone(),
+                    address: m.address,
+                    protocol_port: m.protocol_port,
+                    weight: None,
+                    subnet_cidr_id: None,
+                    removed: None,
+                    removed_at: None,
+                });
+            }
+            if state
+                .record(&m.pool_id, &m.member_id)
+                .is_some_and(|r| r.removed.is_none())
             {
                 state.mark_removed(&m.pool_id, &m.member_id, mode);
             }
@@ -420,13 +449,7 @@ impl Agent {
     /// Records the memberships (with their weight and subnet, for `register`) in the state file.
     pub async fn snapshot_state(&self) {
         let path = &self.config.drain.state_file;
-        let mut state = match State::load(path) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring the state file");
-                State::default()
-            }
-        };
+        let mut state = State::load_or_warn(path);
         let memberships = self.memberships();
         let shown = join_all(
             memberships

@@ -79,6 +79,8 @@ pub enum Command {
 
 /// The whole program, for `main`.
 pub fn main() -> ExitCode {
+    // Before anything else: a stop signal during start-up waits for the handlers instead of killing us.
+    crate::signals::hold();
     let args = Args::parse();
     logging::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -111,6 +113,13 @@ pub fn load_config(args: &Args) -> Result<Config, Exit> {
 }
 
 async fn run(args: Args) -> Exit {
+    if !matches!(
+        args.command,
+        Command::Run | Command::Drain | Command::Exec { .. }
+    ) {
+        // These install no handlers: the signals get their default action back.
+        crate::signals::release();
+    }
     let result = match &args.command {
         Command::Connections { json, ports } => crate::commands::connections(&args, ports, *json),
         Command::Run => crate::commands::run(&args).await,

@@ -75,70 +75,102 @@ pub fn connections(args: &Args, ports: &[u16], json: bool) -> Result<Exit, Exit>
 }
 
 /// `run`: get ready, wait for the stop, drain.
+///
+/// A stop that arrives while starting (resolving credentials and memberships) is not lost and does
+/// not kill the process: start-up finishes (it is bounded by its own retry deadlines), and the drain
+/// follows at once, without registering on start and without reporting ready, so a server stopped
+/// moments after boot still leaves its pools. A stop while registering on start cuts the waits of the
+/// registration short and drains what was registered. A second SIGINT meanwhile exits 130 at once.
 pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
     notifier.status("starting: resolving memberships");
-    let agent = tokio::select! {
-        agent = Agent::prepare(cfg) => agent.map_err(prepare_failed)?,
+    let prepare = Agent::prepare(cfg);
+    tokio::pin!(prepare);
+    let (agent, mut early_stop) = tokio::select! {
+        agent = &mut prepare => (agent.map_err(prepare_failed)?, None),
         sig = signals.stop() => {
-            eprintln!("elb-drain: {} before the agent was ready; nothing was deregistered", signals::name(sig));
-            return Err(Exit::Unavailable);
+            let started = Instant::now();
+            tracing::warn!(
+                signal = signals::name(sig),
+                "stop signal while starting: finishing start-up, then deregistering and draining"
+            );
+            notifier.status("stopping: resolving memberships to deregister");
+            let agent = tokio::select! {
+                agent = &mut prepare => agent.map_err(prepare_failed)?,
+                () = signals.abort() => {
+                    eprintln!("elb-drain: abandoned while starting; nothing was deregistered");
+                    return Err(Exit::Interrupted);
+                }
+            };
+            (agent, Some(started))
         }
     };
-    if agent.config.register.on_start {
+    if agent.config.register.on_start && early_stop.is_none() {
         notifier.status("starting: registering");
-        let done = crate::register::register(&agent)
+        // A stop here cuts the waits short (for the port, for ONLINE: up to healthy_timeout), never a
+        // create in flight; what was registered is then drained at once.
+        let (done, stopped) = crate::register::register_unless(&agent, signals.stop())
             .await
             .map_err(register_failed)?;
         tracing::info!(registered = done.len(), "registered on start");
         agent.rediscover().await.map_err(prepare_failed)?;
+        if let Some(sig) = stopped {
+            tracing::warn!(
+                signal = signals::name(sig),
+                "stop signal while registering: deregistering and draining what is registered"
+            );
+            early_stop = Some(Instant::now());
+        }
     }
     agent.snapshot_state().await;
-    let memberships: Vec<String> = agent
-        .memberships()
-        .iter()
-        .map(|m| format!("{}/{}", m.pool_id, m.member_id))
-        .collect();
-    tracing::info!(memberships = ?memberships, credential = agent.credential.describe().kind, "ready: waiting for SIGTERM or SIGINT");
-    notifier.ready(&format!(
-        "serving; {} memberships",
-        agent.memberships().len()
-    ));
-    notifier.spawn_watchdog();
     let board =
         crate::status::Board::new(serde_json::to_value(agent.memberships()).unwrap_or_default());
-    board.set("phase", "serving".into());
-    match board.serve(&agent.config.status_socket) {
-        Ok(()) => {
-            tracing::info!(socket = %agent.config.status_socket.display(), "status socket ready")
+    let (started, hook) = match early_stop {
+        Some(started) => (started, None),
+        None => {
+            let memberships: Vec<String> = agent
+                .memberships()
+                .iter()
+                .map(|m| format!("{}/{}", m.pool_id, m.member_id))
+                .collect();
+            tracing::info!(memberships = ?memberships, credential = agent.credential.describe().kind, "ready: waiting for SIGTERM or SIGINT");
+            notifier.ready(&format!(
+                "serving; {} memberships",
+                agent.memberships().len()
+            ));
+            notifier.spawn_watchdog();
+            board.set("phase", "serving".into());
+            match board.serve(&agent.config.status_socket) {
+                Ok(()) => {
+                    tracing::info!(socket = %agent.config.status_socket.display(), "status socket ready")
+                }
+                Err(e) => {
+                    tracing::warn!(socket = %agent.config.status_socket.display(), error = %e, "no status socket")
+                }
+            }
+            let rediscovery = agent.spawn_rediscovery(agent.config.cloud.discovery_interval);
+            let hook = tokio::select! {
+                sig = signals.stop() => {
+                    tracing::info!(signal = signals::name(sig), "stop signal received");
+                    None
+                }
+                hook = wait_hook(&agent) => Some(hook),
+            };
+            if let Some(task) = rediscovery {
+                task.abort();
+            }
+            (Instant::now(), hook)
         }
-        Err(e) => {
-            tracing::warn!(socket = %agent.config.status_socket.display(), error = %e, "no status socket")
-        }
-    }
-    let rediscovery = agent.spawn_rediscovery(agent.config.cloud.discovery_interval);
-
-    let (started_by, hook) = tokio::select! {
-        sig = signals.stop() => {
-            tracing::info!(signal = signals::name(sig), "stop signal received");
-            (Some(sig), None)
-        }
-        hook = wait_hook(&agent) => (None, Some(hook)),
     };
-    let started = Instant::now();
-    if let Some(task) = rediscovery {
-        task.abort();
-    }
     notifier.stopping(agent.memberships().len());
     board.set("phase", "deregistering".into());
     Ok(drain_with_abort(
         &agent,
         started,
         &mut signals,
-        started_by,
         hook,
         Outputs {
             notifier,
@@ -216,13 +248,22 @@ pub async fn exec(
                     &agent,
                     started,
                     &mut signals,
-                    Some(sig),
                     None,
                     Outputs { notifier, extra: vec![], board: None },
                 )
                 .await;
                 tracing::info!(?verdict, "drain over; stopping the child");
-                let status = child.stop(stop_signal, grace).await.map_err(|e| {
+                // Stop signals now only concern the child's stop: SIGTERMs (and SIGHUPs) are
+                // ignored, so a storm cannot stop it twice; a SIGINT cuts its grace period short.
+                let stopped = tokio::select! {
+                    status = child.stop(stop_signal, grace) => status,
+                    () = signals.next_interrupt() => {
+                        tracing::warn!(pid = child.pid(), "SIGINT while the child was stopping: SIGKILL now");
+                        child.signal(libc::SIGKILL);
+                        child.wait().await
+                    }
+                };
+                let status = stopped.map_err(|e| {
                     eprintln!("elb-drain: exec: {e}");
                     Exit::Failure
                 })?;
@@ -294,7 +335,6 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
         started,
         &mut signals,
         None,
-        None,
         Outputs {
             notifier,
             extra: progress,
@@ -311,7 +351,6 @@ async fn drain_with_abort(
     agent: &Agent,
     started: Instant,
     signals: &mut Signals,
-    started_by: Option<i32>,
     known_hook: Option<Hook>,
     out: Outputs,
 ) -> Exit {
@@ -349,7 +388,7 @@ async fn drain_with_abort(
     };
     let verdict = tokio::select! {
         verdict = agent.drain(started, &sink, &on_deregistered) => verdict,
-        _ = signals.abort(started_by) => return Exit::Interrupted,
+        () = signals.abort() => return Exit::Interrupted,
         () = hook_side => unreachable!("the heartbeat never ends on its own"),
     };
     let mut exit: Exit = verdict.into();

@@ -104,11 +104,22 @@ async fn wait(
 
 /// Registers every target; returns what was done, in order.
 pub async fn register(agent: &Agent) -> Result<Vec<Registered>, RegisterError> {
+    let (done, _) = register_unless(agent, std::future::pending()).await?;
+    Ok(done)
+}
+
+/// [`register`], giving up the *waits* (for the application to listen, for the load balancer to
+/// report ONLINE) as soon as `stop` resolves, with what it says (a signal number), for `run` stopped
+/// while registering on start. A create or update already sent is always seen through: cut off in
+/// flight it could still land, and the membership it made would be one nobody knows the ID of.
+/// What was registered before the stop is returned, and recorded in the state file, either way.
+pub async fn register_unless(
+    agent: &Agent,
+    stop: impl std::future::Future<Output = i32>,
+) -> Result<(Vec<Registered>, Option<i32>), RegisterError> {
+    tokio::pin!(stop);
     let path = &agent.config.drain.state_file;
-    let state = State::load(path).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "ignoring the state file");
-        State::default()
-    });
+    let state = State::load_or_warn(path);
     let targets = targets(agent, &state);
     if targets.is_empty() {
         return Err(RegisterError::Config(
@@ -121,74 +132,111 @@ pub async fn register(agent: &Agent) -> Result<Vec<Registered>, RegisterError> {
         if settings.wait_listening {
             tracing::info!(port = t.port, "waiting for the application to listen");
             let port = t.port;
-            wait(
+            let listening = wait(
                 format!("port {port} listening"),
                 settings.healthy_timeout.max(Duration::from_secs(1)),
                 async || crate::census::procfs::listening(port),
-            )
-            .await?;
+            );
+            tokio::select! {
+                waited = listening => waited?,
+                sig = &mut stop => {
+                    record(path, &done, &targets, &state);
+                    return Ok((done, Some(sig)));
+                }
+            }
         }
-        let filters = [
-            ("address", t.address.to_string()),
-            ("protocol_port", t.port.to_string()),
-        ];
-        let existing = agent.elb.list_members(&t.pool, &filters).await?;
-        let registered = match existing.into_iter().next() {
-            Some(m) => {
-                let id = MemberId::parse(&m.id).map_err(|e| {
-                    RegisterError::Cloud(CloudError::Decode {
-                        op: "ListMembers".into(),
-                        reason: e.to_string(),
-                    })
-                })?;
-                let restore = t.weight.filter(|w| *w > 0).unwrap_or(1);
-                if m.weight == Some(0) {
-                    agent.elb.update_weight(&t.pool, &id, restore).await?;
-                    Registered {
-                        pool_id: t.pool.clone(),
-                        member_id: id,
-                        address: t.address,
-                        protocol_port: t.port,
-                        action: "weight restored",
-                    }
-                } else {
-                    Registered {
-                        pool_id: t.pool.clone(),
-                        member_id: id,
-                        address: t.address,
-                        protocol_port: t.port,
-                        action: "reused",
-                    }
-                }
-            }
-            None => {
-                let m = agent
-                    .elb
-                    .create_member(&t.pool, t.address, t.port, t.subnet.as_deref(), t.weight)
-                    .await?;
-                let id = MemberId::parse(&m.id).map_err(|e| {
-                    RegisterError::Cloud(CloudError::Decode {
-                        op: "CreateMember".into(),
-                        reason: e.to_string(),
-                    })
-                })?;
-                Registered {
-                    pool_id: t.pool.clone(),
-                    member_id: id,
-                    address: t.address,
-                    protocol_port: t.port,
-                    action: "created",
-                }
-            }
-        };
-        tracing::info!(pool = %registered.pool_id, member = %registered.member_id, action = registered.action, "registered");
-        done.push(registered);
+        done.push(put_back(agent, t).await?);
     }
-    // What is registered now replaces what was removed.
+    record(path, &done, &targets, &state);
+    if !settings.healthy_timeout.is_zero() {
+        for r in &done {
+            let (elb, pool, member) = (&agent.elb, &r.pool_id, &r.member_id);
+            let online = wait(
+                format!("member {member} ONLINE"),
+                settings.healthy_timeout,
+                async || {
+                    matches!(
+                        elb.show_member(pool, member)
+                            .await
+                            .map(|m| m.health())
+                            .as_deref(),
+                        Ok("ONLINE" | "NO_MONITOR")
+                    )
+                },
+            );
+            tokio::select! {
+                waited = online => waited?,
+                sig = &mut stop => return Ok((done, Some(sig))),
+            }
+            tracing::info!(pool = %pool, member = %member, "member is healthy");
+        }
+    }
+    Ok((done, None))
+}
+
+/// One target back in its pool: the membership at its address and port reused (its weight restored
+/// if a `weight0` stop zeroed it), else created.
+async fn put_back(agent: &Agent, t: &Target) -> Result<Registered, RegisterError> {
+    let filters = [
+        ("address", t.address.to_string()),
+        ("protocol_port", t.port.to_string()),
+    ];
+    let existing = agent.elb.list_members(&t.pool, &filters).await?;
+    let registered = match existing.into_iter().next() {
+        Some(m) => {
+            let id = MemberId::parse(&m.id).map_err(|e| {
+                RegisterError::Cloud(CloudError::Decode {
+                    op: "ListMembers".into(),
+                    reason: e.to_string(),
+                })
+            })?;
+            let restore = t.weight.filter(|w| *w > 0).unwrap_or(1);
+            let action = if m.weight == Some(0) {
+                agent.elb.update_weight(&t.pool, &id, restore).await?;
+                "weight restored"
+            } else {
+                "reused"
+            };
+            Registered {
+                pool_id: t.pool.clone(),
+                member_id: id,
+                address: t.address,
+                protocol_port: t.port,
+                action,
+            }
+        }
+        None => {
+            let m = agent
+                .elb
+                .create_member(&t.pool, t.address, t.port, t.subnet.as_deref(), t.weight)
+                .await?;
+            let id = MemberId::parse(&m.id).map_err(|e| {
+                RegisterError::Cloud(CloudError::Decode {
+                    op: "CreateMember".into(),
+                    reason: e.to_string(),
+                })
+            })?;
+            Registered {
+                pool_id: t.pool.clone(),
+                member_id: id,
+                address: t.address,
+                protocol_port: t.port,
+                action: "created",
+            }
+        }
+    };
+    tracing::info!(pool = %registered.pool_id, member = %registered.member_id, action = registered.action, "registered");
+    Ok(registered)
+}
+
+/// What is registered now replaces what was removed. `done` is a prefix of `targets`, in order; the
+/// targets after it (a stop cut the registration short) are still out of their pools, so what
+/// `previous` says about them is kept for the next `register`.
+fn record(path: &std::path::Path, done: &[Registered], targets: &[Target], previous: &State) {
     let mut state = State::default();
     state.merge(
         done.iter()
-            .zip(&targets)
+            .zip(targets)
             .map(|(r, t)| Record {
                 pool_id: r.pool_id.clone(),
                 member_id: r.member_id.clone(),
@@ -201,28 +249,21 @@ pub async fn register(agent: &Agent) -> Result<Vec<Registered>, RegisterError> {
             })
             .collect(),
     );
+    for t in &targets[done.len()..] {
+        state.memberships.extend(
+            previous
+                .memberships
+                .iter()
+                .filter(|r| {
+                    r.removed.is_some()
+                        && r.pool_id == t.pool
+                        && r.address == Some(t.address)
+                        && r.protocol_port == Some(t.port)
+                })
+                .cloned(),
+        );
+    }
     if let Err(e) = state.save(path) {
         tracing::warn!(error = %e, "could not write the state file");
     }
-    if !settings.healthy_timeout.is_zero() {
-        for r in &done {
-            let (elb, pool, member) = (&agent.elb, &r.pool_id, &r.member_id);
-            wait(
-                format!("member {member} ONLINE"),
-                settings.healthy_timeout,
-                async || {
-                    matches!(
-                        elb.show_member(pool, member)
-                            .await
-                            .map(|m| m.health())
-                            .as_deref(),
-                        Ok("ONLINE" | "NO_MONITOR")
-                    )
-                },
-            )
-            .await?;
-            tracing::info!(pool = %pool, member = %member, "member is healthy");
-        }
-    }
-    Ok(done)
 }

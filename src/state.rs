@@ -1,6 +1,13 @@
 //! The state file: exactly which memberships this server had, and what a stop did to them, so
 //! `register` can put them back as they were, also after a crash or a reboot, and a second stop is a
-//! no-op. Written atomically (a temporary file, fsync, rename) under systemd's `StateDirectory=`.
+//! no-op. Written atomically (a temporary file per write, fsync, rename) under systemd's
+//! `StateDirectory=`.
+//!
+//! Crash safety rests on it and on the API together: the removals are recorded right after the
+//! DELETEs are answered, so an agent SIGKILLed mid-drain and started again knows its memberships are
+//! gone without asking; one killed before the record asks the API again, and a DELETE of a member
+//! already gone is a 404, i.e. success. The file is a memory, not a source of truth: one that cannot
+//! be parsed is moved aside with a warning ([`State::load_or_warn`]) and the API is asked instead.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -53,6 +60,42 @@ impl State {
         }
     }
 
+    /// The state at `path`, never failing: the state file is a memory, not a source of truth, so a
+    /// file that cannot be used costs only that memory. The agent then asks the API (a DELETE of a
+    /// member already gone answers 404, which is success) and `register` falls back to the
+    /// configuration. A file that is not valid JSON (truncated by a full disk, edited by hand) is moved
+    /// aside to `<file>.corrupt`, for a person to look at, so the next save does not destroy it and the
+    /// warning is given once; one that cannot be read is left alone. Either way the warning names the
+    /// file and says what is done instead.
+    pub fn load_or_warn(path: &Path) -> State {
+        match State::load(path) {
+            Ok(state) => state,
+            Err(e) => {
+                let unreadable = std::fs::read(path).is_err();
+                if unreadable {
+                    tracing::warn!(error = %e, "state file ignored: asking the API instead");
+                    return State::default();
+                }
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".corrupt");
+                let aside = std::path::PathBuf::from(aside);
+                match std::fs::rename(path, &aside) {
+                    Ok(()) => tracing::warn!(
+                        error = %e,
+                        moved_to = %aside.display(),
+                        "state file ignored (moved aside): asking the API instead"
+                    ),
+                    Err(re) => tracing::warn!(
+                        error = %e,
+                        rename_error = %re,
+                        "state file ignored (could not move it aside): asking the API instead"
+                    ),
+                }
+                State::default()
+            }
+        }
+    }
+
     /// Writes atomically: readers see the old file or the new one, never half of one.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let err = |reason: String| StateError::Io {
@@ -64,16 +107,25 @@ impl State {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        // One temporary file per writer: two agents (the daemon and a `drain` from a deploy script),
+        // or two threads, sharing one name would write into the same inode and rename a mix.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+            ".{}.{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
         let text = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
-        f.write_all(&text)
+        let written = f
+            .write_all(&text)
             .and_then(|()| f.sync_all())
-            .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e.to_string()));
+        }
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -173,11 +225,11 @@ mod tests {
         };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
-        assert!(
-            !dir.path()
-                .join(format!("sub/.state.json.{}.tmp", std::process::id()))
-                .exists()
-        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["state.json"], "no temporary file left behind");
         std::fs::write(&path, "{broken").unwrap();
         assert!(
             State::load(&path)
@@ -185,6 +237,49 @@ mod tests {
                 .to_string()
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn concurrent_writers_never_leave_a_file_that_does_not_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut s = State {
+                        memberships: (0..50).map(|_| rec(M1, Some(Mode::Delete))).collect(),
+                    };
+                    s.memberships[0].weight = Some(w);
+                    for _ in 0..100 {
+                        s.save(&path).unwrap();
+                        State::load(&path).expect("always a whole file");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_and_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{\"memberships\": [{\"pool_id\": \"36ce").unwrap();
+        assert_eq!(State::load_or_warn(&path), State::default());
+        assert!(
+            !path.exists(),
+            "moved aside, so the next save cannot lose it"
+        );
+        assert!(
+            std::fs::read_to_string(dir.path().join("state.json.corrupt"))
+                .unwrap()
+                .starts_with("{\"memberships\"")
+        );
+        // Absent now: empty, silently.
+        assert_eq!(State::load_or_warn(&path), State::default());
     }
 
     #[test]
