@@ -14,11 +14,12 @@
 //! root, `systemd-nspawn`, `nsenter`, `unshare`, and the `elb-sim` binary beside `elb-drain` (built by
 //! `cargo test --workspace`, or `cargo build -p elb-sim`).
 //!
-//! Isolation: nspawn runs inside `unshare --mount` with a private tmpfs on `/run` (nspawn's own state
-//! never reaches the host's `/run`) and an overlay of the cached root (the cache stays read-only) under
-//! the target directory; `--register=no --keep-unit` keeps it off the host's bus; the container's
+//! Isolation: nspawn runs inside `unshare --mount --pid` with a private tmpfs on `/run` (nspawn's own
+//! state never reaches the host's `/run`) and an overlay of the cached root (the cache stays read-only)
+//! under the target directory; `--register=no --keep-unit` keeps it off the host's bus; the container's
 //! cgroups live in a per-run cgroup. [`Container`]'s `Drop` kills the container's PID 1 through a pidfd,
-//! waits for nspawn, removes the per-run cgroups and directory, also when the test panics.
+//! waits for nspawn, removes the per-run cgroups and directory, also when the test panics; if the test
+//! process itself is killed, `PR_SET_PDEATHSIG` and `unshare --kill-child` still end the container.
 
 mod common;
 
@@ -27,6 +28,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -48,7 +50,9 @@ const HOLD: Duration = Duration::from_secs(7);
 
 #[test]
 fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout() {
-    let Some(cache) = root_cache() else { return };
+    let Some((cache, _shared)) = root_cache() else {
+        return;
+    };
     let elb_drain = PathBuf::from(env!("CARGO_BIN_EXE_elb-drain"));
     let elb_sim = elb_drain.with_file_name("elb-sim");
     assert!(
@@ -143,14 +147,17 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
     // (a) and (c): the stop waits as long as the connection is open, past the 3 s stop timeout,
     // and the app keeps serving meanwhile (its stop is ordered after the agent's).
     while stop_began.elapsed() < HOLD {
+        let running = stop.is_running();
+        let agent = c.show("elb-drain", "ActiveState");
+        let app = c.show("app", "ActiveState");
         assert!(
-            stop.is_running(),
-            "systemctl stop returned after {:?}, during the drain: {}",
+            running && agent == "deactivating" && app == "active",
+            "{:?} into the stop: systemctl stop running: {running}, elb-drain {agent}, app {app}; \
+             agent journal:\n{}",
             stop_began.elapsed(),
-            stop.stderr()
+            c.journal("elb-drain")
         );
-        assert_eq!(c.show("elb-drain", "ActiveState"), "deactivating");
-        assert_eq!(c.show("app", "ActiveState"), "active");
+        // The pace of these checks, not a synchronisation: the drain lasts as long as the test holds.
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(echo(&mut held, "still served").unwrap(), "still served");
@@ -206,9 +213,10 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
     );
 }
 
-/// The cached root's directory, or `None` (the test skips) when `ELB_DRAIN_SYSTEMD_ROOT` is unset.
+/// The cached root's directory, with a shared lock on it that keeps `build-root.sh` from replacing the
+/// tree under a running container; `None` (the test skips) when `ELB_DRAIN_SYSTEMD_ROOT` is unset.
 /// When it is set (CI), everything the test needs must be there.
-fn root_cache() -> Option<PathBuf> {
+fn root_cache() -> Option<(PathBuf, File)> {
     let Some(cache) = std::env::var_os("ELB_DRAIN_SYSTEMD_ROOT") else {
         eprintln!(
             "SKIPPED systemd_boot: ELB_DRAIN_SYSTEMD_ROOT is unset (run tests/systemd/build-root.sh as root \
@@ -217,6 +225,20 @@ fn root_cache() -> Option<PathBuf> {
         return None;
     };
     let cache = PathBuf::from(cache);
+    let lock = File::open(cache.join(".lock")).unwrap_or_else(|e| {
+        panic!(
+            "ELB_DRAIN_SYSTEMD_ROOT={}: {e} (tests/systemd/build-root.sh builds it)",
+            cache.display()
+        )
+    });
+    // A build in progress holds it exclusively for a minute or two.
+    assert!(
+        wait_until(Duration::from_secs(600), || {
+            // SAFETY: flock(2) on a descriptor we own.
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
+        }),
+        "the root stayed locked by a build for 10 minutes"
+    );
     assert!(
         cache.join("rootfs/usr/lib/systemd/systemd").is_file(),
         "ELB_DRAIN_SYSTEMD_ROOT={}: no built root there (tests/systemd/build-root.sh)",
@@ -234,7 +256,7 @@ fn root_cache() -> Option<PathBuf> {
             "{tool} is not installed (apt-get install systemd-container util-linux)"
         );
     }
-    Some(cache)
+    Some((cache, lock))
 }
 
 /// Writes the container's own files into the overlay's upper layer before it is mounted: the project's
@@ -325,6 +347,7 @@ fn monotonic_us() -> u64 {
 
 /// A booted systemd container; dropping it tears everything down.
 struct Container {
+    /// `unshare`, which became (the PID namespace around) systemd-nspawn.
     nspawn: Option<ProcGuard>,
     /// The container's PID 1, as a pidfd: signalling it cannot hit a recycled PID.
     init: Option<OwnedFd>,
@@ -382,8 +405,11 @@ impl Container {
             "paths: {paths:?}"
         );
 
-        // In a mount namespace of its own: join the per-run cgroups, hide the host's /run, mount the
-        // overlay; nspawn then replaces the shell, so the guard's PID is nspawn's.
+        // In mount and PID namespaces of its own: join the per-run cgroups, hide the host's /run,
+        // mount the overlay, then become nspawn. `unshare` is the guard's process; should the test
+        // process die without its Drop (SIGKILL, a harness timeout), PDEATHSIG kills unshare,
+        // --kill-child then nspawn, the init of that PID namespace, and with it the container's
+        // namespace nested in it (nspawn alone leaves its container running when killed).
         let script = "set -e\n\
             for cg in $CGROUPS; do echo $$ > \"$cg/cgroup.procs\"; done\n\
             mount -t tmpfs -o mode=0755 tmpfs /run\n\
@@ -403,21 +429,39 @@ impl Container {
                     .collect::<Vec<_>>()
                     .join(" "),
             )
-            .args(["--mount", "--propagation=private", "--", "/bin/sh", "-c"])
+            .args([
+                "--mount",
+                "--propagation=private",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+            ])
+            .args(["--kill-child=SIGKILL", "--", "/bin/sh", "-c"])
             .arg(script)
             .arg("sh")
             .args(&paths[..4]);
         for (host, inside) in binds {
             cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
         }
-        let nspawn = ProcGuard::spawn(cmd);
-        let nspawn_pid = nspawn.pid();
-        c.nspawn = Some(nspawn);
+        // SAFETY: prctl(2) between fork and exec, async-signal-safe, touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let unshare = ProcGuard::spawn(cmd);
+        let unshare_pid = unshare.pid();
+        c.nspawn = Some(unshare);
 
         let mut init = None;
         assert!(
             wait_until(Duration::from_secs(20), || {
-                init = child_named(nspawn_pid, "systemd");
+                init = child_named(unshare_pid, "systemd-nspawn")
+                    .and_then(|nspawn| child_named(nspawn, "systemd"));
                 init.is_some()
             }),
             "no systemd under nspawn; its output:\n{}",
