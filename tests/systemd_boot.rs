@@ -207,9 +207,10 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
     assert!(journal.contains("drained"), "{journal}");
     eprintln!(
         "systemd_boot: stop took {stopped_after:?} (TimeoutStopSec={TIMEOUT_STOP:?}, connection held \
-         {HOLD:?}); DELETE {} us after systemctl stop, {} us after \"Stopping elb-drain.service\" was logged",
-        delete_at - stop_began_us,
-        delete_at as i64 - agent_stop as i64
+         {HOLD:?}); from `systemctl stop app`: journald stamped \"Stopping elb-drain.service\" at \
+         +{} us, elb-sim received the DELETE at +{} us",
+        agent_stop.saturating_sub(stop_began_us),
+        delete_at - stop_began_us
     );
 }
 
@@ -219,8 +220,9 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
 fn root_cache() -> Option<(PathBuf, File)> {
     let Some(cache) = std::env::var_os("ELB_DRAIN_SYSTEMD_ROOT") else {
         eprintln!(
-            "SKIPPED systemd_boot: ELB_DRAIN_SYSTEMD_ROOT is unset (run tests/systemd/build-root.sh as root \
-             and set it to the cache directory, /var/cache/elb-drain/systemd-root by default)"
+            "\n!!!!!!!! SKIPPED systemd_boot: ELB_DRAIN_SYSTEMD_ROOT is unset (as root: \
+             tests/systemd/build-root.sh, then set it to the cache directory, \
+             /var/cache/elb-drain/systemd-root by default; .ci/run does both) !!!!!!!!\n"
         );
         return None;
     };

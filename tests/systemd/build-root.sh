@@ -62,6 +62,7 @@ rm -f "$stamp"
 debootstrap --variant=minbase --include="$PACKAGES" "$suite" "$cache/rootfs.new" "$mirror" \
   > "$cache/debootstrap.log" 2>&1 || {
     tail -30 "$cache/debootstrap.log" >&2
+    rm -rf "$cache/rootfs.new"
     echo "build-root: debootstrap failed (log: $cache/debootstrap.log)" >&2
     exit 1
   }
