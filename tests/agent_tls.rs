@@ -225,3 +225,38 @@ async fn an_unusable_ca_file_is_a_configuration_error_before_any_connection() {
     assert_eq!(t.s.sim.tls_handshake_failures(), 0, "no connection made");
     assert!(t.s.sim.request_log().is_empty());
 }
+
+/// A server without the system's CA bundle (no ca-certificates package; here: the paths rustls reads
+/// it from point nowhere) still starts: plain http to loopback works (with a warning), and so does https
+/// with `ca_file`; an https endpoint it cannot verify fails as untrusted, as anywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_system_ca_certificates_only_the_ca_file_is_trusted() {
+    let no_system_roots = |mut cmd: std::process::Command| {
+        cmd.env("SSL_CERT_FILE", "/nonexistent/ca-certificates.crt")
+            .env("SSL_CERT_DIR", "/nonexistent/certs");
+        cmd
+    };
+    let run = |config: &Path| {
+        let mut agent = ProcGuard::spawn(no_system_roots(agent(config, &["drain"])));
+        let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+        (exit.code(), agent.stderr())
+    };
+    let warned = |stderr: &str| stderr.contains("only cloud.ca_file is trusted for https");
+
+    let plain = setup().await;
+    let (code, stderr) = run(&plain.config(QUICK));
+    assert_eq!(code, Some(0), "loopback http needs no CA: {stderr}");
+    assert!(warned(&stderr), "{stderr}");
+    assert!(!plain.sim.member_exists(POOL, MEMBER));
+
+    let t = TlsSetup::start().await;
+    let (code, stderr) = run(&t.config(None));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert_untrusted_message(&stderr, &t.s.sim.api_url());
+    t.assert_refused_in_the_handshake_only(&stderr);
+
+    // With a ca_file the system's roots are merely extra: nothing to warn about.
+    let (code, stderr) = run(&t.config(Some(&t.ca_file())));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!t.s.sim.member_exists(POOL, MEMBER));
+}

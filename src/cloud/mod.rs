@@ -38,37 +38,65 @@ pub struct HttpSettings {
 /// proxy discovery surprises, no redirects, bounded timeouts.
 pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.request_timeout)
-        .user_agent(concat!("elb-drain/", env!("CARGO_PKG_VERSION")))
-        .no_proxy()
-        // The cloud APIs do not redirect; following one would carry `X-Auth-Token` (which reqwest does
-        // not strip across hosts, unlike `Authorization`) to wherever the redirect points, possibly
-        // over plain HTTP. A 3xx is reported as an error instead.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(50))
-        .tcp_nodelay(true);
-    if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            CloudError::Setup(format!(
-                "cloud.ca_file: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            CloudError::Setup(format!(
-                "cloud.ca_file: {} is not a PEM bundle: {e}",
-                path.display()
-            ))
-        })?;
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .user_agent(concat!("elb-drain/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            // The cloud APIs do not redirect; following one would carry `X-Auth-Token` (which reqwest
+            // does not strip across hosts, unlike `Authorization`) to wherever the redirect points,
+            // possibly over plain HTTP. A 3xx is reported as an error instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_nodelay(true)
+    };
+    let extra = match &settings.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                CloudError::Setup(format!(
+                    "cloud.ca_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                CloudError::Setup(format!(
+                    "cloud.ca_file: {} is not a PEM bundle: {e}",
+                    path.display()
+                ))
+            })?
+        }
+        None => Vec::new(),
+    };
+    match builder().tls_certs_merge(extra.clone()).build() {
+        Ok(client) => Ok(client),
+        // A server without the system's CA bundle (no ca-certificates package): loopback and
+        // `ca_file` endpoints still work, and a public endpoint fails its handshake as untrusted,
+        // naming itself and `cloud.ca_file`, instead of the agent refusing to start at all.
+        Err(platform) => {
+            let client = builder().tls_certs_only(extra).build().map_err(|e| {
+                CloudError::Setup(format!("cannot build the HTTP client: {}", causes(&e)))
+            })?;
+            tracing::warn!(
+                reason = %causes(&platform),
+                "the system's CA certificates could not be loaded (is ca-certificates installed?): \
+                 only cloud.ca_file is trusted for https"
+            );
+            Ok(client)
         }
     }
-    builder
-        .build()
-        .map_err(|e| CloudError::Setup(format!("cannot build the HTTP client: {e}")))
+}
+
+/// An error with its chain of causes, which reqwest keeps out of its own message.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// An API error, as typed as the API allows.
