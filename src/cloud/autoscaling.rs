@@ -99,7 +99,7 @@ impl AutoScaling {
         let op = format!("ListHookInstances group={group} instance={instance}");
         let req =
             Request::new(&op, Method::GET, self.path(group, "list")).query("instance_id", instance);
-        let info: HangingInfo = self.service.send(&req).await?.json(&op)?;
+        let info: HangingInfo = self.service.send_json(&req).await?;
         Ok(info
             .instance_hanging_info
             .into_iter()

@@ -2,10 +2,11 @@
 //! typed errors that carry the API's `error_code`, `error_msg` and request id.
 //!
 //! Every API call goes through [`Service::send`]: the credential authenticates it (token header or AK/SK
-//! signature), transient failures (409 busy, 429, 5xx, network) are retried with jittered exponential
-//! backoff inside a deadline, a 401 refreshes the credential once, and response bodies are read with a
-//! size bound so a hostile or broken endpoint cannot make the agent buffer without limit. The service
-//! modules ([`elb`], [`metadata`], [`iam`]) are thin callers.
+//! signature), transient failures (409 busy, 429, 5xx, network, a 2xx body that does not parse) are
+//! retried with jittered exponential backoff inside a deadline, a 401 refreshes the credential once,
+//! and response bodies are read with a size bound so a hostile or broken endpoint cannot make the
+//! agent buffer without limit. The service modules ([`elb`], [`metadata`], [`iam`]) are thin
+//! callers.
 
 pub mod autoscaling;
 pub mod elb;
@@ -308,14 +309,33 @@ impl Service {
 
     /// Sends with retries; `Ok` only for a 2xx answer.
     pub async fn send(&self, req: &Request) -> Result<Reply, CloudError> {
+        self.send_then(req, Ok).await
+    }
+
+    /// Sends with retries and parses the 2xx answer's JSON body as `T`. A body that does not parse
+    /// (cut short by a proxy, garbled) is retried like any other transient failure.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+    ) -> Result<T, CloudError> {
+        self.send_then(req, |reply| reply.json(&req.op)).await
+    }
+
+    /// Sends with retries; a 2xx answer is handed to `accept`, whose error (a [`CloudError::Decode`]
+    /// is retryable) counts as the attempt's.
+    pub async fn send_then<T>(
+        &self,
+        req: &Request,
+        accept: impl Fn(Reply) -> Result<T, CloudError>,
+    ) -> Result<T, CloudError> {
         let started = Instant::now();
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
             attempt += 1;
             let (result, retry_after) = self.once(req).await;
-            let err = match result {
-                Ok(reply) => return Ok(reply),
+            let err = match result.and_then(&accept) {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             if err.status() == Some(401) && !refreshed {
