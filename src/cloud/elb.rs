@@ -257,7 +257,8 @@ impl Elb {
             &op,
             Method::DELETE,
             self.path(&format!("/pools/{pool}/members/{member}")),
-        );
+        )
+        .status_only();
         let refused = match self.service.send(&req).await {
             Ok(_) => return Ok(DeleteOutcome::Deleted),
             Err(e) if e.status() == Some(404) => e,

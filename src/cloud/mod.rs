@@ -5,8 +5,9 @@
 //! signature), transient failures (409 busy, 429, 5xx, network, a 2xx body that does not parse) are
 //! retried with jittered exponential backoff inside a deadline, a 401 refreshes the credential once,
 //! and response bodies are read with a size bound so a hostile or broken endpoint cannot make the
-//! agent buffer without limit. The service modules ([`elb`], [`metadata`], [`iam`]) are thin
-//! callers.
+//! agent buffer without limit; a call answered by its status alone (DeleteMember, a lifecycle
+//! callback) reads no more than a small head of its 2xx body. The service modules ([`elb`],
+//! [`metadata`], [`iam`]) are thin callers.
 
 pub mod autoscaling;
 pub mod elb;
@@ -229,6 +230,9 @@ pub struct Request {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// The 2xx answer's body is of no use (DeleteMember, a lifecycle callback): the status is the
+    /// answer, so whatever follows it (too large, cut short) cannot turn a success into a failure.
+    pub status_only: bool,
 }
 
 impl Request {
@@ -239,7 +243,14 @@ impl Request {
             path: path.into(),
             query: Vec::new(),
             body: None,
+            status_only: false,
         }
+    }
+
+    /// Only the status of a 2xx answer matters; its body is not read beyond a small head.
+    pub fn status_only(mut self) -> Request {
+        self.status_only = true;
+        self
     }
 
     pub fn query(mut self, key: &str, value: impl ToString) -> Request {
@@ -427,9 +438,13 @@ impl Service {
                 retry_after,
             );
         }
-        let body = match read_bounded(response, &req.op).await {
-            Ok(b) => b,
-            Err(e) => return (Err(e), retry_after),
+        let body = if req.status_only {
+            read_head(response, ERROR_BODY_HEAD).await
+        } else {
+            match read_bounded(response, &req.op).await {
+                Ok(b) => b,
+                Err(e) => return (Err(e), retry_after),
+            }
         };
         (
             Ok(Reply {
