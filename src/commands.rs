@@ -7,6 +7,7 @@ use crate::agent::{Agent, PrepareError};
 use crate::census::{self, CensusSpec};
 use crate::cli::{Args, load_config};
 use crate::cloud::autoscaling::Hook;
+use crate::config::Config;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
 use crate::hook::ProgressClock;
@@ -285,7 +286,10 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
-    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
+    let agent = match Agent::prepare(cfg.clone()).await {
+        Ok(agent) => agent,
+        Err(e) => return Ok(drain_unprepared(&cfg, e, started, &mut signals).await),
+    };
     agent.snapshot_state().await;
     notifier.stopping(agent.memberships().len());
     let progress: Vec<Box<dyn Sink>> = vec![Box::new(crate::status::Progress::new())];
@@ -302,6 +306,47 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
         },
     )
     .await)
+}
+
+/// A `drain` whose memberships could not be resolved (the cloud unreachable or refusing): nothing can
+/// be deregistered, but the server is stopping all the same, so the connections on the configured
+/// drain ports are still waited out (exiting now would only cut them) before the exit code says why
+/// nothing was deregistered. A second SIGINT abandons the wait, as in any drain.
+async fn drain_unprepared(
+    cfg: &Config,
+    e: PrepareError,
+    started: Instant,
+    signals: &mut Signals,
+) -> Exit {
+    let code = prepare_failed(e);
+    let spec = CensusSpec {
+        ports: cfg.drain_ports(),
+        exclude_peers: cfg.drain.exclude_peers.clone(),
+    };
+    if spec.ports.is_empty() {
+        return code;
+    }
+    tracing::warn!(ports = ?spec.ports, "nothing deregistered; still waiting out the connections on the drain ports");
+    let plan = crate::drain::Plan {
+        settle: cfg.drain.settle,
+        timeout: cfg.drain.timeout,
+        poll_interval: cfg.drain.poll_interval,
+    };
+    let deregistration = async {
+        crate::drain::Deregistration {
+            failed: true,
+            lb_drain: Vec::new(),
+        }
+    };
+    let setup = move || (census::open(&spec), census::destroy_channel(&spec));
+    let sink = Fanout(vec![
+        Box::new(LogSink::default()),
+        Box::new(crate::status::Progress::new()),
+    ]);
+    tokio::select! {
+        _ = crate::drain::drive(plan, started, deregistration, setup, &sink) => code,
+        _ = signals.abort(None) => Exit::Interrupted,
+    }
 }
 
 /// Deregisters and drains until the verdict, a second SIGINT, or (with Auto Scaling configured) also
