@@ -137,7 +137,9 @@ impl Metadata {
             let result = self.get_once(path, &op).await.and_then(|body| parse(&body));
             match result {
                 Err(e) if e.is_retryable() && attempt < 4 => {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    let delay = Duration::from_millis(50 << attempt);
+                    tracing::debug!(%op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(CloudError::Api { status: 401, .. }) if attempt < 2 => {
                     // The session token may have expired: get a new one.
