@@ -470,6 +470,14 @@ fn cell(call: Call, fault: Fault) {
             "{call:?} × {fault:?}: exited with a connection open:\n{}",
             agent.stderr()
         );
+        // The application's connection is still served after the fault, and closing it is what ends
+        // the drain.
+        let mut held = held;
+        assert_eq!(
+            echo(&mut held[0], "still served").expect("the held connection works"),
+            "still served",
+            "{call:?} × {fault:?}"
+        );
         let closed = Instant::now();
         drop(held);
         let exit = wait_exit(&mut agent, call.after_close_budget(), &mut peak).unwrap_or_else(
@@ -572,6 +580,30 @@ fn cell(call: Call, fault: Fault) {
             "answered at last: {context}"
         );
     }
+    if fault == Fault::DelayPastTimeout {
+        // The delayed request was made (the fault is used up), and the agent gave up on it at its
+        // request timeout and retried. (The simulator never logs it: the agent's disconnect cancels
+        // the answer.)
+        assert_eq!(
+            s.sim.shared().lock_for_tests(|inner| inner.faults.len()),
+            0,
+            "{context}"
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("retrying") && l.contains("timed out")),
+            "{context}"
+        );
+    }
+
+    // One line per cell (`-- --nocapture` shows them): the table the README's counts come from.
+    println!(
+        "cell {call:?} {fault:?}: exit {want} in {:?}, peak RSS {} KiB, {} requests of the call",
+        exit.at - began,
+        exit.peak_rss_kib,
+        calls.len()
+    );
     drop(agent);
     drop(s);
 }
