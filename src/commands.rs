@@ -286,11 +286,32 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
-    let agent = match Agent::prepare(cfg.clone()).await {
-        Ok(agent) => agent,
-        Err(e) => return Ok(drain_unprepared(&cfg, e, started, &mut signals).await),
+    // Preparing (credentials, discovery, the pools' connection_drain) and the state snapshot are
+    // part of the stop here, so they end at the stop's deadline too: with the API unreachable each
+    // call would otherwise retry for a whole cloud.retry_deadline, one after the other, long past
+    // drain.timeout.
+    let deadline = started + cfg.drain.timeout;
+    let prepared = tokio::select! {
+        prepared = tokio::time::timeout_at(deadline, Agent::prepare(cfg.clone())) => prepared,
+        _ = signals.abort(None) => return Ok(Exit::Interrupted),
     };
-    agent.snapshot_state().await;
+    let agent = match prepared {
+        Ok(Ok(agent)) => agent,
+        Ok(Err(e)) => return Ok(drain_unprepared(&cfg, e, started, &mut signals).await),
+        Err(_) => {
+            let e = PrepareError::Unavailable(format!(
+                "memberships not resolved within drain.timeout ({})",
+                humantime::format_duration(cfg.drain.timeout)
+            ));
+            return Ok(drain_unprepared(&cfg, e, started, &mut signals).await);
+        }
+    };
+    if tokio::time::timeout_at(deadline, agent.snapshot_state())
+        .await
+        .is_err()
+    {
+        tracing::warn!("state snapshot not done by the drain deadline; deregistering without it");
+    }
     notifier.stopping(agent.memberships().len());
     let progress: Vec<Box<dyn Sink>> = vec![Box::new(crate::status::Progress::new())];
     Ok(drain_with_abort(
