@@ -725,3 +725,42 @@ fn reset_mid_body_is_an_rst_after_part_of_the_body() {
     );
     assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset), "{text}");
 }
+
+/// A `drain` with the ELB API unreachable ends at `drain.timeout`, not after one full retry budget per
+/// call on the way (ShowPool, ShowMember, then the DELETE: three budgets, one after the other).
+#[test]
+fn a_drain_with_the_api_unreachable_ends_at_its_deadline_not_after_every_retry_budget() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _in_runtime = rt.enter();
+    let s = rt.block_on(start(Call::Delete));
+    let retry_deadline = Duration::from_secs(10);
+    let drain_timeout = Duration::from_secs(1);
+    let path = config(&s, Call::Delete, Fault::ConnectRefused);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &format!("retry_deadline = {}", ms(RETRY_DEADLINE)),
+            &format!("retry_deadline = {}", ms(retry_deadline)),
+        )
+        .replace(
+            &format!("timeout = {}", ms(DRAIN_TIMEOUT)),
+            &format!("timeout = {}", ms(drain_timeout)),
+        );
+    std::fs::write(&path, text).unwrap();
+    let _held = s.connections_to_us(1);
+    let mut agent = ProcGuard::spawn(agent(&path, &["drain"]));
+    let began = Instant::now();
+    let mut peak = 0;
+    let exit = wait_exit(&mut agent, retry_deadline * 3 + SLACK, &mut peak).expect("exits");
+    let took = exit.at - began;
+    assert_eq!(exit.code, Some(69), "{}", agent.stderr());
+    assert!(
+        took >= drain_timeout && took < drain_timeout + SLACK && took < retry_deadline,
+        "exited after {took:?} (drain.timeout {drain_timeout:?}, retry_deadline {retry_deadline:?}):\n{}",
+        agent.stderr()
+    );
+}
