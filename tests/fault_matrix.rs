@@ -580,6 +580,15 @@ fn cell(call: Call, fault: Fault) {
             "answered at last: {context}"
         );
     }
+    if fault == Fault::ResetMidBody && !matches!(call, Call::Delete | Call::AsCallback) {
+        // The body was needed and cut by the reset: the agent saw the reset, and retried.
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("retrying") && l.to_ascii_lowercase().contains("reset")),
+            "{context}"
+        );
+    }
     if fault == Fault::DelayPastTimeout {
         // The delayed request was made (the fault is used up), and the agent gave up on it at its
         // request timeout and retried. (The simulator never logs it: the agent's disconnect cancels
