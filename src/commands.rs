@@ -7,6 +7,7 @@ use crate::agent::{Agent, PrepareError};
 use crate::census::{self, CensusSpec};
 use crate::cli::{Args, load_config};
 use crate::cloud::autoscaling::Hook;
+use crate::config::Config;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
 use crate::hook::ProgressClock;
@@ -326,8 +327,32 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
     let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
-    let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
-    agent.snapshot_state().await;
+    // Preparing (credentials, discovery, the pools' connection_drain) and the state snapshot are
+    // part of the stop here, so they end at the stop's deadline too: with the API unreachable each
+    // call would otherwise retry for a whole cloud.retry_deadline, one after the other, long past
+    // drain.timeout.
+    let deadline = started + cfg.drain.timeout;
+    let prepared = tokio::select! {
+        prepared = tokio::time::timeout_at(deadline, Agent::prepare(cfg.clone())) => prepared,
+        _ = signals.abort(None) => return Ok(Exit::Interrupted),
+    };
+    let agent = match prepared {
+        Ok(Ok(agent)) => agent,
+        Ok(Err(e)) => return Ok(drain_unprepared(&cfg, e, started, &mut signals).await),
+        Err(_) => {
+            let e = PrepareError::Unavailable(format!(
+                "memberships not resolved within drain.timeout ({})",
+                humantime::format_duration(cfg.drain.timeout)
+            ));
+            return Ok(drain_unprepared(&cfg, e, started, &mut signals).await);
+        }
+    };
+    if tokio::time::timeout_at(deadline, agent.snapshot_state())
+        .await
+        .is_err()
+    {
+        tracing::warn!("state snapshot not done by the drain deadline; deregistering without it");
+    }
     notifier.stopping(agent.memberships().len());
     let progress: Vec<Box<dyn Sink>> = vec![Box::new(crate::status::Progress::new())];
     Ok(drain_with_abort(
@@ -342,6 +367,47 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
         },
     )
     .await)
+}
+
+/// A `drain` whose memberships could not be resolved (the cloud unreachable or refusing): nothing can
+/// be deregistered, but the server is stopping all the same, so the connections on the configured
+/// drain ports are still waited out (exiting now would only cut them) before the exit code says why
+/// nothing was deregistered. A second SIGINT abandons the wait, as in any drain.
+async fn drain_unprepared(
+    cfg: &Config,
+    e: PrepareError,
+    started: Instant,
+    signals: &mut Signals,
+) -> Exit {
+    let code = prepare_failed(e);
+    let spec = CensusSpec {
+        ports: cfg.drain_ports(),
+        exclude_peers: cfg.drain.exclude_peers.clone(),
+    };
+    if spec.ports.is_empty() {
+        return code;
+    }
+    tracing::warn!(ports = ?spec.ports, "nothing deregistered; still waiting out the connections on the drain ports");
+    let plan = crate::drain::Plan {
+        settle: cfg.drain.settle,
+        timeout: cfg.drain.timeout,
+        poll_interval: cfg.drain.poll_interval,
+    };
+    let deregistration = async {
+        crate::drain::Deregistration {
+            failed: true,
+            lb_drain: Vec::new(),
+        }
+    };
+    let setup = move || (census::open(&spec), census::destroy_channel(&spec));
+    let sink = Fanout(vec![
+        Box::new(LogSink::default()),
+        Box::new(crate::status::Progress::new()),
+    ]);
+    tokio::select! {
+        _ = crate::drain::drive(plan, started, deregistration, setup, &sink) => code,
+        _ = signals.abort(None) => Exit::Interrupted,
+    }
 }
 
 /// Deregisters and drains until the verdict, a second SIGINT, or (with Auto Scaling configured) also

@@ -99,8 +99,9 @@ pub fn injected(status: u16, retry_after: Option<u64>) -> Response {
     r
 }
 
-/// Applies an injected action that replaces the answer; `None` to go on handling normally.
-pub async fn apply_fault(action: FaultAction) -> Option<Answer> {
+/// Applies an injected action that replaces the answer; `None` to go on handling normally. `host` is
+/// the request's `Host` header: its port names the listener whose connection a reset must abort.
+pub async fn apply_fault(action: FaultAction, host: Option<&str>) -> Option<Answer> {
     match action {
         FaultAction::Pass => None,
         FaultAction::Delay { ms } => {
@@ -160,6 +161,42 @@ pub async fn apply_fault(action: FaultAction) -> Option<Answer> {
                 status: 0,
             })
         }
+        FaultAction::ResetMidBody => {
+            // The handler never sees its socket, so the connection is found among the process's own
+            // sockets by its local port (the listener's, from `Host`) and set to abort on close
+            // (SO_LINGER 0). The body then fails after its first bytes: hyper drops the connection
+            // and the kernel answers the close with an RST instead of a FIN.
+            if let Some(port) = host.and_then(|h| h.rsplit(':').next()?.parse::<u16>().ok()) {
+                abort_on_close(port);
+            }
+            let stream = futures_util::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => Some((
+                        Ok::<Bytes, std::io::Error>(Bytes::from_static(
+                            b"{\"members\": [{\"id\": \"1923923e",
+                        )),
+                        1,
+                    )),
+                    1 => {
+                        // Let the headers and the first bytes reach the client before the abort.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Some((Err(std::io::Error::other("reset by fault injection")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, "4096".parse().expect("number"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("mime"),
+            );
+            Some(Answer {
+                response: r,
+                status: 200,
+            })
+        }
         FaultAction::Oversized { bytes } => {
             const CHUNK: usize = 64 * 1024;
             let chunks = bytes.div_ceil(CHUNK);
@@ -177,6 +214,91 @@ pub async fn apply_fault(action: FaultAction) -> Option<Answer> {
                 status: 200,
             })
         }
+    }
+}
+
+/// Sets SO_LINGER 0 (close = RST) on every connected TCP socket of this process whose local port is
+/// `port`: the accepted connections of that listener. Each simulator has its own ports, so only its
+/// own clients' connections are touched; a connection that stays open is not affected until it
+/// closes.
+fn abort_on_close(port: u16) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        if local_port(fd) != Some(port) || !connected(fd) {
+            continue;
+        }
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads the `linger` we own for its stated size; on an fd that is not (or no
+        // longer) a socket it fails harmlessly.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// The local port of a TCP/IP socket, `None` for anything else.
+fn local_port(fd: libc::c_int) -> Option<u16> {
+    // SAFETY: an all-zero sockaddr_storage is valid; getsockname writes at most `len` bytes into it.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: see above; fails with ENOTSOCK for fds that are not sockets.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    match i32::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4 =
+                unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(u16::from_be(v4.sin_port))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6 =
+                unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(u16::from_be(v6.sin6_port))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a socket has a peer (an accepted connection, not the listener itself).
+fn connected(fd: libc::c_int) -> bool {
+    // SAFETY: as in `local_port`.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into the storage we own.
+    unsafe {
+        libc::getpeername(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) == 0
     }
 }
 
@@ -233,8 +355,9 @@ async fn gate(
     body: &[u8],
 ) -> (Answer, AuthKind) {
     let fault = shared.lock().next_fault(method.as_str(), path);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if let Some(action) = fault
-        && let Some(answer) = apply_fault(action).await
+        && let Some(answer) = apply_fault(action, host).await
     {
         return (answer, AuthKind::None);
     }

@@ -24,7 +24,7 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // In a block: the request body is not Sync, so no borrow of it may live across an await.
-    let (token, ttl) = {
+    let (token, ttl, host) = {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -34,12 +34,15 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         (
             header("x-metadata-token"),
             header("x-metadata-token-ttl-seconds"),
+            header("host"),
         )
     };
     let fault = shared.lock().next_fault(method.as_str(), &path);
     let mut answer = None;
     if let Some(action) = fault {
-        answer = crate::api::apply_fault(action).await.map(|a| a.response);
+        answer = crate::api::apply_fault(action, host.as_deref())
+            .await
+            .map(|a| a.response);
     }
     let response = match answer {
         Some(r) => r,

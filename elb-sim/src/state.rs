@@ -212,6 +212,9 @@ pub enum FaultAction {
     Truncated,
     /// A 200 body of this many bytes.
     Oversized { bytes: usize },
+    /// A 200 with its headers and the first bytes of a longer body, then a TCP reset (RST, not FIN):
+    /// the connection aborted mid-body, as a crashing gateway or a middlebox does it.
+    ResetMidBody,
     /// Handle normally.
     Pass,
 }

@@ -99,7 +99,7 @@ impl AutoScaling {
         let op = format!("ListHookInstances group={group} instance={instance}");
         let req =
             Request::new(&op, Method::GET, self.path(group, "list")).query("instance_id", instance);
-        let info: HangingInfo = self.service.send(&req).await?.json(&op)?;
+        let info: HangingInfo = self.service.send_json(&req).await?;
         Ok(info
             .instance_hanging_info
             .into_iter()
@@ -129,7 +129,9 @@ impl AutoScaling {
             "lifecycle_action_key": hook.action_key,
             "lifecycle_action_result": answer.as_str(),
         });
-        let req = Request::new(&op, Method::PUT, self.path(group, "callback")).json(&body);
+        let req = Request::new(&op, Method::PUT, self.path(group, "callback"))
+            .json(&body)
+            .status_only();
         match self.service.send(&req).await {
             Ok(_) => Ok(Answered::Accepted),
             Err(e) if e.code() == Some("AS.7042") => Ok(Answered::AlreadyAnswered),

@@ -257,7 +257,8 @@ impl Elb {
             &op,
             Method::DELETE,
             self.path(&format!("/pools/{pool}/members/{member}")),
-        );
+        )
+        .status_only();
         let refused = match self.service.send(&req).await {
             Ok(_) => return Ok(DeleteOutcome::Deleted),
             Err(e) if e.status() == Some(404) => e,
@@ -294,15 +295,15 @@ impl Elb {
 
     pub async fn show_pool(&self, pool: &PoolId) -> Result<Pool, CloudError> {
         let op = format!("ShowPool pool={pool}");
-        let reply = self
+        let one: OnePool = self
             .service
-            .send(&Request::new(
+            .send_json(&Request::new(
                 &op,
                 Method::GET,
                 self.path(&format!("/pools/{pool}")),
             ))
             .await?;
-        Ok(reply.json::<OnePool>(&op)?.pool)
+        Ok(one.pool)
     }
 
     pub async fn show_member(
@@ -316,7 +317,7 @@ impl Elb {
             Method::GET,
             self.path(&format!("/pools/{pool}/members/{member}")),
         );
-        self.member_reply(&op, &req).await
+        self.member_reply(&req).await
     }
 
     /// CreateMember (201).
@@ -363,12 +364,12 @@ impl Elb {
             self.path(&format!("/pools/{pool}/members")),
         )
         .json(&serde_json::json!({ "member": member }));
-        self.member_reply(&op, &req).await
+        self.member_reply(&req).await
     }
 
     /// Sends a request answered by one `{"member": ...}`.
-    async fn member_reply(&self, op: &str, req: &Request) -> Result<Member, CloudError> {
-        Ok(self.service.send(req).await?.json::<OneMember>(op)?.member)
+    async fn member_reply(&self, req: &Request) -> Result<Member, CloudError> {
+        Ok(self.service.send_json::<OneMember>(req).await?.member)
     }
 
     /// UpdateMember: the weight (0 stops new connections, keeps the membership).
@@ -415,7 +416,7 @@ impl Elb {
             self.path(&format!("/pools/{pool}/members/{member}")),
         )
         .json(&serde_json::json!({ "member": body }));
-        self.member_reply(&op, &req).await
+        self.member_reply(&req).await
     }
 
     /// ListMembers with filters, every page.
@@ -452,7 +453,7 @@ impl Elb {
             if let Some(m) = &marker {
                 req = req.query("marker", m);
             }
-            let (items, info) = self.service.send(&req).await?.json::<P>(op)?.into_parts();
+            let (items, info) = self.service.send_json::<P>(&req).await?.into_parts();
             let n = items.len();
             out.extend(items);
             match next_marker(info, n, self.page_size) {

@@ -50,38 +50,47 @@ impl Iam {
         let req = Request::new(OP, Method::POST, "/v3/auth/tokens")
             .query("nocatalog", "true")
             .json(&body);
-        let reply = self.service.send(&req).await.map_err(|e| match e {
-            // The request body holds the password: make sure no error path can echo it.
-            CloudError::Api {
-                status,
-                code,
-                message,
-                request_id,
-                ..
-            } if status == 401 => CloudError::Api {
-                op: format!("{OP} for user {user:?} in domain {domain:?}"),
-                status,
-                code,
-                message,
-                request_id,
-            },
-            other => other,
-        })?;
-        let token = reply
-            .headers
-            .get("x-subject-token")
-            .and_then(|v| v.to_str().ok())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| CloudError::Decode {
+        // Parsed inside the retry loop: an answer without its token or with a garbled body is retried.
+        let accept = |reply: super::Reply| {
+            let token = reply
+                .headers
+                .get("x-subject-token")
+                .and_then(|v| v.to_str().ok())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| CloudError::Decode {
+                    op: OP.into(),
+                    reason: "no X-Subject-Token header".into(),
+                })
+                .map(Secret::new)?;
+            let info: TokenBody = reply.json(OP)?;
+            let expires = parse_time(&info.token.expires_at).ok_or_else(|| CloudError::Decode {
                 op: OP.into(),
-                reason: "no X-Subject-Token header".into(),
+                reason: format!("bad expires_at {:?}", info.token.expires_at),
             })?;
-        let info: TokenBody = reply.json(OP)?;
-        let expires = parse_time(&info.token.expires_at).ok_or_else(|| CloudError::Decode {
-            op: OP.into(),
-            reason: format!("bad expires_at {:?}", info.token.expires_at),
-        })?;
-        Ok((Secret::new(token), expires))
+            Ok((token, expires))
+        };
+        let (token, expires) = self
+            .service
+            .send_then(&req, accept)
+            .await
+            .map_err(|e| match e {
+                // The request body holds the password: make sure no error path can echo it.
+                CloudError::Api {
+                    status,
+                    code,
+                    message,
+                    request_id,
+                    ..
+                } if status == 401 => CloudError::Api {
+                    op: format!("{OP} for user {user:?} in domain {domain:?}"),
+                    status,
+                    code,
+                    message,
+                    request_id,
+                },
+                other => other,
+            })?;
+        Ok((token, expires))
     }
 }
 

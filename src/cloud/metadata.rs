@@ -123,16 +123,23 @@ impl Metadata {
         Ok(token)
     }
 
-    /// GETs a path, retrying transient failures a few times (the service is local; a hiccup is short).
-    async fn get(&self, path: &str) -> Result<Vec<u8>, CloudError> {
+    /// GETs a path and parses the answer with `parse`, retrying transient failures (a garbled or cut
+    /// answer included) a few times: the service is local, a hiccup is short.
+    async fn get<T>(
+        &self,
+        path: &str,
+        parse: impl Fn(&[u8]) -> Result<T, CloudError>,
+    ) -> Result<T, CloudError> {
         let op = format!("metadata GET {path}");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.get_once(path, &op).await;
+            let result = self.get_once(path, &op).await.and_then(|body| parse(&body));
             match result {
                 Err(e) if e.is_retryable() && attempt < 4 => {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    let delay = Duration::from_millis(50 << attempt);
+                    tracing::debug!(%op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(CloudError::Api { status: 401, .. }) if attempt < 2 => {
                     // The session token may have expired: get a new one.
@@ -160,43 +167,51 @@ impl Metadata {
 
     pub async fn identity(&self) -> Result<Identity, CloudError> {
         const PATH: &str = "/openstack/latest/meta_data.json";
-        let body = self.get(PATH).await?;
-        let decode = |reason: String| CloudError::Decode {
-            op: format!("metadata GET {PATH}"),
-            reason,
-        };
-        let raw: RawIdentity = serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))?;
-        Ok(Identity {
-            instance_id: InstanceId::parse(&raw.uuid).map_err(|e| decode(e.to_string()))?,
-            project_id: raw
-                .project_id
-                .as_deref()
-                .and_then(|p| ProjectId::parse(p).ok()),
-            region: raw.region_id.filter(|r| !r.is_empty()),
-            availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
-            hostname: raw.hostname,
+        self.get(PATH, |body| {
+            let decode = |reason: String| CloudError::Decode {
+                op: format!("metadata GET {PATH}"),
+                reason,
+            };
+            let raw: RawIdentity =
+                serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
+            Ok(Identity {
+                instance_id: InstanceId::parse(&raw.uuid).map_err(|e| decode(e.to_string()))?,
+                project_id: raw
+                    .project_id
+                    .as_deref()
+                    .and_then(|p| ProjectId::parse(p).ok()),
+                region: raw.region_id.filter(|r| !r.is_empty()),
+                availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
+                hostname: raw.hostname,
+            })
         })
+        .await
     }
 
     pub async fn local_ipv4(&self) -> Result<Ipv4Addr, CloudError> {
         const PATH: &str = "/latest/meta-data/local-ipv4";
-        let body = self.get(PATH).await?;
-        let text = String::from_utf8_lossy(&body);
-        text.trim().parse().map_err(|_| CloudError::Decode {
-            op: format!("metadata GET {PATH}"),
-            reason: format!("{:?} is not an IPv4 address", text.trim()),
+        self.get(PATH, |body| {
+            let text = String::from_utf8_lossy(body);
+            text.trim().parse().map_err(|_| CloudError::Decode {
+                op: format!("metadata GET {PATH}"),
+                reason: format!("{:?} is not an IPv4 address", text.trim()),
+            })
         })
+        .await
     }
 
     /// The IPv4 addresses of every NIC (`network_data.json`), for a server in pools on several subnets.
     /// Entries that are not addresses are skipped; duplicates kept once, in the service's order.
     pub async fn local_ipv4s(&self) -> Result<Vec<Ipv4Addr>, CloudError> {
         const PATH: &str = "/openstack/latest/network_data.json";
-        let body = self.get(PATH).await?;
-        let data: NetworkData = serde_json::from_slice(&body).map_err(|e| CloudError::Decode {
-            op: format!("metadata GET {PATH}"),
-            reason: e.to_string(),
-        })?;
+        let data: NetworkData = self
+            .get(PATH, |body| {
+                serde_json::from_slice(body).map_err(|e| CloudError::Decode {
+                    op: format!("metadata GET {PATH}"),
+                    reason: e.to_string(),
+                })
+            })
+            .await?;
         let mut out = Vec::new();
         for ip in data
             .links
@@ -213,30 +228,31 @@ impl Metadata {
     /// The agency's temporary keys and their expiry.
     pub async fn security_key(&self) -> Result<(SigningKey, SystemTime), CloudError> {
         const PATH: &str = "/openstack/latest/securitykey";
-        let body = match self.get(PATH).await {
+        let parse = |body: &[u8]| {
+            let decode = |reason: String| CloudError::Decode {
+                op: format!("metadata GET {PATH}"),
+                reason,
+            };
+            let raw: SecurityKey =
+                serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
+            let expires = super::iam::parse_time(&raw.credential.expires_at)
+                .ok_or_else(|| decode(format!("bad expires_at {:?}", raw.credential.expires_at)))?;
+            Ok((
+                SigningKey {
+                    ak: raw.credential.access,
+                    sk: Secret::new(raw.credential.secret),
+                    security_token: raw.credential.securitytoken.map(Secret::new),
+                },
+                expires,
+            ))
+        };
+        match self.get(PATH, parse).await {
             Err(CloudError::Api {
                 status: 401,
                 message: Some(m),
                 ..
-            }) if m.contains("Cloud Service Agency") => {
-                return Err(CloudError::NoAgency);
-            }
-            other => other?,
-        };
-        let decode = |reason: String| CloudError::Decode {
-            op: format!("metadata GET {PATH}"),
-            reason,
-        };
-        let raw: SecurityKey = serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))?;
-        let expires = super::iam::parse_time(&raw.credential.expires_at)
-            .ok_or_else(|| decode(format!("bad expires_at {:?}", raw.credential.expires_at)))?;
-        Ok((
-            SigningKey {
-                ak: raw.credential.access,
-                sk: Secret::new(raw.credential.secret),
-                security_token: raw.credential.securitytoken.map(Secret::new),
-            },
-            expires,
-        ))
+            }) if m.contains("Cloud Service Agency") => Err(CloudError::NoAgency),
+            other => other,
+        }
     }
 }

@@ -2,10 +2,12 @@
 //! typed errors that carry the API's `error_code`, `error_msg` and request id.
 //!
 //! Every API call goes through [`Service::send`]: the credential authenticates it (token header or AK/SK
-//! signature), transient failures (409 busy, 429, 5xx, network) are retried with jittered exponential
-//! backoff inside a deadline, a 401 refreshes the credential once, and response bodies are read with a
-//! size bound so a hostile or broken endpoint cannot make the agent buffer without limit. The service
-//! modules ([`elb`], [`metadata`], [`iam`]) are thin callers.
+//! signature), transient failures (409 busy, 429, 5xx, network, a 2xx body that does not parse) are
+//! retried with jittered exponential backoff inside a deadline, a 401 refreshes the credential once,
+//! and response bodies are read with a size bound so a hostile or broken endpoint cannot make the
+//! agent buffer without limit; a call answered by its status alone (DeleteMember, a lifecycle
+//! callback) reads no more than a small head of its 2xx body. The service modules ([`elb`],
+//! [`metadata`], [`iam`]) are thin callers.
 
 pub mod autoscaling;
 pub mod elb;
@@ -270,6 +272,9 @@ pub struct Request {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// The 2xx answer's body is of no use (DeleteMember, a lifecycle callback): the status is the
+    /// answer, so whatever follows it (too large, cut short) cannot turn a success into a failure.
+    pub status_only: bool,
 }
 
 impl Request {
@@ -280,7 +285,14 @@ impl Request {
             path: path.into(),
             query: Vec::new(),
             body: None,
+            status_only: false,
         }
+    }
+
+    /// Only the status of a 2xx answer matters; its body is not read beyond a small head.
+    pub fn status_only(mut self) -> Request {
+        self.status_only = true;
+        self
     }
 
     pub fn query(mut self, key: &str, value: impl ToString) -> Request {
@@ -350,14 +362,33 @@ impl Service {
 
     /// Sends with retries; `Ok` only for a 2xx answer.
     pub async fn send(&self, req: &Request) -> Result<Reply, CloudError> {
+        self.send_then(req, Ok).await
+    }
+
+    /// Sends with retries and parses the 2xx answer's JSON body as `T`. A body that does not parse
+    /// (cut short by a proxy, garbled) is retried like any other transient failure.
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+    ) -> Result<T, CloudError> {
+        self.send_then(req, |reply| reply.json(&req.op)).await
+    }
+
+    /// Sends with retries; a 2xx answer is handed to `accept`, whose error (a [`CloudError::Decode`]
+    /// is retryable) counts as the attempt's.
+    pub async fn send_then<T>(
+        &self,
+        req: &Request,
+        accept: impl Fn(Reply) -> Result<T, CloudError>,
+    ) -> Result<T, CloudError> {
         let started = Instant::now();
         let mut attempt = 0u32;
         let mut refreshed = false;
         loop {
             attempt += 1;
             let (result, retry_after) = self.once(req).await;
-            let err = match result {
-                Ok(reply) => return Ok(reply),
+            let err = match result.and_then(&accept) {
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             if err.status() == Some(401) && !refreshed {
@@ -449,9 +480,13 @@ impl Service {
                 retry_after,
             );
         }
-        let body = match read_bounded(response, &req.op).await {
-            Ok(b) => b,
-            Err(e) => return (Err(e), retry_after),
+        let body = if req.status_only {
+            read_head(response, ERROR_BODY_HEAD).await
+        } else {
+            match read_bounded(response, &req.op).await {
+                Ok(b) => b,
+                Err(e) => return (Err(e), retry_after),
+            }
         };
         (
             Ok(Reply {
