@@ -334,7 +334,7 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let deadline = started + cfg.drain.timeout;
     let prepared = tokio::select! {
         prepared = tokio::time::timeout_at(deadline, Agent::prepare(cfg.clone())) => prepared,
-        _ = signals.abort(None) => return Ok(Exit::Interrupted),
+        _ = signals.abort() => return Ok(Exit::Interrupted),
     };
     let agent = match prepared {
         Ok(Ok(agent)) => agent,
@@ -406,7 +406,7 @@ async fn drain_unprepared(
     ]);
     tokio::select! {
         _ = crate::drain::drive(plan, started, deregistration, setup, &sink) => code,
-        _ = signals.abort(None) => Exit::Interrupted,
+        _ = signals.abort() => Exit::Interrupted,
     }
 }
 
