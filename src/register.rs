@@ -206,10 +206,28 @@ async fn put_back(agent: &Agent, t: &Target) -> Result<Registered, RegisterError
             }
         }
         None => {
-            let m = agent
+            let created = agent
                 .elb
                 .create_member(&t.pool, t.address, t.port, t.subnet.as_deref(), t.weight)
-                .await?;
+                .await;
+            let m = match created {
+                Ok(m) => m,
+                // The create may have landed though its answer was lost (cut, garbled), and the
+                // retry was then refused as a duplicate: the membership is there, reuse it.
+                Err(e) => match agent
+                    .elb
+                    .list_members(&t.pool, &filters)
+                    .await?
+                    .into_iter()
+                    .next()
+                {
+                    Some(m) => {
+                        tracing::info!(pool = %t.pool, error = %e, "CreateMember failed, but the membership exists: reusing it");
+                        m
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             let id = MemberId::parse(&m.id).map_err(|e| {
                 RegisterError::Cloud(CloudError::Decode {
                     op: "CreateMember".into(),

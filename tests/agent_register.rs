@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use elb_sim::{Fault, FaultAction};
 
 fn ours(s: &Setup) -> Vec<serde_json::Value> {
     let port = s.app.addr.port();
@@ -238,4 +239,45 @@ async fn min_healthy_holds_the_deregistration_until_another_member_is_healthy() 
     );
     assert!(!s.sim.member_exists(POOL, MEMBER));
     assert_eq!(deletes(&s.sim).len(), 1);
+}
+
+/// The cloud made the membership but its answer was lost (cut short, or garbled): the retry is refused
+/// as a duplicate, the agent finds the membership it made and reuses it. One membership, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_was_lost_is_not_made_twice() {
+    for lost in [FaultAction::Truncated, FaultAction::Malformed] {
+        let s = setup_with(|mut sc| {
+            sc.member.retain(|m| m.id.as_deref() != Some(MEMBER));
+            sc
+        })
+        .await;
+        let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("member_id = \"{MEMBER}\"\n"),
+            "address = \"127.0.0.1\"\n",
+        );
+        std::fs::write(&config, text).unwrap();
+        s.sim.inject_fault(Fault::new(
+            "POST",
+            "/v3/*/elb/pools/*/members",
+            vec![FaultAction::Applied {
+                then: Box::new(lost.clone()),
+            }],
+        ));
+        let mut reg = ProcGuard::spawn(agent(&config, &["register", "--json"]));
+        let exit = reg.wait_timeout(Duration::from_secs(15)).expect("exits");
+        assert_eq!(exit.code(), Some(0), "{lost:?}: {}", reg.stderr());
+        let members = ours(&s);
+        assert_eq!(members.len(), 1, "{lost:?}: {members:?}");
+        let out: serde_json::Value = serde_json::from_str(&reg.stdout()).unwrap();
+        assert_eq!(out["registered"][0]["member_id"], members[0]["id"], "{out}");
+        let creates: Vec<u16> = s
+            .sim
+            .request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.service == "elb")
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(creates, [200, 409], "{lost:?}: the retry met the duplicate");
+    }
 }

@@ -104,6 +104,8 @@ pub fn injected(status: u16, retry_after: Option<u64>) -> Response {
 pub async fn apply_fault(action: FaultAction, host: Option<&str>) -> Option<Answer> {
     match action {
         FaultAction::Pass => None,
+        // Only the API gateway applies requests; elsewhere (metadata) the answer alone is damaged.
+        FaultAction::Applied { then } => Box::pin(apply_fault(*then, host)).await,
         FaultAction::Delay { ms } => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             None
@@ -356,11 +358,29 @@ async fn gate(
 ) -> (Answer, AuthKind) {
     let fault = shared.lock().next_fault(method.as_str(), path);
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(action) = fault
-        && let Some(answer) = apply_fault(action, host).await
-    {
-        return (answer, AuthKind::None);
+    match fault {
+        Some(FaultAction::Applied { then }) => {
+            let (handled, kind) = past_faults(shared, method, path, query, headers, body).await;
+            let answer = Box::pin(apply_fault(*then, host)).await;
+            (answer.unwrap_or(handled), kind)
+        }
+        Some(action) => match apply_fault(action, host).await {
+            Some(answer) => (answer, AuthKind::None),
+            None => past_faults(shared, method, path, query, headers, body).await,
+        },
+        None => past_faults(shared, method, path, query, headers, body).await,
     }
+}
+
+/// A request past the fault injector: IAM, or an authenticated ELB/AS call.
+async fn past_faults(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Answer, AuthKind) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() == Some(&"v3") && segments.get(1) == Some(&"auth") {
         let r = iam(shared, method, &segments, body);

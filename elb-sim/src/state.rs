@@ -215,6 +215,10 @@ pub enum FaultAction {
     /// A 200 with its headers and the first bytes of a longer body, then a TCP reset (RST, not FIN):
     /// the connection aborted mid-body, as a crashing gateway or a middlebox does it.
     ResetMidBody,
+    /// Handle the request (its change takes effect), then answer with `then` instead of the real
+    /// answer: the answer lost after the change was made, as when a gateway fails after the backend
+    /// committed. A client that retries a create sees a duplicate.
+    Applied { then: Box<FaultAction> },
     /// Handle normally.
     Pass,
 }

@@ -205,7 +205,8 @@ impl CloudError {
             CloudError::Transport { .. } => true,
             CloudError::Decode { .. } => true,
             CloudError::Api { status, code, .. } => match status {
-                409 => code.as_deref() != Some("ELB.8905"), // quota exceeded will not pass
+                // Busy (ELB.8907, or no code at all) passes; a quota or a duplicate never will.
+                409 => matches!(code.as_deref(), None | Some("ELB.8907")),
                 429 | 500 | 502 | 503 | 504 => true,
                 _ => false,
             },
@@ -703,6 +704,7 @@ mod tests {
     fn classification_follows_the_reference_table() {
         assert!(parse(409, r#"{"error_code":"ELB.8907"}"#).is_retryable());
         assert!(!parse(409, r#"{"error_code":"ELB.8905"}"#).is_retryable());
+        assert!(!parse(409, r#"{"error_code":"ELB.8911"}"#).is_retryable());
         for s in [429, 500, 503] {
             assert!(parse(s, "{}").is_retryable(), "{s}");
         }
