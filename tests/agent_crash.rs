@@ -414,6 +414,41 @@ async fn register_on_start_killed_during_create_member_ends_with_exactly_one_mem
     assert!(ours(&s).is_empty());
 }
 
+/// Killed after the cloud made the membership but before its answer came back (elb-sim commits the
+/// create, then holds the answer): the restart finds the membership by address and port and reuses
+/// it instead of making a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_on_start_killed_after_the_create_landed_reuses_it() {
+    let s = without_our_member().await;
+    let config = register_on_start_config(&s);
+    s.sim.inject_fault(Fault::new(
+        "POST",
+        CREATE_PATH,
+        vec![FaultAction::Applied {
+            then: Box::new(FaultAction::Delay { ms: 5_000 }),
+        }],
+    ));
+    let mut first = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        wait_until(LIMIT, || ours(&s).len() == 1),
+        "the create never landed:\n{}",
+        first.stderr()
+    );
+    kill9(&mut first);
+
+    let mut second = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        second.wait_stderr("ready: waiting", LIMIT),
+        "{}",
+        second.stderr()
+    );
+    assert!(second.stderr().contains("reused"), "{}", second.stderr());
+    assert_eq!(ours(&s).len(), 1, "no duplicate: {:?}", ours(&s));
+    second.signal(libc::SIGTERM);
+    assert_eq!(exits(&mut second), Some(0), "{}", second.stderr());
+    assert!(ours(&s).is_empty());
+}
+
 /// A corrupt state file (truncated JSON): the agent says so naming the file, moves it aside, asks the
 /// API instead (the member it no longer remembers removing answers 404: already gone) and drains to
 /// exit 0. A bad memory is never a crash nor exit 1.
