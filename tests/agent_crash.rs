@@ -53,16 +53,6 @@ fn requests(sim: &elb_sim::Sim, method: &str, from: usize) -> Vec<LoggedRequest>
         .collect()
 }
 
-/// The members of the pool at our application's port: what `register` must keep at exactly one.
-fn ours(s: &Setup) -> Vec<serde_json::Value> {
-    let port = s.app.addr.port();
-    s.sim
-        .members(POOL)
-        .into_iter()
-        .filter(|m| m["protocol_port"] == port)
-        .collect()
-}
-
 /// An injected fault has been taken by a request: that request is now in the simulator, delayed.
 fn fault_taken(s: &Setup) -> bool {
     s.sim
@@ -265,7 +255,7 @@ async fn weight0_killed_mid_drain_keeps_weight_0_and_register_restores_the_origi
         "{}",
         first.stderr()
     );
-    assert_eq!(ours(&s)[0]["weight"], 0);
+    assert_eq!(s.ours()[0]["weight"], 0);
     kill9(&mut first);
     let before = s.sim.request_log().len();
 
@@ -275,7 +265,7 @@ async fn weight0_killed_mid_drain_keeps_weight_0_and_register_restores_the_origi
         "the state file said it was at weight 0 already: no second update"
     );
     assert_eq!(requests(&s.sim, "PUT", 0).len(), 1);
-    assert_eq!(ours(&s)[0]["weight"], 0, "weight stays 0 after the restart");
+    assert_eq!(s.ours()[0]["weight"], 0, "weight stays 0 after the restart");
     assert_eq!(
         state(&s)["memberships"][0]["weight"],
         7,
@@ -286,7 +276,7 @@ async fn weight0_killed_mid_drain_keeps_weight_0_and_register_restores_the_origi
     let mut reg = ProcGuard::spawn(agent(&config, &["register"]));
     assert_eq!(exits(&mut reg), Some(0), "{}", reg.stderr());
     assert!(reg.stdout().contains("weight restored"), "{}", reg.stdout());
-    let members = ours(&s);
+    let members = s.ours();
     assert_eq!(members.len(), 1, "{members:?}");
     assert_eq!(members[0]["weight"], 7, "exactly the weight it had");
     assert_eq!(members[0]["id"], MEMBER, "same membership, updated");
@@ -327,13 +317,10 @@ fn restart_drain_and_finish_weight0(
 /// A config for `run` with `[register] on_start`, finding the membership by address and port.
 fn register_on_start_config(s: &Setup) -> std::path::PathBuf {
     let port = s.app.addr.port();
-    let config = s.config(&format!("{QUICK}\nports = [{port}]"));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("member_id = \"{MEMBER}\"\n"),
-        "address = \"127.0.0.1\"\n",
-    ) + "[register]\non_start = true\nhealthy_timeout = \"0s\"\n";
-    std::fs::write(&config, text).unwrap();
-    config
+    s.config_by_address(
+        &format!("{QUICK}\nports = [{port}]"),
+        "[register]\non_start = true\nhealthy_timeout = \"0s\"\n",
+    )
 }
 
 async fn without_our_member() -> Setup {
@@ -351,14 +338,14 @@ async fn without_our_member() -> Setup {
 async fn register_on_start_killed_after_registering_does_not_register_twice() {
     let s = without_our_member().await;
     let config = register_on_start_config(&s);
-    assert!(ours(&s).is_empty());
+    assert!(s.ours().is_empty());
     let mut first = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         first.wait_stderr("ready: waiting", LIMIT),
         "{}",
         first.stderr()
     );
-    assert_eq!(ours(&s).len(), 1);
+    assert_eq!(s.ours().len(), 1);
     kill9(&mut first);
 
     let mut second = ProcGuard::spawn(agent(&config, &["run"]));
@@ -368,7 +355,7 @@ async fn register_on_start_killed_after_registering_does_not_register_twice() {
         second.stderr()
     );
     assert!(second.stderr().contains("reused"), "{}", second.stderr());
-    let members = ours(&s);
+    let members = s.ours();
     assert_eq!(members.len(), 1, "no duplicate: {members:?}");
     // The first start's CreateMember; the second found that membership and created nothing.
     assert_eq!(requests(&s.sim, "POST", 0).len(), 1);
@@ -376,7 +363,7 @@ async fn register_on_start_killed_after_registering_does_not_register_twice() {
     // And it is that membership the restarted daemon drains.
     second.signal(libc::SIGTERM);
     assert_eq!(exits(&mut second), Some(0), "{}", second.stderr());
-    assert!(ours(&s).is_empty());
+    assert!(s.ours().is_empty());
     assert_eq!(requests(&s.sim, "DELETE", 0).len(), 1);
 }
 
@@ -406,12 +393,12 @@ async fn register_on_start_killed_during_create_member_ends_with_exactly_one_mem
         .iter()
         .map(|r| r.status)
         .collect();
-    let members = ours(&s);
+    let members = s.ours();
     assert_eq!(members.len(), 1, "{members:?} after creates {creates:?}");
     assert_eq!(creates, [201], "{}", second.stderr());
     second.signal(libc::SIGTERM);
     assert_eq!(exits(&mut second), Some(0), "{}", second.stderr());
-    assert!(ours(&s).is_empty());
+    assert!(s.ours().is_empty());
 }
 
 /// Killed after the cloud made the membership but before its answer came back (elb-sim commits the
@@ -430,7 +417,7 @@ async fn register_on_start_killed_after_the_create_landed_reuses_it() {
     ));
     let mut first = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
-        wait_until(LIMIT, || ours(&s).len() == 1),
+        wait_until(LIMIT, || s.ours().len() == 1),
         "the create never landed:\n{}",
         first.stderr()
     );
@@ -443,10 +430,10 @@ async fn register_on_start_killed_after_the_create_landed_reuses_it() {
         second.stderr()
     );
     assert!(second.stderr().contains("reused"), "{}", second.stderr());
-    assert_eq!(ours(&s).len(), 1, "no duplicate: {:?}", ours(&s));
+    assert_eq!(s.ours().len(), 1, "no duplicate: {:?}", s.ours());
     second.signal(libc::SIGTERM);
     assert_eq!(exits(&mut second), Some(0), "{}", second.stderr());
-    assert!(ours(&s).is_empty());
+    assert!(s.ours().is_empty());
 }
 
 /// A corrupt state file (truncated JSON): the agent says so naming the file, moves it aside, asks the

@@ -8,35 +8,10 @@ use std::time::Duration;
 
 use common::*;
 
-/// A Python echo server on `port` that prints its PID, and exits 3 on SIGTERM.
-fn app_command(port: u16) -> Vec<String> {
-    let script = format!(
-        "import os,signal,socket,sys,threading\n\
-         signal.signal(signal.SIGTERM, lambda *a: (print('got TERM', flush=True), os._exit(3)))\n\
-         signal.signal(signal.SIGUSR1, lambda *a: print('got USR1', flush=True))\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
-         print('pid', os.getpid(), flush=True)\n\
-         def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
-         while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
-    );
-    vec!["python3".into(), "-c".into(), script]
-}
-
 /// A setup whose member is served by the supervised child instead of the in-test echo server.
 async fn exec_setup() -> (Setup, u16) {
     let port = unclaimed_port();
-    let s = setup_with(|mut sc| {
-        if let Some(m) = sc
-            .member
-            .iter_mut()
-            .find(|m| m.id.as_deref() == Some(MEMBER))
-        {
-            m.protocol_port = port;
-        }
-        sc
-    })
-    .await;
-    (s, port)
+    (setup_on_port(port).await, port)
 }
 
 fn spawn_exec(s: &Setup, port: u16) -> ProcGuard {
@@ -44,7 +19,7 @@ fn spawn_exec(s: &Setup, port: u16) -> ProcGuard {
         "settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"20s\"\nports = [{port}]"
     ));
     let mut args = vec!["exec", "--grace", "2s", "--"];
-    let cmd = app_command(port);
+    let cmd = python_echo_app(port, 0.0);
     args.extend(cmd.iter().map(String::as_str));
     ProcGuard::spawn(agent(&config, &args))
 }

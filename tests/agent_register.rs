@@ -8,29 +8,16 @@ use std::time::Duration;
 use common::*;
 use elb_sim::{Fault, FaultAction};
 
-fn ours(s: &Setup) -> Vec<serde_json::Value> {
-    let port = s.app.addr.port();
-    s.sim
-        .members(POOL)
-        .into_iter()
-        .filter(|m| m["protocol_port"] == port)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_after_a_stop_recreates_the_member_once_and_waits_until_it_is_online() {
     let s =
         setup_with(|sc| sc.settings(|st| st.health_interval = Duration::from_millis(100))).await;
     let port = s.app.addr.port();
     // A config without member IDs: the membership is discovered by address and port.
-    let config = s.config(&format!(
-        "settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"
-    ));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("member_id = \"{MEMBER}\"\n"),
-        "address = \"127.0.0.1\"\n",
+    let config = s.config_by_address(
+        &format!("settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"),
+        "",
     );
-    std::fs::write(&config, text).unwrap();
 
     let mut drain = ProcGuard::spawn(agent(&config, &["drain"]));
     assert_eq!(
@@ -42,7 +29,7 @@ async fn register_after_a_stop_recreates_the_member_once_and_waits_until_it_is_o
         "{}",
         drain.stderr()
     );
-    assert!(ours(&s).is_empty(), "deregistered");
+    assert!(s.ours().is_empty(), "deregistered");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(s.dir.path().join("state.json")).unwrap())
             .unwrap();
@@ -61,7 +48,7 @@ async fn register_after_a_stop_recreates_the_member_once_and_waits_until_it_is_o
         let out: serde_json::Value = serde_json::from_str(&reg.stdout()).unwrap();
         let action = out["registered"][0]["action"].as_str().unwrap().to_owned();
         assert_eq!(action, if round == 0 { "created" } else { "reused" });
-        let members = ours(&s);
+        let members = s.ours();
         assert_eq!(
             members.len(),
             1,
@@ -101,7 +88,8 @@ async fn weight0_mode_keeps_the_membership_and_register_restores_the_weight() {
     std::fs::write(&config, text).unwrap();
     let held = s.connections_to_us(1);
     let mut drain = ProcGuard::spawn(agent(&config, &["drain"]));
-    assert!(wait_until(Duration::from_secs(5), || ours(&s)
+    assert!(wait_until(Duration::from_secs(5), || s
+        .ours()
         .first()
         .is_some_and(|m| m["weight"] == 0)));
     // Weight 0: no new connections to us, the old one keeps flowing.
@@ -134,8 +122,8 @@ async fn weight0_mode_keeps_the_membership_and_register_restores_the_weight() {
         reg.stderr()
     );
     assert!(reg.stdout().contains("weight restored"), "{}", reg.stdout());
-    assert_eq!(ours(&s)[0]["weight"], 7, "exactly the weight it had");
-    assert_eq!(ours(&s)[0]["id"], MEMBER, "one UPDATE, same membership");
+    assert_eq!(s.ours()[0]["weight"], 7, "exactly the weight it had");
+    assert_eq!(s.ours()[0]["id"], MEMBER, "one UPDATE, same membership");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,14 +134,10 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
     })
     .await;
     let port = s.app.addr.port();
-    let config = s.config(&format!(
-        "settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"
-    ));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("member_id = \"{MEMBER}\"\n"),
-        "address = \"127.0.0.1\"\n",
-    ) + "[register]\non_start = true\nhealthy_timeout = \"10s\"\n";
-    std::fs::write(&config, text).unwrap();
+    let config = s.config_by_address(
+        &format!("settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"),
+        "[register]\non_start = true\nhealthy_timeout = \"10s\"\n",
+    );
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         agent.wait_stderr("ready", Duration::from_secs(15)),
@@ -165,7 +149,7 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
         err.find("member is healthy").unwrap() < err.find("ready: waiting").unwrap(),
         "{err}"
     );
-    assert_eq!(ours(&s)[0]["operating_status"], "ONLINE");
+    assert_eq!(s.ours()[0]["operating_status"], "ONLINE");
     agent.signal(libc::SIGTERM);
     assert_eq!(
         agent
@@ -177,7 +161,7 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
         agent.stderr()
     );
     assert!(
-        ours(&s).is_empty(),
+        s.ours().is_empty(),
         "the registered member is the one drained"
     );
 }
@@ -251,12 +235,7 @@ async fn a_create_whose_answer_was_lost_is_not_made_twice() {
             sc
         })
         .await;
-        let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            &format!("member_id = \"{MEMBER}\"\n"),
-            "address = \"127.0.0.1\"\n",
-        );
-        std::fs::write(&config, text).unwrap();
+        let config = s.config_by_address("settle = \"100ms\"\npoll_interval = \"20ms\"", "");
         s.sim.inject_fault(Fault::new(
             "POST",
             "/v3/*/elb/pools/*/members",
@@ -267,7 +246,7 @@ async fn a_create_whose_answer_was_lost_is_not_made_twice() {
         let mut reg = ProcGuard::spawn(agent(&config, &["register", "--json"]));
         let exit = reg.wait_timeout(Duration::from_secs(15)).expect("exits");
         assert_eq!(exit.code(), Some(0), "{lost:?}: {}", reg.stderr());
-        let members = ours(&s);
+        let members = s.ours();
         assert_eq!(members.len(), 1, "{lost:?}: {members:?}");
         let out: serde_json::Value = serde_json::from_str(&reg.stdout()).unwrap();
         assert_eq!(out["registered"][0]["member_id"], members[0]["id"], "{out}");

@@ -194,21 +194,12 @@ async fn a_storm_while_registering_on_start_drains_what_was_registered() {
     })
     .await;
     let port = s.app.addr.port();
-    let config = s.config(&format!("{QUICK}\nports = [{port}]"));
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("member_id = \"{MEMBER}\"\n"),
-        "address = \"127.0.0.1\"\n",
-    ) + "[register]\non_start = true\nhealthy_timeout = \"60s\"\n";
-    std::fs::write(&config, text).unwrap();
-    let ours = || {
-        s.sim
-            .members(POOL)
-            .into_iter()
-            .filter(|m| m["protocol_port"] == port)
-            .count()
-    };
+    let config = s.config_by_address(
+        &format!("{QUICK}\nports = [{port}]"),
+        "[register]\non_start = true\nhealthy_timeout = \"60s\"\n",
+    );
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(wait_until(LIMIT, || ours() == 1), "{}", agent.stderr());
+    assert!(wait_until(LIMIT, || s.ours().len() == 1), "{}", agent.stderr());
     let stopped = Instant::now();
     storm(&agent, STORM);
     let exit = agent.wait_timeout(LIMIT).expect("exits");
@@ -217,7 +208,7 @@ async fn a_storm_while_registering_on_start_drains_what_was_registered() {
     assert!(stopped.elapsed() < LIMIT, "{:?}", stopped.elapsed());
     assert!(err.contains("stop signal while registering"), "{err}");
     assert!(!err.contains("ready: waiting"), "{err}");
-    assert_eq!(ours(), 0, "the member it registered is drained");
+    assert_eq!(s.ours().len(), 0, "the member it registered is drained");
     assert_eq!(count(&err, "stop: deregistering"), 1, "{err}");
     assert_eq!(deletes(&s.sim).len(), 1);
     let creates = s
@@ -347,38 +338,13 @@ async fn sigint_twice_while_draining_exits_130_at_once() {
     assert_eq!(deletes(&s.sim).len(), 1);
 }
 
-/// A Python echo server on `port` that, on SIGTERM, says so and takes `exit_after` seconds to exit 3:
-/// an application finishing its own shutdown.
-fn slow_stopping_app(port: u16, exit_after: f64) -> Vec<String> {
-    let script = format!(
-        "import os,signal,socket,threading\n\
-         def term(*a):\n    print('got TERM', flush=True)\n    threading.Timer({exit_after}, lambda: os._exit(3)).start()\n\
-         signal.signal(signal.SIGTERM, term)\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
-         print('listening', flush=True)\n\
-         def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
-         while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
-    );
-    vec!["python3".into(), "-c".into(), script]
-}
-
 /// `exec` supervising the slow-stopping app, ready.
 async fn exec_ready() -> (Setup, ProcGuard) {
     let port = unclaimed_port();
-    let s = setup_with(|mut sc| {
-        if let Some(m) = sc
-            .member
-            .iter_mut()
-            .find(|m| m.id.as_deref() == Some(MEMBER))
-        {
-            m.protocol_port = port;
-        }
-        sc
-    })
-    .await;
+    let s = setup_on_port(port).await;
     let config = s.config(&format!("{QUICK}\nports = [{port}]"));
     let mut args = vec!["exec", "--grace", "10s", "--"];
-    let cmd = slow_stopping_app(port, HELD_MS as f64 / 1000.0);
+    let cmd = python_echo_app(port, HELD_MS as f64 / 1000.0);
     args.extend(cmd.iter().map(String::as_str));
     let agent = ProcGuard::spawn(agent(&config, &args));
     assert!(
@@ -387,7 +353,7 @@ async fn exec_ready() -> (Setup, ProcGuard) {
         agent.stderr()
     );
     assert!(
-        wait_until(LIMIT, || agent.stdout().contains("listening")),
+        wait_until(LIMIT, || agent.stdout().contains("pid ")),
         "{}",
         agent.stderr()
     );

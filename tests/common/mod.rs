@@ -53,6 +53,16 @@ pub async fn setup_with(f: impl FnOnce(Scenario) -> Scenario) -> Setup {
 }
 
 impl Setup {
+    /// The pool's members at our application's port: what `register` must keep at exactly one.
+    pub fn ours(&self) -> Vec<serde_json::Value> {
+        let port = self.app.addr.port();
+        self.sim
+            .members(POOL)
+            .into_iter()
+            .filter(|m| m["protocol_port"] == port)
+            .collect()
+    }
+
     /// A config for our member, password auth, with extra `[drain]` lines.
     pub fn config(&self, drain: &str) -> std::path::PathBuf {
         let password = write_file(self.dir.path(), "password", "correct horse");
@@ -77,6 +87,18 @@ impl Setup {
                 self.app.addr.port()
             ),
         )
+    }
+
+    /// [`Setup::config`] with our member found by address and port instead of its ID (registering
+    /// makes a new ID), and `more` (further TOML tables) appended.
+    pub fn config_by_address(&self, drain: &str, more: &str) -> std::path::PathBuf {
+        let config = self.config(drain);
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("member_id = \"{MEMBER}\"\n"),
+            "address = \"127.0.0.1\"\n",
+        ) + more;
+        std::fs::write(&config, text).unwrap();
+        config
     }
 
     pub fn lb(&self) -> TcpStream {
@@ -305,6 +327,38 @@ pub fn unclaimed_port() -> u16 {
         }
     }
     panic!("no free loopback port in {floor}..{low}");
+}
+
+/// [`setup`] with our member on `port`, for an application the test starts later (an `exec` child).
+pub async fn setup_on_port(port: u16) -> Setup {
+    setup_with(|mut sc| {
+        if let Some(m) = sc
+            .member
+            .iter_mut()
+            .find(|m| m.id.as_deref() == Some(MEMBER))
+        {
+            m.protocol_port = port;
+        }
+        sc
+    })
+    .await
+}
+
+/// A Python echo server on `port`, the application an `exec` test supervises. It prints `pid N` once
+/// it listens, `got USR1` on SIGUSR1, and `got TERM` on SIGTERM, then exits 3 after `exit_after`
+/// seconds (an application finishing its own shutdown; 0 for at once).
+pub fn python_echo_app(port: u16, exit_after: f64) -> Vec<String> {
+    let script = format!(
+        "import os,signal,socket,threading\n\
+         def term(*a):\n    print('got TERM', flush=True)\n    threading.Timer({exit_after}, lambda: os._exit(3)).start()\n\
+         signal.signal(signal.SIGTERM, term)\n\
+         signal.signal(signal.SIGUSR1, lambda *a: print('got USR1', flush=True))\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
+         print('pid', os.getpid(), flush=True)\n\
+         def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
+         while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
+    );
+    vec!["python3".into(), "-c".into(), script]
 }
 
 /// Sends a line and reads the echo back.
