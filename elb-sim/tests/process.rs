@@ -1,99 +1,15 @@
 //! elb-sim as a user runs it: the binary with the sample scenario (ports moved to 127.0.0.1:0), the
 //! ready line on stdout, a working API, and a clean exit on SIGTERM.
 
+mod proc;
+
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use proc::*;
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
-
-/// The simulator process, killed by PID when the test ends however it ends.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (stdout, stderr) = (
-            Arc::new(Mutex::new(String::new())),
-            Arc::new(Mutex::new(String::new())),
-        );
-        for (mut pipe, into) in [
-            (
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-                stdout.clone(),
-            ),
-            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
-        ] {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                    into.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(20)); // let the readers drain the pipes
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
-
-fn write_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
 #[test]
 fn the_sample_scenario_parses() {

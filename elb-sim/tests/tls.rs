@@ -2,11 +2,13 @@
 //! (the ready line names the CA file, and a client trusting it gets answers), `[tls]` with a
 //! certificate and key of the user's own, and a `[tls]` that cannot work refused at start.
 
-use std::io::Read;
+mod proc;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proc::*;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -14,88 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/elb-sim.toml");
-
-/// The simulator process, killed by PID when the test ends however it ends.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_elb-sim"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (stdout, stderr) = (
-            Arc::new(Mutex::new(String::new())),
-            Arc::new(Mutex::new(String::new())),
-        );
-        for (mut pipe, into) in [
-            (
-                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-                stdout.clone(),
-            ),
-            (Box::new(child.stderr.take().unwrap()), stderr.clone()),
-        ] {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                    into.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The ready line, parsed.
-    fn ready(&self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(line) = self.stdout.lock().unwrap().lines().next() {
-                return serde_json::from_str(line).unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no ready line: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The sample scenario on ports of the kernel's choosing, plus `extra`.
 fn scenario(dir: &Path, extra: &str) -> String {
@@ -147,7 +67,7 @@ async fn token_over_tls(api: &str, ca_pem: &[u8]) -> Result<String, std::io::Err
 async fn tls_self_signed_serves_https_trusted_through_the_ca_it_writes() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    let sim = Proc::spawn(&[
+    let sim = Proc::sim(&[
         "--config",
         SAMPLE,
         "--any-port",
@@ -191,7 +111,7 @@ async fn tls_cert_and_key_files_from_the_scenario() {
             key.display()
         ),
     );
-    let sim = Proc::spawn(&["--config", &config, "--any-port"]);
+    let sim = Proc::sim(&["--config", &config, "--any-port"]);
     let ready = sim.ready();
     let api = ready["api"].as_str().unwrap();
     assert!(ready.get("ca_file").is_none(), "{ready}");
@@ -220,7 +140,7 @@ fn a_tls_section_that_cannot_work_is_refused_at_start() {
         ),
     ] {
         let config = scenario(dir.path(), &extra);
-        let mut sim = Proc::spawn(&["--config", &config, "--any-port"]);
+        let mut sim = Proc::sim(&["--config", &config, "--any-port"]);
         let exit = sim.wait_timeout(Duration::from_secs(10)).expect("exits");
         assert_eq!(exit.code(), Some(78), "{}", sim.stderr());
         assert!(sim.stderr().contains(says), "{}", sim.stderr());
