@@ -93,8 +93,9 @@ impl Signals {
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, for `main` to call first thing: one that
 /// arrives before the handlers exist (while the command line is parsed and the runtime built) then
 /// stays pending instead of killing the process with the default action, and [`Signals::install`]
-/// (or [`release`], for commands that install none) lets it through. Threads and children started
-/// later inherit the mask in effect when they start, which is after the release.
+/// (or [`release`], for commands that install none) lets it through on the main thread, where the
+/// commands run. The runtime's worker threads keep the signals blocked, which only means the kernel
+/// delivers them to the main thread; children start with an empty mask (std resets it at spawn).
 pub fn hold() {
     mask(libc::SIG_BLOCK);
 }

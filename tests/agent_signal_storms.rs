@@ -199,7 +199,11 @@ async fn a_storm_while_registering_on_start_drains_what_was_registered() {
         "[register]\non_start = true\nhealthy_timeout = \"60s\"\n",
     );
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(wait_until(LIMIT, || s.ours().len() == 1), "{}", agent.stderr());
+    assert!(
+        wait_until(LIMIT, || s.ours().len() == 1),
+        "{}",
+        agent.stderr()
+    );
     let stopped = Instant::now();
     storm(&agent, STORM);
     let exit = agent.wait_timeout(LIMIT).expect("exits");
