@@ -331,7 +331,10 @@ proptest! {
         ]
     ) {
         match parse_config(&text) {
-            Ok(config) => prop_assert!(config.drain.settle < config.drain.timeout),
+            Ok(config) => {
+                prop_assert!(config.drain.settle < config.drain.timeout);
+                prop_assert!(fits_the_clock(&config));
+            }
             Err(ConfigError::Syntax { message, .. }) => {
                 prop_assert!(message.contains("line "), "no position: {message:?}")
             }
@@ -339,6 +342,61 @@ proptest! {
                 prop_assert!(!field.trim().is_empty() && !reason.trim().is_empty())
             }
             Err(e @ ConfigError::Read { .. }) => prop_assert!(false, "parse read a file: {e}"),
+        }
+    }
+}
+
+/// Every duration setting can be added to the clock, with room for sums (deadlines are `now + d`).
+fn fits_the_clock(c: &Config) -> bool {
+    let now = std::time::Instant::now();
+    [
+        c.cloud.connect_timeout,
+        c.cloud.request_timeout,
+        c.cloud.retry_deadline,
+        c.cloud.discovery_interval,
+        c.drain.timeout,
+        c.drain.settle,
+        c.drain.poll_interval,
+        c.drain.min_healthy_wait,
+        c.register.healthy_timeout,
+    ]
+    .into_iter()
+    .chain(
+        c.autoscaling
+            .iter()
+            .flat_map(|a| [a.poll_interval, a.extend_margin]),
+    )
+    .all(|d| now.checked_add(d * 4).is_some())
+}
+
+proptest! {
+    #![proptest_config(cases(128))]
+
+    /// Durations as long as humantime can spell: refused past the clock, naming the field, instead of
+    /// a panic at `now + timeout` when the server stops.
+    #[test]
+    fn a_duration_past_the_clock_is_refused(
+        index in 0..16usize,
+        amount in prop_oneof![1u64..=u64::MAX, Just(u64::MAX), 10u64..1_000_000],
+        unit in prop_oneof![Just("s"), Just("h"), Just("days"), Just("years")],
+    ) {
+        let durations: Vec<_> = base_config()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, k, _))| {
+                k.ends_with("timeout")
+                    || k.ends_with("interval")
+                    || ["retry_deadline", "settle", "min_healthy_wait", "extend_margin"].contains(k)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut lines = base_config();
+        let at = durations[index % durations.len()];
+        lines[at].2 = toml_str(&format!("{amount}{unit}"));
+        let name = format!("{}.{}", lines[at].0, lines[at].1);
+        match parse_config(&render(&lines)) {
+            Ok(config) => prop_assert!(fits_the_clock(&config)),
+            Err(e) => prop_assert!(e.to_string().contains(&name), "{e}"),
         }
     }
 }
@@ -486,6 +544,36 @@ proptest! {
                 prop_assert!(id != MEMBER || text.contains("address"), "{}", text);
             }
         }
+    }
+
+    /// A pool's `connection_drain.timeout` is whatever u64 the cloud sends: handed to the drain engine
+    /// (as the agent does after ShowPool) it can lower the deadline, never panic past the clock.
+    #[test]
+    fn any_pool_drain_timeout_is_safe_for_the_engine(
+        timeout in prop_oneof![any::<u64>(), Just(u64::MAX), 0..5000u64],
+        enable in any::<bool>(),
+    ) {
+        use elb_drain::drain::{Engine, Plan};
+        let body = json!({"pool": {"id": POOL, "connection_drain": {"enable": enable, "timeout": timeout}}});
+        let pool = elb::parse_pool("ShowPool", body.to_string().as_bytes()).expect("a valid pool");
+        let plan = Plan {
+            settle: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(300),
+            poll_interval: std::time::Duration::from_millis(200),
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut engine = Engine::new(plan, t0);
+        engine.deregistered(t0, false);
+        if let Some(t) = pool.connection_drain_timeout() {
+            prop_assert!(enable && t.as_secs() == timeout);
+            engine.lb_connection_drain(POOL, t, t0);
+        }
+        let expected = if enable && timeout > 0 && timeout < 300 {
+            t0 + std::time::Duration::from_secs(timeout)
+        } else {
+            t0 + plan.timeout
+        };
+        prop_assert_eq!(engine.deadline(), expected);
     }
 
     /// Paging stops on a short page whatever `page_info` claims, and never hands back an empty marker.

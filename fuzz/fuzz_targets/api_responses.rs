@@ -9,10 +9,12 @@
 #![no_main]
 
 use elb_drain::cloud::{CloudError, api_error, autoscaling, elb, iam, metadata};
+use elb_drain::drain::{Engine, Plan};
 use elb_drain::ids::PoolId;
 use libfuzzer_sys::fuzz_target;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
+use std::time::Duration;
 
 const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
 
@@ -41,6 +43,17 @@ fuzz_target!(|body: &[u8]| {
     if let Some(p) = names_op(elb::parse_pool("ShowPool", body), "ShowPool") {
         if let Some(t) = p.connection_drain_timeout() {
             assert!(!t.is_zero());
+            // As the agent does after ShowPool: the timeout may lower the drain deadline, never panic.
+            let plan = Plan {
+                settle: Duration::from_secs(2),
+                timeout: Duration::from_secs(300),
+                poll_interval: Duration::from_millis(200),
+            };
+            let t0 = tokio::time::Instant::now();
+            let mut engine = Engine::new(plan, t0);
+            engine.deregistered(t0, false);
+            engine.lb_connection_drain(POOL, t, t0);
+            assert!(engine.deadline() <= t0 + plan.timeout);
         }
     }
     for limit in [1, 2, 2000] {
