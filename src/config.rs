@@ -482,13 +482,25 @@ fn duration(
             format!("{text:?} is negative; give a duration such as \"30s\""),
         ));
     }
-    humantime::parse_duration(text).map_err(|e| {
+    let d = humantime::parse_duration(text).map_err(|e| {
         invalid(
             field,
             format!("{text:?} is not a duration ({e}); use e.g. \"200ms\", \"30s\", \"5m\""),
         )
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(invalid(
+            field,
+            format!("{text:?} is too long (at most 10 years)"),
+        ));
+    }
+    Ok(d)
 }
+
+/// The longest duration any setting takes. Deadlines are `Instant::now() + duration`, which panics past
+/// the clock's range (about 292 years of seconds), and humantime accepts up to 2^64 seconds: a bound
+/// here keeps every sum of settings far inside the clock.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 fn positive(field: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
@@ -996,6 +1008,49 @@ mod tests {
 
     fn with_token(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), &token_env)
+    }
+
+    /// Found while reviewing what the fuzzed config reaches: `timeout = "300000000000years"` parsed, and
+    /// the drain engine's `now + timeout` then panicked when the server stopped.
+    #[test]
+    fn a_duration_past_the_clock_is_refused_naming_its_field() {
+        for (section, key) in [
+            ("cloud", "connect_timeout"),
+            ("cloud", "request_timeout"),
+            ("cloud", "retry_deadline"),
+            ("cloud", "discovery_interval"),
+            ("drain", "timeout"),
+            ("drain", "settle"),
+            ("drain", "poll_interval"),
+            ("drain", "min_healthy_wait"),
+            ("register", "healthy_timeout"),
+        ] {
+            let text = format!(
+                "[[member]]\npool_id = \"{POOL}\"\n[{section}]\n{key} = \"300000000000years\"\n"
+            );
+            let e = with_token(&text).expect_err(key).to_string();
+            assert!(
+                e.contains(&format!("{section}.{key}")) && e.contains("too long"),
+                "{e}"
+            );
+        }
+        let e = with_token(&format!(
+            "[[member]]\npool_id = \"{POOL}\"\n[autoscaling]\nscaling_group_id = \"{MEMBER}\"\n\
+             extend_margin = \"300000000000years\"\n"
+        ))
+        .expect_err("extend_margin")
+        .to_string();
+        assert!(e.contains("autoscaling.extend_margin"), "{e}");
+        // The longest accepted value still fits the clock, with room for sums of settings.
+        let c = with_token(&format!(
+            "[[member]]\npool_id = \"{POOL}\"\n[drain]\ntimeout = \"10years\"\n"
+        ))
+        .expect("10 years is accepted");
+        assert!(
+            std::time::Instant::now()
+                .checked_add(c.drain.timeout * 4)
+                .is_some()
+        );
     }
 
     #[test]

@@ -190,7 +190,10 @@ impl Engine {
     /// A pool cuts its remaining connections `timeout` after deregistration: that may be the binding
     /// deadline. Call after [`Engine::deregistered`].
     pub fn lb_connection_drain(&mut self, pool: &str, timeout: Duration, now: Instant) {
-        let cut = self.deregistered_at.unwrap_or(now) + timeout;
+        // The timeout comes from the cloud's answer: one past the clock's range cuts nothing.
+        let Some(cut) = self.deregistered_at.unwrap_or(now).checked_add(timeout) else {
+            return;
+        };
         if cut < self.deadline {
             self.deadline = cut;
             self.events.push(Event::DeadlineLowered {
@@ -548,6 +551,22 @@ mod tests {
         assert_eq!(
             e.tick(t0 + PLAN.timeout),
             Step::Done(Verdict::DeregistrationFailed { remaining: 4 })
+        );
+    }
+
+    /// A ShowPool answer with `connection_drain.timeout` = 2^64-1 (any u64 parses) made `now + timeout`
+    /// panic mid-drain, after the members were already deleted.
+    #[test]
+    fn a_pool_drain_timeout_past_the_clock_lowers_nothing() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(PLAN, t0);
+        e.deregistered(t0, false);
+        e.lb_connection_drain("pool-a", Duration::from_secs(u64::MAX), t0);
+        assert_eq!(e.deadline(), t0 + PLAN.timeout);
+        assert!(
+            !e.take_events()
+                .iter()
+                .any(|ev| matches!(ev, Event::DeadlineLowered { .. }))
         );
     }
 

@@ -284,7 +284,7 @@ pub(crate) fn combined_request(states: u32, ports: &[u16]) -> Vec<u8> {
 
 /// The fields of one `inet_diag_msg` the census needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DiagSock {
+pub struct DiagSock {
     pub family: u8,
     pub state: u8,
     pub local_port: u16,
@@ -316,6 +316,15 @@ pub(crate) fn parse(msg: &[u8]) -> DiagSock {
         peer: addr(24),
         cookie: lo | (hi << 32),
     }
+}
+
+/// One datagram of a dump reply decoded whole: its sockets (of sequence `seq` when given) and whether
+/// the dump ended in it. The census walks in place without collecting; this is the same walk as one pure
+/// entry point, for tests and fuzzing of what the kernel (or anything posing as it) sends.
+pub fn decode_datagram(buf: &[u8], seq: Option<u32>) -> io::Result<(Vec<DiagSock>, bool)> {
+    let mut socks = Vec::new();
+    let done = walk(buf, seq, &mut |msg| socks.push(parse(msg)))?;
+    Ok((socks, done))
 }
 
 /// How the census asks the kernel; see the module doc.

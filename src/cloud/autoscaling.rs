@@ -99,18 +99,10 @@ impl AutoScaling {
         let op = format!("ListHookInstances group={group} instance={instance}");
         let req =
             Request::new(&op, Method::GET, self.path(group, "list")).query("instance_id", instance);
-        let info: HangingInfo = self.service.send_json(&req).await?;
-        Ok(info
-            .instance_hanging_info
-            .into_iter()
-            .map(|h| Hook {
-                name: h.lifecycle_hook_name,
-                action_key: h.lifecycle_action_key,
-                status: h.lifecycle_hook_status,
-                deadline: h.timeout.as_deref().and_then(super::iam::parse_time),
-                default_result: h.default_result,
-            })
-            .collect())
+        // Parsed inside the retry loop: a garbled answer is retried.
+        self.service
+            .send_then(&req, |reply| parse_hooks(&op, &reply.body))
+            .await
     }
 
     /// Answers a hook by its action key.
@@ -138,4 +130,24 @@ impl AutoScaling {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A ListHookInstances answer (`{"instance_hanging_info": [...]}`); a `timeout` that is not a time
+/// leaves the hook without a deadline rather than failing the poll.
+pub fn parse_hooks(op: &str, body: &[u8]) -> Result<Vec<Hook>, CloudError> {
+    let info: HangingInfo = serde_json::from_slice(body).map_err(|e| CloudError::Decode {
+        op: op.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(info
+        .instance_hanging_info
+        .into_iter()
+        .map(|h| Hook {
+            name: h.lifecycle_hook_name,
+            action_key: h.lifecycle_action_key,
+            status: h.lifecycle_hook_status,
+            deadline: h.timeout.as_deref().and_then(super::iam::parse_time),
+            default_result: h.default_result,
+        })
+        .collect())
 }

@@ -295,15 +295,10 @@ impl Elb {
 
     pub async fn show_pool(&self, pool: &PoolId) -> Result<Pool, CloudError> {
         let op = format!("ShowPool pool={pool}");
-        let one: OnePool = self
-            .service
-            .send_json(&Request::new(
-                &op,
-                Method::GET,
-                self.path(&format!("/pools/{pool}")),
-            ))
-            .await?;
-        Ok(one.pool)
+        let req = Request::new(&op, Method::GET, self.path(&format!("/pools/{pool}")));
+        self.service
+            .send_then(&req, |reply| parse_pool(&op, &reply.body))
+            .await
     }
 
     pub async fn show_member(
@@ -369,7 +364,9 @@ impl Elb {
 
     /// Sends a request answered by one `{"member": ...}`.
     async fn member_reply(&self, req: &Request) -> Result<Member, CloudError> {
-        Ok(self.service.send_json::<OneMember>(req).await?.member)
+        self.service
+            .send_then(req, |reply| parse_member(&req.op, &reply.body))
+            .await
     }
 
     /// UpdateMember: the weight (0 stops new connections, keeps the membership).
@@ -453,10 +450,14 @@ impl Elb {
             if let Some(m) = &marker {
                 req = req.query("marker", m);
             }
-            let (items, info) = self.service.send_json::<P>(&req).await?.into_parts();
-            let n = items.len();
+            let (items, next) = self
+                .service
+                .send_then(&req, |reply| {
+                    parse_page::<P>(op, &reply.body, self.page_size)
+                })
+                .await?;
             out.extend(items);
-            match next_marker(info, n, self.page_size) {
+            match next {
                 // A server repeating its marker would loop forever: that page was the last.
                 Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
                 _ => return Ok(out),
@@ -528,25 +529,78 @@ impl Elb {
                             .is_some_and(|x| x.eq_ignore_ascii_case(i.as_str()))
                     })
             })
-            .map(|m| {
-                let decode = |reason: String| CloudError::Decode {
-                    op: op.clone(),
-                    reason,
-                };
-                Ok(Found {
-                    pool_id: pool.clone(),
-                    member_id: MemberId::parse(&m.id).map_err(|e| decode(e.to_string()))?,
-                    address: m
-                        .address
-                        .parse()
-                        .map_err(|_| decode(format!("member address {:?}", m.address)))?,
-                    protocol_port: m.protocol_port,
-                    weight: m.weight,
-                    health: m.health(),
-                })
-            })
+            .map(|m| membership(pool, &op, &m))
             .collect()
     }
+}
+
+// The pure halves of the calls above: what the cloud's bytes mean, apart from getting them, so hostile
+// answers can be fed straight in (tests/hostile_input.rs, fuzz/). Every error names the operation.
+
+fn decode<T: serde::de::DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, CloudError> {
+    serde_json::from_slice(body).map_err(|e| CloudError::Decode {
+        op: op.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A `{"member": {...}}` answer (ShowMember, CreateMember, UpdateMember).
+pub fn parse_member(op: &str, body: &[u8]) -> Result<Member, CloudError> {
+    Ok(decode::<OneMember>(op, body)?.member)
+}
+
+/// A `{"pool": {...}}` answer (ShowPool).
+pub fn parse_pool(op: &str, body: &[u8]) -> Result<Pool, CloudError> {
+    Ok(decode::<OnePool>(op, body)?.pool)
+}
+
+fn parse_page<P: Paged>(
+    op: &str,
+    body: &[u8],
+    limit: usize,
+) -> Result<(Vec<P::Item>, Option<String>), CloudError> {
+    let (items, info) = decode::<P>(op, body)?.into_parts();
+    let next = next_marker(info, items.len(), limit);
+    Ok((items, next))
+}
+
+/// A ListMembers page asked with `limit`: its members and the marker of the next page (`None` on the
+/// last).
+pub fn parse_members_page(
+    op: &str,
+    body: &[u8],
+    limit: usize,
+) -> Result<(Vec<Member>, Option<String>), CloudError> {
+    parse_page::<MembersPage>(op, body, limit)
+}
+
+/// A ListPools page asked with `limit`, as [`parse_members_page`].
+pub fn parse_pools_page(
+    op: &str,
+    body: &[u8],
+    limit: usize,
+) -> Result<(Vec<Pool>, Option<String>), CloudError> {
+    parse_page::<PoolsPage>(op, body, limit)
+}
+
+/// A listed member as a membership of `pool`: its ID and address must be what they claim to be, since
+/// a DELETE is sent with them.
+pub fn membership(pool: &PoolId, op: &str, m: &Member) -> Result<Found, CloudError> {
+    let decode = |reason: String| CloudError::Decode {
+        op: op.to_owned(),
+        reason,
+    };
+    Ok(Found {
+        pool_id: pool.clone(),
+        member_id: MemberId::parse(&m.id).map_err(|e| decode(e.to_string()))?,
+        address: m
+            .address
+            .parse()
+            .map_err(|_| decode(format!("member address {:?}", m.address)))?,
+        protocol_port: m.protocol_port,
+        weight: m.weight,
+        health: m.health(),
+    })
 }
 
 /// The marker for the next page, or `None` on the last page (no `next_marker`, or a short page).

@@ -51,26 +51,8 @@ impl Iam {
             .query("nocatalog", "true")
             .json(&body);
         // Parsed inside the retry loop: an answer without its token or with a garbled body is retried.
-        let accept = |reply: super::Reply| {
-            let token = reply
-                .headers
-                .get("x-subject-token")
-                .and_then(|v| v.to_str().ok())
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| CloudError::Decode {
-                    op: OP.into(),
-                    reason: "no X-Subject-Token header".into(),
-                })
-                .map(Secret::new)?;
-            let info: TokenBody = reply.json(OP)?;
-            let expires = parse_time(&info.token.expires_at).ok_or_else(|| CloudError::Decode {
-                op: OP.into(),
-                reason: format!("bad expires_at {:?}", info.token.expires_at),
-            })?;
-            Ok((token, expires))
-        };
-        let (token, expires) = self
-            .service
+        let accept = |reply: super::Reply| parse_token(OP, &reply.headers, &reply.body);
+        self.service
             .send_then(&req, accept)
             .await
             .map_err(|e| match e {
@@ -89,9 +71,29 @@ impl Iam {
                     request_id,
                 },
                 other => other,
-            })?;
-        Ok((token, expires))
+            })
     }
+}
+
+/// A CreateToken answer: the token from `X-Subject-Token` and `token.expires_at` from the body.
+pub fn parse_token(
+    op: &str,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> Result<(Secret, SystemTime), CloudError> {
+    let decode = |reason: String| CloudError::Decode {
+        op: op.to_owned(),
+        reason,
+    };
+    let token = headers
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| decode("no X-Subject-Token header".into()))?;
+    let info: TokenBody = serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
+    let expires = parse_time(&info.token.expires_at)
+        .ok_or_else(|| decode(format!("bad expires_at {:?}", info.token.expires_at)))?;
+    Ok((Secret::new(token), expires))
 }
 
 /// Parses the cloud's timestamps: `2026-11-29T12:00:00.000000Z`, also without fraction or with an offset.

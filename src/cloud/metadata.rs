@@ -166,87 +166,22 @@ impl Metadata {
     }
 
     pub async fn identity(&self) -> Result<Identity, CloudError> {
-        const PATH: &str = "/openstack/latest/meta_data.json";
-        self.get(PATH, |body| {
-            let decode = |reason: String| CloudError::Decode {
-                op: format!("metadata GET {PATH}"),
-                reason,
-            };
-            let raw: RawIdentity =
-                serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
-            Ok(Identity {
-                instance_id: InstanceId::parse(&raw.uuid).map_err(|e| decode(e.to_string()))?,
-                project_id: raw
-                    .project_id
-                    .as_deref()
-                    .and_then(|p| ProjectId::parse(p).ok()),
-                region: raw.region_id.filter(|r| !r.is_empty()),
-                availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
-                hostname: raw.hostname,
-            })
-        })
-        .await
+        self.get(IDENTITY, parse_identity).await
     }
 
     pub async fn local_ipv4(&self) -> Result<Ipv4Addr, CloudError> {
-        const PATH: &str = "/latest/meta-data/local-ipv4";
-        self.get(PATH, |body| {
-            let text = String::from_utf8_lossy(body);
-            text.trim().parse().map_err(|_| CloudError::Decode {
-                op: format!("metadata GET {PATH}"),
-                reason: format!("{:?} is not an IPv4 address", text.trim()),
-            })
-        })
-        .await
+        self.get(LOCAL_IPV4, parse_local_ipv4).await
     }
 
     /// The IPv4 addresses of every NIC (`network_data.json`), for a server in pools on several subnets.
     /// Entries that are not addresses are skipped; duplicates kept once, in the service's order.
     pub async fn local_ipv4s(&self) -> Result<Vec<Ipv4Addr>, CloudError> {
-        const PATH: &str = "/openstack/latest/network_data.json";
-        let data: NetworkData = self
-            .get(PATH, |body| {
-                serde_json::from_slice(body).map_err(|e| CloudError::Decode {
-                    op: format!("metadata GET {PATH}"),
-                    reason: e.to_string(),
-                })
-            })
-            .await?;
-        let mut out = Vec::new();
-        for ip in data
-            .links
-            .iter()
-            .filter_map(|l| l.local_ipv4.as_deref()?.trim().parse::<Ipv4Addr>().ok())
-        {
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-        Ok(out)
+        self.get(NETWORK_DATA, parse_local_ipv4s).await
     }
 
     /// The agency's temporary keys and their expiry.
     pub async fn security_key(&self) -> Result<(SigningKey, SystemTime), CloudError> {
-        const PATH: &str = "/openstack/latest/securitykey";
-        let parse = |body: &[u8]| {
-            let decode = |reason: String| CloudError::Decode {
-                op: format!("metadata GET {PATH}"),
-                reason,
-            };
-            let raw: SecurityKey =
-                serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
-            let expires = super::iam::parse_time(&raw.credential.expires_at)
-                .ok_or_else(|| decode(format!("bad expires_at {:?}", raw.credential.expires_at)))?;
-            Ok((
-                SigningKey {
-                    ak: raw.credential.access,
-                    sk: Secret::new(raw.credential.secret),
-                    security_token: raw.credential.securitytoken.map(Secret::new),
-                },
-                expires,
-            ))
-        };
-        match self.get(PATH, parse).await {
+        match self.get(SECURITY_KEY, parse_security_key).await {
             Err(CloudError::Api {
                 status: 401,
                 message: Some(m),
@@ -255,4 +190,76 @@ impl Metadata {
             other => other,
         }
     }
+}
+
+const IDENTITY: &str = "/openstack/latest/meta_data.json";
+const LOCAL_IPV4: &str = "/latest/meta-data/local-ipv4";
+const NETWORK_DATA: &str = "/openstack/latest/network_data.json";
+const SECURITY_KEY: &str = "/openstack/latest/securitykey";
+
+// The pure halves of the reads above, so hostile answers can be fed straight in (tests/hostile_input.rs,
+// fuzz/). Every error names the path it came from.
+
+fn decode_error(path: &str) -> impl Fn(String) -> CloudError + '_ {
+    move |reason| CloudError::Decode {
+        op: format!("metadata GET {path}"),
+        reason,
+    }
+}
+
+/// `meta_data.json`: `uuid` is required; a `project_id` that is not one is treated as absent.
+pub fn parse_identity(body: &[u8]) -> Result<Identity, CloudError> {
+    let decode = decode_error(IDENTITY);
+    let raw: RawIdentity = serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
+    Ok(Identity {
+        instance_id: InstanceId::parse(&raw.uuid).map_err(|e| decode(e.to_string()))?,
+        project_id: raw
+            .project_id
+            .as_deref()
+            .and_then(|p| ProjectId::parse(p).ok()),
+        region: raw.region_id.filter(|r| !r.is_empty()),
+        availability_zone: raw.availability_zone.filter(|z| !z.is_empty()),
+        hostname: raw.hostname,
+    })
+}
+
+/// `local-ipv4`: one address as plain text.
+pub fn parse_local_ipv4(body: &[u8]) -> Result<Ipv4Addr, CloudError> {
+    let text = String::from_utf8_lossy(body);
+    text.trim()
+        .parse()
+        .map_err(|_| decode_error(LOCAL_IPV4)(format!("{:?} is not an IPv4 address", text.trim())))
+}
+
+/// `network_data.json`: every NIC's IPv4, in order, each once; entries that are not addresses skipped.
+pub fn parse_local_ipv4s(body: &[u8]) -> Result<Vec<Ipv4Addr>, CloudError> {
+    let data: NetworkData =
+        serde_json::from_slice(body).map_err(|e| decode_error(NETWORK_DATA)(e.to_string()))?;
+    let mut out = Vec::new();
+    for ip in data
+        .links
+        .iter()
+        .filter_map(|l| l.local_ipv4.as_deref()?.trim().parse::<Ipv4Addr>().ok())
+    {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// `securitykey`: the agency's temporary keys and their expiry.
+pub fn parse_security_key(body: &[u8]) -> Result<(SigningKey, SystemTime), CloudError> {
+    let decode = decode_error(SECURITY_KEY);
+    let raw: SecurityKey = serde_json::from_slice(body).map_err(|e| decode(e.to_string()))?;
+    let expires = super::iam::parse_time(&raw.credential.expires_at)
+        .ok_or_else(|| decode(format!("bad expires_at {:?}", raw.credential.expires_at)))?;
+    Ok((
+        SigningKey {
+            ak: raw.credential.access,
+            sk: Secret::new(raw.credential.secret),
+            security_token: raw.credential.securitytoken.map(Secret::new),
+        },
+        expires,
+    ))
 }
