@@ -494,6 +494,45 @@ async fn exec_a_storm_while_the_child_is_stopping_stops_it_once_and_passes_its_s
     no_panic(&agent);
 }
 
+/// `exec`: the second SIGINT abandons the drain, as anywhere, but the agent then still stops the
+/// child as usual (its stop signal, its grace period) and exits with the child's status, not 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sigint_twice_while_draining_abandons_the_drain_and_stops_the_child() {
+    let (s, mut agent) = exec_ready().await;
+    let _held = s.connections_to_us(1);
+    agent.signal(libc::SIGINT);
+    assert!(
+        agent.wait_stderr("drain: draining", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        !agent.stdout().contains("got TERM"),
+        "the child runs while the drain lasts"
+    );
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    let exit = agent.wait_timeout(LIMIT).expect("exits");
+    let took = second.elapsed();
+    let err = agent.stderr();
+    assert_eq!(exit.code(), Some(3), "the child's own status:\n{err}");
+    assert!(err.contains("second SIGINT: abandoning the drain"), "{err}");
+    assert!(!err.contains("drained: no connections left"), "{err}");
+    assert_eq!(
+        count(&agent.stdout(), "got TERM"),
+        1,
+        "stopped once, gracefully:\n{}",
+        agent.stdout()
+    );
+    // The child's own shutdown (HELD_MS) is waited for; the 20 s drain deadline is not.
+    assert!(
+        took >= Duration::from_millis(HELD_MS) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert_eq!(deletes(&s.sim).len(), 1);
+    no_panic(&agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sigint_while_the_child_is_stopping_kills_it_at_once() {
     let (s, mut agent) = exec_ready().await;
