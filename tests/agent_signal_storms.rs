@@ -8,9 +8,9 @@
 //! handlers exist is held pending from the first line of `main` (only the dynamic loader's first
 //! instants after exec remain, as for any process) and then handled as a stop while starting, which
 //! one test checks by starting the agent with SIGTERM already pending. *Serving* is after "ready". *Deleting* is while
-//! the DELETE is held in the simulator by a delay. *Draining* is after the DELETE with a connection
-//! held. *Stopping the child* is `exec`'s last step, after the drain, while the child takes its time
-//! to exit.
+//! the DELETE is held in the simulator by a delay. *Settling* is after the DELETE, inside a long settle
+//! window. *Draining* is after the DELETE with a connection held. *Stopping the child* is `exec`'s last
+//! step, after the drain, while the child takes its time to exit.
 //!
 //! Two of the same signal sent back to back may be delivered as one (the kernel and signal-hook both
 //! coalesce a pending signal), so a test that needs two SIGINTs counted waits for the first one's log
@@ -225,6 +225,49 @@ async fn a_storm_while_registering_on_start_drains_what_was_registered() {
     no_panic(&agent);
 }
 
+/// Two SIGINTs while `run` waits for the member it registered on start to turn ONLINE: the first cuts
+/// the wait short and starts the drain of what was registered, the second abandons that drain at once
+/// (a connection held to the application would otherwise keep it for `drain.timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_twice_while_registering_on_start_exits_130_at_once() {
+    let s = setup_with(|mut sc| {
+        sc.member.retain(|m| m.id.as_deref() != Some(MEMBER));
+        sc.settings(|st| st.health_interval = Duration::from_secs(60))
+    })
+    .await;
+    let port = s.app.addr.port();
+    let config = s.config_by_address(
+        &format!("{QUICK}\nports = [{port}]"),
+        "[register]\non_start = true\nhealthy_timeout = \"60s\"\n",
+    );
+    let _held = std::net::TcpStream::connect(s.app.addr).expect("connect to the application");
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        wait_until(LIMIT, || s.ours().len() == 1),
+        "{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGINT);
+    assert!(
+        agent.wait_stderr("stop signal while registering", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    let took = exits_130(&mut agent, second);
+    assert!(
+        took < Duration::from_secs(2),
+        "did not wait for the drain: {took:?}"
+    );
+    assert!(
+        count(&agent.stderr(), "stop: deregistering") <= 1,
+        "{}",
+        agent.stderr()
+    );
+    assert!(deletes(&s.sim).len() <= 1);
+}
+
 async fn serving(s: &Setup) -> ProcGuard {
     let agent = ProcGuard::spawn(agent(&s.config(QUICK), &["run"]));
     assert!(
@@ -268,6 +311,31 @@ async fn sighup_alone_while_serving_is_ignored() {
     );
     assert_eq!(deletes(&s.sim).len(), 1);
     assert_eq!(count(&agent.stderr(), "stop: deregistering"), 1);
+}
+
+/// The first SIGINT while serving starts the stop; the second, sent as soon as the first is logged,
+/// abandons it at once, whatever step it has reached, though a connection is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_twice_from_serving_exits_130_at_once() {
+    let s = setup().await;
+    let _held = s.connections_to_us(1);
+    let mut agent = serving(&s).await;
+    agent.signal(libc::SIGINT);
+    assert!(
+        agent.wait_stderr("stop signal received", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    let took = exits_130(&mut agent, second);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        !agent.stderr().contains("drained: no connections left"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(deletes(&s.sim).len() <= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,6 +410,40 @@ async fn sigint_twice_while_draining_exits_130_at_once() {
     assert_eq!(deletes(&s.sim).len(), 1);
 }
 
+/// Settling: the DELETE answered, the agent waits for the load balancer to stop sending new
+/// connections (here a 10 s settle window). A second SIGINT ends that wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_twice_while_settling_exits_130_at_once() {
+    const SETTLE_S: u64 = 10;
+    let s = setup().await;
+    let agent_config = s.config(&format!(
+        "settle = \"{SETTLE_S}s\"\npoll_interval = \"20ms\"\ntimeout = \"20s\""
+    ));
+    let mut agent = ProcGuard::spawn(agent(&agent_config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready: waiting", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGINT);
+    assert!(
+        agent.wait_stderr("drain: settling", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    let took = exits_130(&mut agent, second);
+    assert!(
+        took < Duration::from_secs(2),
+        "did not wait out the {SETTLE_S} s settle window: {took:?}"
+    );
+    let err = agent.stderr();
+    assert!(!err.contains("drain: draining"), "still settling:\n{err}");
+    assert_eq!(deletes(&s.sim).len(), 1, "the DELETE was answered first");
+    assert!(!s.sim.member_exists(POOL, MEMBER));
+}
+
 /// `exec` supervising the slow-stopping app, ready.
 async fn exec_ready() -> (Setup, ProcGuard) {
     let port = unclaimed_port();
@@ -388,6 +490,45 @@ async fn exec_a_storm_while_the_child_is_stopping_stops_it_once_and_passes_its_s
         agent.stdout()
     );
     assert_eq!(count(&agent.stderr(), "stop: deregistering"), 1);
+    assert_eq!(deletes(&s.sim).len(), 1);
+    no_panic(&agent);
+}
+
+/// `exec`: the second SIGINT abandons the drain, as anywhere, but the agent then still stops the
+/// child as usual (its stop signal, its grace period) and exits with the child's status, not 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sigint_twice_while_draining_abandons_the_drain_and_stops_the_child() {
+    let (s, mut agent) = exec_ready().await;
+    let _held = s.connections_to_us(1);
+    agent.signal(libc::SIGINT);
+    assert!(
+        agent.wait_stderr("drain: draining", LIMIT),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        !agent.stdout().contains("got TERM"),
+        "the child runs while the drain lasts"
+    );
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    let exit = agent.wait_timeout(LIMIT).expect("exits");
+    let took = second.elapsed();
+    let err = agent.stderr();
+    assert_eq!(exit.code(), Some(3), "the child's own status:\n{err}");
+    assert!(err.contains("second SIGINT: abandoning the drain"), "{err}");
+    assert!(!err.contains("drained: no connections left"), "{err}");
+    assert_eq!(
+        count(&agent.stdout(), "got TERM"),
+        1,
+        "stopped once, gracefully:\n{}",
+        agent.stdout()
+    );
+    // The child's own shutdown (HELD_MS) is waited for; the 20 s drain deadline is not.
+    assert!(
+        took >= Duration::from_millis(HELD_MS) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
     assert_eq!(deletes(&s.sim).len(), 1);
     no_panic(&agent);
 }

@@ -7,6 +7,12 @@
 //! after the connection held through the load balancer was closed: a failing cloud never cuts the
 //! drain short.
 //!
+//! Two of the calls only inform the stop: ShowPool (the pool's `connection_drain`) and ShowMember (the
+//! state snapshot for a later `register`). When they fail for good the agent deregisters all the same
+//! (a ShowPool failure is logged as a warning), so those cells end 0 without any 2xx of the call; a
+//! pool that ShowPool says does not exist is the exception: 78, and no DELETE. Connection refused on
+//! any ELB call means the ELB endpoint is dead, the DELETE included: 69.
+//!
 //! Peak RSS is the kernel's `VmHWM` (the high-water mark of the agent's own address space since its
 //! `exec`), sampled every 2 ms up to the moment the process is reaped. `wait4`'s `ru_maxrss` would
 //! be exact at reaping, but Linux seeds it from the address space the child had before `exec`: with
@@ -57,10 +63,20 @@ enum Call {
     IamToken,
     /// Metadata `GET /openstack/latest/securitykey` (`auth.method = "metadata"`), by `drain`.
     Metadata,
+    /// Metadata `GET /openstack/latest/meta_data.json`: this server's identity, asked by `drain` for
+    /// the project ID the configuration leaves out.
+    MetadataIdentity,
+    /// ELB ListPools with `member_address`: discovery of every pool this server is in, by `drain` with
+    /// no `[[member]]` at all (`cloud.address` set, `drain.ports` naming the application's port).
+    ListPools,
     /// ELB ListMembers with `address`/`protocol_port` filters: discovery of a `[[member]]` without
     /// `member_id`, by `drain`. (The agent finds memberships per pool, never with ListAllMembers,
     /// which cannot say which pool a member is in.)
     ListMembers,
+    /// ELB ShowPool: the pool's `connection_drain`, read by `drain` before the DELETE.
+    ShowPool,
+    /// ELB ShowMember: the state snapshot (weight, address) taken by `drain` before the DELETE.
+    ShowMember,
     /// ELB DeleteMember, by `drain`.
     Delete,
     /// ELB CreateMember, by `register` (the member is not in the pool yet).
@@ -113,6 +129,10 @@ fn expected(call: Call, fault: Fault) -> i32 {
             Http503 | Http429 | Http429RetryAfter | Http409 | Http401Once | DelayPastTimeout
             | ResetMidBody | TruncatedJson | MalformedJson,
         ) => 0,
+        // A pool that ShowPool says does not exist is a configuration error, found before the DELETE.
+        (ShowPool, Http404) => 78,
+        // The calls that only inform the stop: their failure for good is said, and the DELETE follows.
+        (ShowPool | ShowMember, Http500 | Http403 | Http404 | Oversized100MiB) => 0,
         // Down for the whole retry budget: 69, after the drain on the stop path.
         (_, Http500) => 69,
         // No endpoint at all: 69; without the AS endpoint the hook cannot be seen, and a SIGTERM
@@ -120,7 +140,10 @@ fn expected(call: Call, fault: Fault) -> i32 {
         (AsCallback, ConnectRefused) => 0,
         (_, ConnectRefused) => 69,
         // A refusal before anything changed is a configuration (or permission) problem: 78.
-        (IamToken | Metadata | ListMembers | CreateMember, Http403 | Http404) => 78,
+        (
+            IamToken | Metadata | MetadataIdentity | ListPools | ListMembers | CreateMember,
+            Http403 | Http404,
+        ) => 78,
         // A refused DELETE could not deregister: 69. A 404 is a member already gone: success.
         (Delete, Http403) => 69,
         (Delete, Http404) => 0,
@@ -173,7 +196,11 @@ impl Call {
         match self {
             Call::IamToken => ("POST", "/v3/auth/tokens", "iam"),
             Call::Metadata => ("GET", "/openstack/latest/securitykey", "metadata"),
+            Call::MetadataIdentity => ("GET", "/openstack/latest/meta_data.json", "metadata"),
+            Call::ListPools => ("GET", "/v3/*/elb/pools", "elb"),
             Call::ListMembers => ("GET", "/v3/*/elb/pools/*/members", "elb"),
+            Call::ShowPool => ("GET", "/v3/*/elb/pools/*", "elb"),
+            Call::ShowMember => ("GET", "/v3/*/elb/pools/*/members/*", "elb"),
             Call::Delete => ("DELETE", "/v3/*/elb/pools/*/members/*", "elb"),
             Call::CreateMember => ("POST", "/v3/*/elb/pools/*/members", "elb"),
             Call::AsCallback => (
@@ -194,6 +221,16 @@ impl Call {
         self != Call::CreateMember
     }
 
+    /// A metadata read, retried by the metadata client's own short loop (it ignores `Retry-After`).
+    fn is_metadata(self) -> bool {
+        matches!(self, Call::Metadata | Call::MetadataIdentity)
+    }
+
+    /// Whether the call only informs the stop: a lasting failure of it is no reason not to deregister.
+    fn informs_only(self) -> bool {
+        matches!(self, Call::ShowPool | Call::ShowMember)
+    }
+
     /// The bound on the time from the agent's start (for `run`: from the scale-in) until it is
     /// draining (or, for `register`, has exited): the sequential requests on the way, each at its
     /// worst, plus a 401's refresh, plus the settle window and [`SLACK`].
@@ -202,9 +239,13 @@ impl Call {
         // after a bare 404; one credential refresh and the retry after a 401.
         let drain_path = SEND * 6;
         let path = match self {
-            Call::IamToken | Call::Delete => drain_path,
+            Call::IamToken | Call::Delete | Call::ShowPool | Call::ShowMember => drain_path,
             // Keys instead of the token (a 401 reads them again), the rest as above.
             Call::Metadata => METADATA_GET * 2 + SEND * 5,
+            // The identity (read again after a 401) before the rest.
+            Call::MetadataIdentity => METADATA_GET * 2 + drain_path,
+            // ListPools, then ListMembers in the pool found, before the rest.
+            Call::ListPools => drain_path + SEND * 2,
             // ListMembers before the rest.
             Call::ListMembers => drain_path + SEND,
             // Token, ListMembers (discovery), ShowPool, ListMembers (register), CreateMember, a
@@ -236,14 +277,28 @@ fn glob_matches(glob: &str, path: &str) -> bool {
 }
 
 /// The simulator for a call: our member is absent for CreateMember, the server has an agency for
-/// metadata keys, and belongs to a scaling group (with a hook that will not time out during the
-/// test, so the only callback is the final answer) for the AS callback.
+/// metadata keys, is described by the metadata service for its identity, is the only member at its
+/// address for discovery through ListPools (the other member moves to another loopback address), and
+/// belongs to a scaling group (with a hook that will not time out during the test, so the only
+/// callback is the final answer) for the AS callback.
 async fn start(call: Call) -> Setup {
     setup_with(move |mut sc| {
         match call {
             Call::CreateMember => sc.member.retain(|m| m.id.as_deref() != Some(MEMBER)),
             Call::Metadata => {
                 sc = sc.instance(instance(true, None));
+            }
+            Call::MetadataIdentity => {
+                sc = sc.instance(instance(false, None));
+            }
+            Call::ListPools => {
+                if let Some(m) = sc
+                    .member
+                    .iter_mut()
+                    .find(|m| m.id.as_deref() == Some(OTHER))
+                {
+                    m.address = "127.0.0.2".into();
+                }
             }
             Call::AsCallback => {
                 if let Some(m) = sc
@@ -299,10 +354,15 @@ fn config(s: &Setup, call: Call, fault: Fault) -> PathBuf {
         }
     };
     let elb = match call {
-        Call::ListMembers | Call::Delete | Call::CreateMember => refused(call),
+        Call::ListPools
+        | Call::ListMembers
+        | Call::ShowPool
+        | Call::ShowMember
+        | Call::Delete
+        | Call::CreateMember => refused(call),
         _ => api.clone(),
     };
-    let metadata = if fault == Fault::ConnectRefused && call == Call::Metadata {
+    let metadata = if fault == Fault::ConnectRefused && call.is_metadata() {
         dead.clone()
     } else {
         s.sim.metadata_url()
@@ -321,14 +381,41 @@ fn config(s: &Setup, call: Call, fault: Fault) -> PathBuf {
             password.display()
         )
     };
-    let member = match call {
-        Call::ListMembers | Call::CreateMember => "address = \"127.0.0.1\"\n".to_owned(),
-        _ => format!("member_id = \"{MEMBER}\"\n"),
+    let port = s.app.addr.port();
+    // Discovery through ListPools: no `[[member]]`, this server's address given, the drain ports too
+    // (there are no members' ports to take them from when discovery fails).
+    let (member, discovery) = match call {
+        Call::ListPools => (
+            String::new(),
+            (
+                String::from("address = \"127.0.0.1\"\n"),
+                format!("ports = [{port}]\n"),
+            ),
+        ),
+        Call::ListMembers | Call::CreateMember => (
+            format!(
+                "[[member]]\npool_id = \"{POOL}\"\naddress = \"127.0.0.1\"\nprotocol_port = {port}\n"
+            ),
+            Default::default(),
+        ),
+        _ => (
+            format!(
+                "[[member]]\npool_id = \"{POOL}\"\nmember_id = \"{MEMBER}\"\nprotocol_port = {port}\n"
+            ),
+            Default::default(),
+        ),
+    };
+    // Without it, the project ID comes from the metadata service's identity document.
+    let project = if call == Call::MetadataIdentity {
+        String::new()
+    } else {
+        format!("project_id = \"{PROJECT}\"\n")
     };
     let mut text = format!(
-        "[cloud]\nproject_id = \"{PROJECT}\"\nelb_endpoint = \"{elb}\"\niam_endpoint = \"{}\"\n\
+        "[cloud]\n{project}{}elb_endpoint = \"{elb}\"\niam_endpoint = \"{}\"\n\
          metadata_endpoint = \"{metadata}\"\nretry_deadline = {}\nrequest_timeout = {}\n\
          connect_timeout = {}\n",
+        discovery.0,
         refused(Call::IamToken),
         ms(RETRY_DEADLINE),
         ms(REQUEST_TIMEOUT),
@@ -341,10 +428,10 @@ fn config(s: &Setup, call: Call, fault: Fault) -> PathBuf {
         );
     }
     text += &format!(
-        "[auth]\n{auth}[[member]]\npool_id = \"{POOL}\"\n{member}protocol_port = {}\n\
-         [drain]\nexclude_peers = []\nsettle = {}\npoll_interval = {}\ntimeout = {}\n\
+        "[auth]\n{auth}{member}\
+         [drain]\nexclude_peers = []\n{}settle = {}\npoll_interval = {}\ntimeout = {}\n\
          [register]\nwait_listening = false\nhealthy_timeout = \"0s\"\n",
-        s.app.addr.port(),
+        discovery.1,
         ms(SETTLE),
         ms(POLL),
         ms(DRAIN_TIMEOUT),
@@ -539,7 +626,7 @@ fn cell(call: Call, fault: Fault) {
     match fault {
         Fault::Http401Once => {
             let refreshed = match call {
-                Call::Metadata => {
+                Call::Metadata | Call::MetadataIdentity => {
                     log.iter()
                         .filter(|r| r.service == "metadata" && r.method == "PUT")
                         .count()
@@ -556,7 +643,7 @@ fn cell(call: Call, fault: Fault) {
             assert_eq!(calls[0].status, 401, "{context}");
             assert!(calls.len() >= 2, "retried after the refresh: {context}");
         }
-        Fault::Http429RetryAfter if call != Call::Metadata => {
+        Fault::Http429RetryAfter if !call.is_metadata() => {
             assert!(calls.len() >= 2, "{context}");
             let gap = Duration::from_nanos(calls[1].mono_ns - calls[0].mono_ns);
             assert!(
@@ -570,14 +657,30 @@ fn cell(call: Call, fault: Fault) {
         }
         _ => {}
     }
-    // A member already gone (404) is success without a 2xx.
+    // A member already gone (404) is success without a 2xx, and so is a lasting failure of a call
+    // that only informs the stop.
+    let lasting = matches!(fault, Fault::Http500 | Fault::Http403 | Fault::Http404);
     if want == 0
         && fault != Fault::ConnectRefused
         && (call, fault) != (Call::Delete, Fault::Http404)
+        && !(call.informs_only() && lasting)
     {
         assert!(
             calls.iter().any(|r| (200..300).contains(&r.status)),
             "answered at last: {context}"
+        );
+    }
+    // A call that only informs the stop does not hold it back; a pool that does not exist does.
+    let deleted = log
+        .iter()
+        .any(|r| r.method == "DELETE" && r.service == "elb" && r.status == 204);
+    if call.informs_only() {
+        assert_eq!(deleted, want == 0, "deregistered iff exit 0: {context}");
+    }
+    if call == Call::ShowPool && want == 0 && (lasting || fault == Fault::Oversized100MiB) {
+        assert!(
+            stderr.contains("could not read the pool's connection_drain"),
+            "the failure is said: {context}"
         );
     }
     if fault == Fault::ResetMidBody && !matches!(call, Call::Delete | Call::AsCallback) {
@@ -685,7 +788,11 @@ macro_rules! row {
 
 row!(iam_token, Call::IamToken);
 row!(metadata, Call::Metadata);
+row!(metadata_identity, Call::MetadataIdentity);
+row!(list_pools, Call::ListPools);
 row!(list_members, Call::ListMembers);
+row!(show_pool, Call::ShowPool);
+row!(show_member, Call::ShowMember);
 row!(delete, Call::Delete);
 row!(create_member, Call::CreateMember);
 row!(as_callback, Call::AsCallback);

@@ -7,8 +7,12 @@
 //! hook, extends it, answers it and gets the typed 400 `AS.7042` for a late answer
 //! (tests/sdk/compat_as.py).
 //!
-//! The SDK is installed into `.venv` by `.ci/run`; `ELB_SIM_SDK_PYTHON` names another interpreter.
-//! Without it the test says so loudly and passes: PyPI may be unreachable, elb-sim's own tests still run.
+//! The SDK, at the versions pinned in `tests/sdk/requirements.txt`, is installed into `.venv` by
+//! `tests/sdk/setup-venv.sh` (which `.ci/run` runs); `ELB_SIM_SDK_PYTHON` names another interpreter.
+//! Once `.ci/run` has installed it, it sets `ELB_DRAIN_REQUIRE_SDK=1`, and a missing SDK or a version
+//! other than the pinned one fails these tests: a broken venv must not pass as a skip. Without that
+//! variable (a developer without the venv, or CI with the package index unreachable, which `.ci/run`
+//! itself reports) the tests say so on stderr and pass.
 
 mod common;
 mod simkit;
@@ -23,28 +27,47 @@ const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
 const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
 
-/// The interpreter, when it can import `modules`.
-fn python_with(modules: &str) -> Option<PathBuf> {
+/// The interpreter, when it has the SDK at the pinned versions (`tests/sdk/pins.py`); else why not.
+fn python() -> Result<PathBuf, String> {
     let path = std::env::var_os("ELB_SIM_SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&path)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(path)
+    let check = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/pins.py");
+    match Command::new(&path).arg(check).output() {
+        Ok(o) if o.status.success() => Ok(path),
+        Ok(o) => Err(format!(
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
-fn python() -> Option<PathBuf> {
-    python_with("huaweicloudsdkelb.v3, huaweicloudsdkcore")
+/// Whether `.ci/run` installed the SDK, so that not finding it is a failure, not a skip.
+fn sdk_required() -> bool {
+    std::env::var("ELB_DRAIN_REQUIRE_SDK").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The interpreter, or `None` (with a loud line) when the SDK may be absent.
+fn python_or_skip(what: &str) -> Option<PathBuf> {
+    match python() {
+        Ok(path) => Some(path),
+        Err(why) if sdk_required() => panic!(
+            "ELB_DRAIN_REQUIRE_SDK is set (.ci/run installed the SDK) but {what} is not usable: {why}"
+        ),
+        Err(why) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: {what} not installed ({why}); run tests/sdk/setup-venv.sh, or set ELB_SIM_SDK_PYTHON !!!!!!!!\n"
+            );
+            None
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_works_against_elb_sim() {
-    let Some(python) = python() else {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: official SDK not installed (huaweicloudsdkelb in .venv; run .ci/run, or set ELB_SIM_SDK_PYTHON) !!!!!!!!\n"
-        );
+    let Some(python) = python_or_skip("the official ELB SDK") else {
         return;
     };
     let sim = Sim::start(
@@ -126,10 +149,7 @@ async fn the_official_python_sdk_works_against_elb_sim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
-    let Some(python) = python_with("huaweicloudsdkas.v1, huaweicloudsdkcore") else {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: official AS SDK not installed (huaweicloudsdkas in .venv; or set ELB_SIM_SDK_PYTHON) !!!!!!!!\n"
-        );
+    let Some(python) = python_or_skip("the official AS SDK") else {
         return;
     };
     const GROUP: &str = "7b8bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";

@@ -1,7 +1,8 @@
 //! elb-sim's ELB v3 API over real HTTP, route by route: members (create, show, list with filters,
 //! update, delete, batch delete), ListAllMembers, pools (list with member filters, show), deletion
 //! protection, `limit`/`marker` paging with `page_info` (also under `settings.page_size_cap`), and the
-//! error body every failure carries. What the agent relies on is exactly what is pinned here.
+//! error body every failure carries: unknown pools and members, wrong JSON types, actions a user's
+//! policy denies, the members-per-pool quota. What the agent relies on is exactly what is pinned here.
 
 mod common;
 mod simkit;
@@ -34,6 +35,11 @@ fn m(n: u32) -> String {
 /// Addresses are loopback ones, though nothing connects to them but the health checker of
 /// `MONITORED`: tests never send a packet off this machine.
 fn scenario() -> Scenario {
+    scenario_builder().build()
+}
+
+/// [`scenario`], still open for more.
+fn scenario_builder() -> Scenario {
     let mut s = Scenario::builder()
         .project(PROJECT)
         .project(OTHER_PROJECT)
@@ -57,7 +63,7 @@ fn scenario() -> Scenario {
         .settings(|s| s.health_interval = Duration::from_secs(3600));
     s.member[1].weight = 5;
     s.member[1].name = "second".into();
-    s.build()
+    s
 }
 
 trait UdpPool {
@@ -324,6 +330,65 @@ async fn member_writes_refuse_bad_input() {
         r.assert_error(404, "ELB.8904"),
         format!("Member {MISSING} could not be found.")
     );
+    // UpdateMember in a pool that does not exist: the same code, naming the pool.
+    let r = api
+        .put(&member(MISSING, &m(2)), json!({"member": {"weight": 1}}))
+        .await;
+    assert_eq!(
+        r.assert_error(404, "ELB.8904"),
+        format!("Pool {MISSING} could not be found.")
+    );
+    // An update whose `member` is not an object, or a body that is not one at all.
+    for body in [
+        json!({"member": 5}),
+        json!({"member": [{"weight": 1}]}),
+        json!({"member": "weight=1"}),
+        json!([{"member": {"weight": 1}}]),
+        json!({"weight": 1}),
+    ] {
+        let r = api.put(&member(POOL, &m(2)), body.clone()).await;
+        let msg = r.assert_error(400, "ELB.8902");
+        assert!(msg.contains("member"), "{body}: {msg}");
+    }
+    // `admin_state_up` that is not a JSON boolean is refused, naming the field, on create and update.
+    for up in [
+        json!("false"),
+        json!(0),
+        json!(1),
+        json!({"up": true}),
+        json!([]),
+    ] {
+        let r = api
+            .post(
+                &members(POOL),
+                json!({"member": {"address": "127.0.1.9", "protocol_port": 80, "admin_state_up": up}}),
+            )
+            .await;
+        let msg = r.assert_error(400, "ELB.8902");
+        assert!(msg.contains("admin_state_up"), "create with {up}: {msg}");
+        let r = api
+            .put(
+                &member(POOL, &m(2)),
+                json!({"member": {"admin_state_up": up, "weight": 7}}),
+            )
+            .await;
+        let msg = r.assert_error(400, "ELB.8902");
+        assert!(msg.contains("admin_state_up"), "update with {up}: {msg}");
+    }
+    let r = api.get(&member(POOL, &m(2))).await;
+    assert_eq!(
+        (
+            r.body["member"]["admin_state_up"].as_bool(),
+            r.body["member"]["weight"].as_u64()
+        ),
+        (Some(true), Some(5)),
+        "a refused update changes nothing, not even its valid fields: {}",
+        r.raw
+    );
+    let r = api
+        .put(&member(POOL, &m(2)), json!({"member": {"name": 42}}))
+        .await;
+    assert!(r.assert_error(400, "ELB.8902").contains("member.name"));
     assert_eq!(sim.members(POOL).len(), 5, "nothing was created or lost");
 }
 
@@ -632,6 +697,119 @@ async fn batch_delete_reports_each_item() {
     let r = api.post(&batch, json!({"member": {"id": m(1)}})).await;
     r.assert_error(400, "ELB.8902");
     assert_eq!(sim.members(POOL).len(), 3);
+    // A pool that does not exist (or is another project's): 404 naming the pool, not per-item answers.
+    for pool in [MISSING, FOREIGN] {
+        let r = api
+            .post(
+                &format!("{}/batch-delete", members(pool)),
+                json!({"members": [{"id": m(7)}]}),
+            )
+            .await;
+        assert_eq!(
+            r.assert_error(404, "ELB.8904"),
+            format!("Pool {pool} could not be found.")
+        );
+    }
+    assert!(sim.member_exists(FOREIGN, &m(7)));
+}
+
+/// A user whose policy denies an action gets 403 `ELB.9802` naming it, for every action the agent or
+/// an operator uses, and nothing changes; the actions not denied still work for the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_actions_are_refused_by_name() {
+    let denied = [
+        "elb:members:update",
+        "elb:members:get",
+        "elb:members:list",
+        "elb:pools:list",
+        "elb:pools:get",
+    ];
+    let (sim, _) = start_with(scenario_builder().user_denied("bob", "acme", "pw2", &denied)).await;
+    let bob = login(&sim, "bob", "acme", "pw2", PROJECT).await;
+    let cases: Vec<(&str, Reply)> = vec![
+        (
+            "elb:members:update",
+            bob.put(&member(POOL, &m(2)), json!({"member": {"weight": 0}}))
+                .await,
+        ),
+        ("elb:members:get", bob.get(&member(POOL, &m(2))).await),
+        ("elb:members:list", bob.get(&members(POOL)).await),
+        ("elb:members:list", bob.get(&elb("/members")).await),
+        ("elb:pools:list", bob.get(&elb("/pools")).await),
+        (
+            "elb:pools:list",
+            bob.get(&elb("/pools?member_address=127.0.1.1")).await,
+        ),
+        (
+            "elb:pools:get",
+            bob.get(&elb(&format!("/pools/{POOL}"))).await,
+        ),
+    ];
+    for (action, r) in &cases {
+        let msg = r.assert_error(403, "ELB.9802");
+        assert!(msg.contains(action), "{action}: {msg}");
+    }
+    let shown = sim
+        .members(POOL)
+        .into_iter()
+        .find(|x| x["id"] == m(2).as_str())
+        .expect("still there");
+    assert_eq!(shown["weight"], 5, "the denied update changed nothing");
+    // Not denied: create and delete.
+    let r = bob
+        .post(
+            &members(POOL),
+            json!({"member": {"address": "127.0.1.9", "protocol_port": 80}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let id = r.body["member"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(bob.delete(&member(POOL, &id)).await.status, 204);
+}
+
+/// The members-per-pool quota: CreateMember past it is 409 `ELB.8905` (the reference's "quota
+/// exceeded", which a client must not retry), nothing is created, and a deletion makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_member_past_the_pool_quota_is_409_elb_8905() {
+    const SMALL: &str = "76ce7086-a496-4666-9064-5ba0e6840c75";
+    let (sim, api) = start_with(
+        scenario_builder()
+            .pool(SMALL, |p| p.members_per_pool(2))
+            .member(SMALL, &m(8), "127.0.1.1", 80),
+    )
+    .await;
+    let path = members(SMALL);
+    let create = |port: u16| {
+        api.post(
+            &path,
+            json!({"member": {"address": "127.0.1.1", "protocol_port": port}}),
+        )
+    };
+    let r = create(81).await;
+    assert_eq!(r.status, 201, "the second member fits: {}", r.raw);
+    let second = r.body["member"]["id"].as_str().unwrap().to_owned();
+    let r = create(82).await;
+    let msg = r.assert_error(409, "ELB.8905");
+    assert!(
+        msg.contains("Quota exceeded") && msg.contains(SMALL),
+        "{msg}"
+    );
+    assert_eq!(
+        sim.members(SMALL).len(),
+        2,
+        "nothing created past the quota"
+    );
+    // The quota is per pool: the big pool still takes members.
+    let r = api
+        .post(
+            &members(POOL),
+            json!({"member": {"address": "127.0.1.1", "protocol_port": 82}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.raw);
+    assert_eq!(api.delete(&member(SMALL, &second)).await.status, 204);
+    let r = create(82).await;
+    assert_eq!(r.status, 201, "room again after a deletion: {}", r.raw);
 }
 
 /// Follows `next_marker` from the first page; returns the pages' ids and their `page_info`s.

@@ -8,6 +8,9 @@
 //! pool) is 409 `ELB.8911`; a DELETE refused by `member_deletion_protection_enable` is 403 `ELB.8916`;
 //! a token or key of another project is 403 `APIGW.0302`; a denied action is 403 `ELB.9802`; an
 //! unknown scaling group is 404 `AS.2007`; a callback matching no lifecycle action is 404 `AS.7041`.
+//! The quota error is the reference's 409 `ELB.8905`, for a pool's `members_per_pool` (set per pool in
+//! the scenario). A field of the wrong JSON type is a 400 `ELB.8902` naming it, never ignored: the
+//! real API validates types, and a client that sends `"admin_state_up": "false"` must find out.
 //! With `settings.aksk_lockout`, 5 failed signatures in a row lock the access key (401 `APIGW.0301`,
 //! even for a correct signature) for `settings.aksk_lockout_duration`.
 
@@ -1127,6 +1130,28 @@ fn invalid(msg: &str) -> Response {
     error(400, "ELB.8902", &format!("Invalid input: {msg}"))
 }
 
+/// `member.admin_state_up`: absent, or a JSON boolean.
+fn admin_state_up(m: &Value) -> Result<Option<bool>, Response> {
+    match &m["admin_state_up"] {
+        Value::Null => Ok(None),
+        Value::Bool(up) => Ok(Some(*up)),
+        other => Err(invalid(&format!(
+            "member.admin_state_up must be true or false, not {other}"
+        ))),
+    }
+}
+
+/// `member.name`: absent, or a string.
+fn member_name(m: &Value) -> Result<Option<&str>, Response> {
+    match &m["name"] {
+        Value::Null => Ok(None),
+        Value::String(name) => Ok(Some(name)),
+        other => Err(invalid(&format!(
+            "member.name must be a string, not {other}"
+        ))),
+    }
+}
+
 fn create_member(shared: &Shared, caller: &Caller, pool: &str, body: Option<Value>) -> Handled {
     check(caller, "elb:members:create")?;
     let m = body
@@ -1153,8 +1178,10 @@ fn create_member(shared: &Shared, caller: &Caller, pool: &str, body: Option<Valu
             .filter(|w| *w <= 100)
             .ok_or_else(|| invalid("member.weight must be 0-100"))?,
     };
+    let up = admin_state_up(m)?;
+    let name = member_name(m)?.unwrap_or("");
     let mut inner = shared.lock();
-    pool_of(&inner, caller, pool)?;
+    let quota = pool_of(&inner, caller, pool)?.members_per_pool;
     if inner
         .members
         .iter()
@@ -1164,6 +1191,17 @@ fn create_member(shared: &Shared, caller: &Caller, pool: &str, body: Option<Valu
             409,
             "ELB.8911",
             &format!("Member with address {address} and port {port} already exists in pool {pool}"),
+        ));
+    }
+    if let Some(quota) = quota
+        && inner.members.iter().filter(|x| x.pool_id == pool).count() >= quota
+    {
+        return Err(error(
+            409,
+            "ELB.8905",
+            &format!(
+                "Quota exceeded for resources: ['member'] (members_per_pool {quota} in pool {pool})"
+            ),
         ));
     }
     let instance = inner
@@ -1179,11 +1217,11 @@ fn create_member(shared: &Shared, caller: &Caller, pool: &str, body: Option<Valu
             protocol_port: port as u16,
             weight: weight as u32,
             instance_id: instance,
-            name: m["name"].as_str().unwrap_or("").into(),
+            name: name.into(),
             subnet_cidr_id: m["subnet_cidr_id"].as_str().map(str::to_owned),
         })
         .map_err(|e| invalid(&e))?;
-    if let Some(up) = m["admin_state_up"].as_bool()
+    if let Some(up) = up
         && let Some(x) = inner.members.iter_mut().find(|x| x.id == id)
     {
         x.admin_state_up = up;
@@ -1214,6 +1252,8 @@ fn update_member(
         .map(|b| &b["member"])
         .filter(|m| m.is_object())
         .ok_or_else(|| invalid("body must be {\"member\": {...}}"))?;
+    let up = admin_state_up(m)?;
+    let name = member_name(m)?;
     let mut inner = shared.lock();
     pool_of(&inner, caller, pool)?;
     let weight = match &m["weight"] {
@@ -1232,10 +1272,10 @@ fn update_member(
     if let Some(w) = weight {
         x.weight = w;
     }
-    if let Some(up) = m["admin_state_up"].as_bool() {
+    if let Some(up) = up {
         x.admin_state_up = up;
     }
-    if let Some(name) = m["name"].as_str() {
+    if let Some(name) = name {
         x.name = name.into();
     }
     x.updated_at = SystemTime::now();

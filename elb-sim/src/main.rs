@@ -1,6 +1,7 @@
-//! `elb-sim --config FILE`: runs the simulator until SIGTERM or Ctrl-C. When every listener is up it
-//! prints one JSON line on stdout with the addresses (and, with a generated certificate, the CA file),
-//! for a parent process to read.
+//! `elb-sim --config FILE`: runs the simulator until SIGTERM or Ctrl-C (SIGINT), then shuts down and
+//! exits 0. When every listener is up and both signals are handled it prints one JSON line on stdout
+//! with the addresses (and, with a generated certificate, the CA file), for a parent process to read:
+//! a parent may stop it from the moment it has read that line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,21 +113,28 @@ async fn main() -> ExitCode {
             .to_string()
             .into();
     }
-    println!("{ready}");
-    tracing::info!(api = %sim.api_url(), metadata = %sim.metadata_url(), admin = %sim.admin_url(), "elb-sim ready");
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
+    // Before the ready line: a parent that signals as soon as it has read it must not hit the default
+    // action (death without shutdown). `tokio::signal::ctrl_c()` would only register when first polled.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("elb-sim: signals: {e}");
             return ExitCode::from(1);
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("elb-sim stopping");
+    println!("{ready}");
+    tracing::info!(api = %sim.api_url(), metadata = %sim.metadata_url(), admin = %sim.admin_url(), "elb-sim ready");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "elb-sim stopping");
     sim.shutdown().await;
+    tracing::info!("elb-sim stopped");
     ExitCode::SUCCESS
 }
 

@@ -39,6 +39,8 @@ pub struct Pool {
     pub health_monitor: bool,
     pub connection_drain: Option<ConnectionDrain>,
     pub member_deletion_protection: bool,
+    /// CreateMember past this many members is 409 `ELB.8905` (quota exceeded).
+    pub members_per_pool: Option<usize>,
     pub listeners: Vec<String>,
     pub created_at: SystemTime,
 }
@@ -424,6 +426,7 @@ impl Inner {
                 health_monitor: p.health_monitor,
                 connection_drain: p.connection_drain,
                 member_deletion_protection: p.member_deletion_protection,
+                members_per_pool: p.members_per_pool,
                 listeners: Vec::new(),
                 created_at: now,
             });

@@ -1,5 +1,5 @@
 //! elb-sim as a user runs it: the binary with the sample scenario (ports moved to 127.0.0.1:0), the
-//! ready line on stdout, a working API, and a clean exit on SIGTERM.
+//! ready line on stdout, a working API, and a clean exit on SIGTERM and on Ctrl-C (SIGINT).
 
 mod proc;
 
@@ -82,6 +82,36 @@ fn the_binary_prints_its_addresses_serves_and_stops_on_sigterm() {
         .wait_timeout(Duration::from_secs(10))
         .expect("stops on SIGTERM");
     assert_eq!(exit.code(), Some(0), "{}", sim.stderr());
+}
+
+/// Ctrl-C at a terminal: SIGINT, sent the moment the ready line is out (the handlers are installed
+/// before it is printed), is a clean shutdown too: exit 0 after the simulator's shutdown ran to its end.
+#[test]
+fn ctrl_c_stops_it_cleanly_from_the_ready_line_on() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/elb-sim.toml");
+    let mut sim = Proc::sim(&["--config", config, "--any-port"]);
+    let ready = sim.ready();
+    sim.signal(libc::SIGINT);
+    let exit = sim
+        .wait_timeout(Duration::from_secs(10))
+        .expect("stops on SIGINT");
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "a clean exit, not death by the signal ({exit:?}):\n{}",
+        sim.stderr()
+    );
+    let err = sim.stderr();
+    assert!(
+        err.contains("elb-sim stopping") && err.contains("SIGINT"),
+        "{err}"
+    );
+    assert!(
+        err.contains("elb-sim stopped"),
+        "the shutdown ran to its end:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(ready["api"].is_string(), "{ready}");
 }
 
 #[test]
