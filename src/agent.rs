@@ -192,14 +192,17 @@ impl Agent {
             }),
             None => None,
         };
-        if let Some(addr) = identity
-            .as_ref()
-            .and_then(|i| i.address)
-            .or(config.cloud.address)
-        {
-            warn_if_not_local(addr);
-        }
         let memberships = resolve(&config, &elb, identity.as_ref()).await?;
+        // A `[[member]]` given by ID alone has its address checked once ShowMember tells it
+        // (`snapshot_state`).
+        warn_if_not_local(
+            identity
+                .as_ref()
+                .and_then(|i| i.address)
+                .or(config.cloud.address)
+                .into_iter()
+                .chain(memberships.iter().filter_map(|m| m.address)),
+        );
         let lb_drain = connection_drain(&elb, &memberships).await?;
         let config_state_file = config.drain.state_file.clone();
         Ok(Agent {
@@ -259,6 +262,7 @@ impl Agent {
                                 now = found.len(),
                                 "memberships changed"
                             );
+                            warn_if_not_local(found.iter().filter_map(|m| m.address));
                             *current = found;
                         }
                     }
@@ -458,11 +462,19 @@ impl Agent {
         )
         .await;
         let mut present = Vec::new();
+        let mut learned = Vec::new();
         let records = memberships
             .iter()
             .zip(shown)
             .map(|(m, shown)| {
                 let shown = shown.ok();
+                if m.address.is_none() {
+                    learned.extend(
+                        shown
+                            .as_ref()
+                            .and_then(|s| s.address.parse::<IpAddr>().ok()),
+                    );
+                }
                 if shown.as_ref().is_some_and(|s| s.weight != Some(0)) {
                     present.push((m.pool_id.clone(), m.member_id.clone()));
                 }
@@ -482,6 +494,7 @@ impl Agent {
                 }
             })
             .collect();
+        warn_if_not_local(learned);
         state.merge(records);
         for (pool, member) in &present {
             state.mark_present(pool, member);
@@ -599,20 +612,76 @@ async fn resolve(
     Ok(out)
 }
 
-/// A member address that is not on any local interface is almost always a configuration mistake (or a
-/// NAT the operator knows about): say so, but do not refuse.
-fn warn_if_not_local(address: IpAddr) {
-    let networks = sysinfo::Networks::new_with_refreshed_list();
-    let local = networks.iter().any(|(_, data)| {
-        data.ip_networks().iter().any(|n| {
-            ipnet::IpNet::new(n.addr, n.prefix).is_ok_and(|net| net.contains(&address))
-                || n.addr == address
-        })
-    });
-    if local {
-        tracing::debug!(%address, "member address is on a local interface");
-    } else {
-        tracing::warn!(%address, "this server's member address is on no local interface; check cloud.address");
+/// This machine's interface addresses (from sysinfo), to tell whether a membership's address is
+/// really this server: a wrong `cloud.address` or `[[member]] address` means the drain would watch a
+/// server other than the one taken out of the pool.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddresses {
+    /// (interface, address with its prefix)
+    networks: Vec<(String, ipnet::IpNet)>,
+}
+
+impl LocalAddresses {
+    /// The addresses of every interface, now.
+    pub fn scan() -> LocalAddresses {
+        let networks = sysinfo::Networks::new_with_refreshed_list();
+        LocalAddresses::from_interfaces(networks.iter().flat_map(|(name, data)| {
+            data.ip_networks()
+                .iter()
+                .filter_map(|n| ipnet::IpNet::new(n.addr, n.prefix).ok())
+                .map(move |net| (name.clone(), net))
+        }))
+    }
+
+    pub fn from_interfaces(networks: impl IntoIterator<Item = (String, ipnet::IpNet)>) -> Self {
+        LocalAddresses {
+            networks: networks.into_iter().collect(),
+        }
+    }
+
+    /// The interface `address` is local on, if any. An address is local when an interface holds it,
+    /// or when it lies in the prefix of an address on the loopback interface: Linux routes such a
+    /// prefix locally as a whole, so `127.0.0.1/8` on `lo` makes every 127.x.y.z this machine. On any
+    /// other interface the prefix is the subnet, whose other addresses are other servers.
+    pub fn interface_of(&self, address: IpAddr) -> Option<&str> {
+        let address = census::unmap(address);
+        let loopback = |name: &str| {
+            self.networks
+                .iter()
+                .any(|(n, net)| n == name && net.addr().is_loopback())
+        };
+        self.networks
+            .iter()
+            .find(|(_, net)| net.addr() == address)
+            .or_else(|| {
+                self.networks
+                    .iter()
+                    .find(|(name, net)| net.contains(&address) && loopback(name))
+            })
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// Says, for each address this server is known by (its own, and every membership's), when it is on
+/// no interface of this machine. Only a warning here: `check` makes it a problem, but a running agent
+/// cannot know better than its operator (a NAT, a container's network namespace), and refusing to start
+/// would leave a server that never drains.
+fn warn_if_not_local(addresses: impl IntoIterator<Item = IpAddr>) {
+    let local = LocalAddresses::scan();
+    let mut seen = Vec::new();
+    for address in addresses {
+        if seen.contains(&address) {
+            continue;
+        }
+        seen.push(address);
+        match local.interface_of(address) {
+            Some(interface) => tracing::debug!(%address, interface, "member address is local"),
+            None => tracing::warn!(
+                %address,
+                "this server's member address is on no interface of this machine: the drain would \
+                 watch the wrong server; check cloud.address and [[member]] address (elb-drain check)"
+            ),
+        }
     }
 }
 
@@ -642,4 +711,51 @@ async fn connection_drain(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalAddresses {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        LocalAddresses::from_interfaces([
+            ("lo".to_owned(), net("127.0.0.1/8")),
+            ("lo".to_owned(), net("::1/128")),
+            ("eth0".to_owned(), net("10.0.0.5/24")),
+            ("eth0".to_owned(), net("fd00::5/64")),
+        ])
+    }
+
+    fn on(address: &str) -> Option<String> {
+        local()
+            .interface_of(address.parse().unwrap())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_whole_loopback_prefix_is_local_but_not_a_nics_subnet() {
+        assert_eq!(on("127.0.0.1").as_deref(), Some("lo"));
+        // Not held by lo, but 127.0.0.1/8 routes all of 127/8 locally (elb-sim's "other servers").
+        assert_eq!(on("127.0.0.2").as_deref(), Some("lo"));
+        assert_eq!(on("::1").as_deref(), Some("lo"));
+        assert_eq!(on("10.0.0.5").as_deref(), Some("eth0"));
+        assert_eq!(on("::ffff:10.0.0.5").as_deref(), Some("eth0"));
+        assert_eq!(on("fd00::5").as_deref(), Some("eth0"));
+        // The same subnet is another server.
+        assert_eq!(on("10.0.0.50"), None);
+        assert_eq!(on("fd00::6"), None);
+        assert_eq!(on("192.0.2.10"), None);
+    }
+
+    #[test]
+    fn this_machine_has_loopback() {
+        let here = LocalAddresses::scan();
+        assert_eq!(
+            here.interface_of("127.0.0.1".parse().unwrap()),
+            here.interface_of("127.0.0.9".parse().unwrap())
+        );
+        assert!(here.interface_of("127.0.0.9".parse().unwrap()).is_some());
+        assert!(here.interface_of("192.0.2.10".parse().unwrap()).is_none());
+    }
 }

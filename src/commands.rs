@@ -3,8 +3,8 @@
 
 use tokio::time::Instant;
 
-use crate::agent::{Agent, PrepareError};
-use crate::census::{self, CensusSpec};
+use crate::agent::{Agent, LocalAddresses, Membership, PrepareError};
+use crate::census::{self, Backend, Census, CensusSpec, NetlinkCensus, ProcCensus};
 use crate::cli::{Args, load_config};
 use crate::cloud::autoscaling::Hook;
 use crate::config::Config;
@@ -495,51 +495,149 @@ impl Sink for NotifierRef {
     }
 }
 
-/// `check`: everything a stop would need, verified without changing anything.
+/// `check`: everything a stop would need, verified without changing anything. A problem is anything
+/// that would make a stop go wrong: a membership that is gone, an address that is not this machine's
+/// (the pool would lose this address while the drain watches this machine's connections), a
+/// membership port the census does not count (its connections would be cut), no census that works
+/// here. Each is one line on stderr, and the exit code is 78.
 pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     let cfg = load_config(args)?;
     let agent = Agent::prepare(cfg).await.map_err(prepare_failed)?;
     let spec = agent.census_spec();
+    let ports_configured = !agent.config.drain.ports.is_empty();
     let info = agent.credential.describe();
     let memberships = agent.memberships_with_health().await;
-    let problems: Vec<String> = memberships
+    let local = LocalAddresses::scan();
+    let census = CensusProbe::run(&spec);
+    let own_address = agent.identity.as_ref().and_then(|i| i.address);
+    let interface = |a: Option<std::net::IpAddr>| a.and_then(|a| local.interface_of(a));
+    let counted = |m: &Membership| m.protocol_port.is_none_or(|p| spec.ports.contains(&p));
+
+    let mut problems: Vec<String> = memberships
         .iter()
-        .filter_map(|m| match m.health.as_deref() {
-            Some("MISSING") => Some(format!(
-                "pool {} member {}: not found",
-                m.pool_id, m.member_id
-            )),
-            _ => None,
-        })
-        .chain(spec.ports.is_empty().then(|| {
-            "drain.ports: nothing to count (no ports configured or known from members)".to_owned()
-        }))
-        .chain(
-            memberships
-                .is_empty()
-                .then(|| "no membership of this server found in any pool".to_owned()),
-        )
+        .filter(|m| m.health.as_deref() == Some("MISSING"))
+        .map(|m| format!("pool {} member {}: not found", m.pool_id, m.member_id))
         .collect();
+    // One line per address, naming everything that uses it.
+    let mut foreign: Vec<(std::net::IpAddr, Vec<String>)> = Vec::new();
+    let users = own_address
+        .map(|a| (a, "this server's address".to_owned()))
+        .into_iter()
+        .chain(memberships.iter().filter_map(|m| {
+            Some((
+                m.address?,
+                format!("pool {} member {}", m.pool_id, m.member_id),
+            ))
+        }));
+    for (address, user) in users.filter(|(a, _)| local.interface_of(*a).is_none()) {
+        match foreign.iter_mut().find(|(a, _)| *a == address) {
+            Some((_, list)) => list.push(user),
+            None => foreign.push((address, vec![user])),
+        }
+    }
+    problems.extend(foreign.iter().map(|(address, users)| {
+        format!(
+            "address {address} ({}) is on no interface of this machine: a stop would take it out of the \
+             pool but wait for this machine's connections; check cloud.address and [[member]] address",
+            users.join(", ")
+        )
+    }));
+    // One line per port the census would not count.
+    let mut uncounted: Vec<(u16, Vec<String>)> = Vec::new();
+    for m in memberships.iter().filter(|m| !counted(m)) {
+        let (Some(port), user) = (
+            m.protocol_port,
+            format!("pool {} member {}", m.pool_id, m.member_id),
+        ) else {
+            continue;
+        };
+        match uncounted.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, list)) => list.push(user),
+            None => uncounted.push((port, vec![user])),
+        }
+    }
+    let listed: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
+    problems.extend(uncounted.iter().map(|(port, users)| {
+        if ports_configured {
+            format!(
+                "drain.ports [{}] do not include port {port} ({}): its connections would not be waited \
+                 for; add {port} to drain.ports (behind a port translation, e.g. into a container, list both)",
+                listed.join(", "),
+                users.join(", ")
+            )
+        } else {
+            format!(
+                "port {port} ({}) is not counted: its [[member]] has no protocol_port; set protocol_port = \
+                 {port} there, or drain.ports",
+                users.join(", ")
+            )
+        }
+    }));
+    if spec.ports.is_empty() {
+        problems.push(
+            "drain.ports: nothing to count (no ports configured or known from members)".into(),
+        );
+    }
+    if let (None, Some(netlink), Some(procfs)) =
+        (census.backend, &census.netlink_error, &census.procfs_error)
+    {
+        problems.push(format!(
+            "census: neither netlink sock_diag ({netlink}) nor /proc/net/tcp ({procfs}) can be read \
+             here: a drain could not count connections"
+        ));
+    }
+    if memberships.is_empty() {
+        problems.push("no membership of this server found in any pool".to_owned());
+    }
+
     if json {
+        let mut identity = serde_json::to_value(&agent.identity).unwrap_or_default();
+        if let Some(id) = identity.as_object_mut() {
+            id.insert("address_interface".into(), interface(own_address).into());
+        }
+        let memberships: Vec<serde_json::Value> = memberships
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("address_interface".into(), interface(m.address).into());
+                    o.insert("port_counted".into(), counted(m).into());
+                }
+                v
+            })
+            .collect();
         let out = serde_json::json!({
             "ok": problems.is_empty(),
             "problems": problems,
             "project_id": agent.elb.project_id().as_str(),
-            "identity": agent.identity,
+            "identity": identity,
             "credential": { "kind": info.kind, "expires_at": info.expires_at_rfc3339() },
             "memberships": memberships,
             "drain_ports": spec.ports,
+            "drain_ports_from": if ports_configured { "drain.ports" } else { "memberships" },
             "exclude_peers": spec.exclude_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "census": {
+                "backend": census.backend.map(backend_name),
+                "established": census.established,
+                "netlink_error": census.netlink_error,
+                "procfs_error": census.procfs_error,
+            },
             "connection_drain": agent.lb_drain.iter().map(|(p, t)| serde_json::json!({"pool_id": p.as_str(), "timeout_s": t.as_secs()})).collect::<Vec<_>>(),
         });
         println!("{out:#}");
     } else {
+        let on = |a: Option<std::net::IpAddr>| match (a, interface(a)) {
+            (None, _) => String::new(),
+            (Some(_), Some(i)) => format!(" (on {i})"),
+            (Some(_), None) => " (NOT on this machine)".into(),
+        };
         println!("project:      {}", agent.elb.project_id());
         if let Some(id) = &agent.identity {
             println!(
-                "server:       instance {} address {} region {}",
+                "server:       instance {} address {}{} region {}",
                 id.instance_id.as_deref().unwrap_or("?"),
                 id.address.map_or("?".into(), |a| a.to_string()),
+                on(id.address),
                 id.region.as_deref().unwrap_or("?")
             );
         }
@@ -555,10 +653,12 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
                 _ => String::new(),
             };
             println!(
-                "  pool {} member {}{at} {}",
+                "  pool {} member {}{at} {}{}{}",
                 m.pool_id,
                 m.member_id,
-                m.health.as_deref().unwrap_or("?")
+                m.health.as_deref().unwrap_or("?"),
+                on(m.address),
+                if counted(m) { "" } else { ", port NOT counted" }
             );
         }
         for (p, t) in &agent.lb_drain {
@@ -567,8 +667,22 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
                 t.as_secs()
             );
         }
-        let ports: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
-        println!("drain ports:  {}", ports.join(","));
+        println!(
+            "drain ports:  {} ({})",
+            listed.join(","),
+            if ports_configured {
+                "drain.ports"
+            } else {
+                "the memberships' ports"
+            }
+        );
+        match (census.backend, census.established) {
+            (Some(b), Some(n)) if !spec.ports.is_empty() => {
+                println!("census:       {}, {n} established now", backend_label(b))
+            }
+            (Some(b), _) => println!("census:       {}", backend_label(b)),
+            (None, _) => println!("census:       NONE works here"),
+        }
         println!(
             "result:       {}",
             if problems.is_empty() {
@@ -586,6 +700,60 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     } else {
         Exit::Config
     })
+}
+
+/// Which census works in this process, tried the way a drain tries them: netlink sock_diag, else
+/// /proc/net/tcp{,6}; with each one's error when it does not.
+struct CensusProbe {
+    backend: Option<Backend>,
+    established: Option<usize>,
+    netlink_error: Option<String>,
+    procfs_error: Option<String>,
+}
+
+impl CensusProbe {
+    fn run(spec: &CensusSpec) -> CensusProbe {
+        let netlink = NetlinkCensus::new(spec.clone()).and_then(|mut c| c.count());
+        let netlink_error = match netlink {
+            Ok(count) => {
+                return CensusProbe {
+                    backend: Some(Backend::Netlink),
+                    established: Some(count.established),
+                    netlink_error: None,
+                    procfs_error: None,
+                };
+            }
+            Err(e) => e.to_string(),
+        };
+        match ProcCensus::new(spec.clone()).count() {
+            Ok(count) => CensusProbe {
+                backend: Some(Backend::Procfs),
+                established: Some(count.established),
+                netlink_error: Some(netlink_error),
+                procfs_error: None,
+            },
+            Err(e) => CensusProbe {
+                backend: None,
+                established: None,
+                netlink_error: Some(netlink_error),
+                procfs_error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Netlink => "netlink",
+        Backend::Procfs => "procfs",
+    }
+}
+
+fn backend_label(b: Backend) -> &'static str {
+    match b {
+        Backend::Netlink => "netlink sock_diag",
+        Backend::Procfs => "/proc/net/tcp (netlink sock_diag refused here)",
+    }
 }
 
 /// `status`: the running daemon's state (from its socket), the API's view of the memberships, and the

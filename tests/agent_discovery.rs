@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use elb_sim::scenario::Instance;
@@ -23,9 +23,10 @@ fn member_id(pool: usize, n: usize) -> String {
     format!("{pool:08x}-0000-4000-8000-{n:012x}")
 }
 
-async fn cloud(our_port: u16) -> Sim {
+/// Five pools, this server (127.0.0.2) in the first three; agency keys living `key_lifetime`.
+async fn cloud(our_port: u16, key_lifetime: Duration) -> Sim {
     let mut s = Scenario::builder().project(PROJECT).settings(|s| {
-        s.temp_key_lifetime = Duration::from_secs(3);
+        s.temp_key_lifetime = key_lifetime;
     });
     s = s.instance(Instance {
         uuid: INSTANCE.into(),
@@ -55,12 +56,17 @@ async fn cloud(our_port: u16) -> Sim {
     Sim::start(s.build()).await.expect("elb-sim")
 }
 
-fn config(dir: &std::path::Path, sim: &Sim, port: u16) -> std::path::PathBuf {
+fn config(
+    dir: &std::path::Path,
+    sim: &Sim,
+    port: u16,
+    discovery_interval: &str,
+) -> std::path::PathBuf {
     write_file(
         dir,
         "elb-drain.toml",
         &format!(
-            "[cloud]\nelb_endpoint = \"{}\"\nmetadata_endpoint = \"{}\"\ndiscovery_interval = \"300ms\"\npage_size = 2\n\
+            "[cloud]\nelb_endpoint = \"{}\"\nmetadata_endpoint = \"{}\"\ndiscovery_interval = \"{discovery_interval}\"\npage_size = 2\n\
              [auth]\nmethod = \"metadata\"\n\
              [drain]\nports = [{port}]\nexclude_peers = []\nsettle = \"100ms\"\npoll_interval = \"20ms\"\n",
             sim.api_url(),
@@ -73,9 +79,9 @@ fn config(dir: &std::path::Path, sim: &Sim, port: u16) -> std::path::PathBuf {
 async fn no_secret_no_member_ids_every_pool_drained() {
     let app = EchoServer::start_on("127.0.0.2");
     let port = app.addr.port();
-    let sim = cloud(port).await;
+    let sim = cloud(port, Duration::from_secs(86_400)).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &sim, port);
+    let config = config(dir.path(), &sim, port, "300ms");
 
     // check: identity, credential and the three memberships, changing nothing.
     let mut check = ProcGuard::spawn(agent(&config, &["check", "--json"]));
@@ -87,6 +93,17 @@ async fn no_secret_no_member_ids_every_pool_drained() {
     assert_eq!(report["project_id"], PROJECT);
     assert_eq!(report["identity"]["instance_id"], INSTANCE);
     assert_eq!(report["identity"]["address"], "127.0.0.2");
+    // Not held by lo, but inside its 127.0.0.0/8: this machine.
+    assert_eq!(report["identity"]["address_interface"], "lo");
+    assert!(
+        report["memberships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["address_interface"] == "lo" && m["port_counted"] == true),
+        "{report:#}"
+    );
+    assert!(report["census"]["backend"].is_string(), "{report:#}");
     assert_eq!(report["credential"]["kind"], "metadata (agency)");
     assert!(report["credential"]["expires_at"].is_string());
     let found: Vec<&str> = report["memberships"]
@@ -109,7 +126,7 @@ async fn no_secret_no_member_ids_every_pool_drained() {
         .count();
     assert!(pages >= 1, "ListPools was followed to a second page");
 
-    // run: ready, keys refreshed before they expire, then SIGTERM.
+    // run: ready (key renewal over a long run: `agency_keys_renewed_in_the_background_...` below).
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         agent.wait_stderr("ready", Duration::from_secs(10)),
@@ -135,18 +152,6 @@ async fn no_secret_no_member_ids_every_pool_drained() {
         agent.wait_stderr("memberships changed", Duration::from_secs(10)),
         "{}",
         agent.stderr()
-    );
-    // Outlive the first temporary key (3 s): the agent must have fetched a new one in time.
-    let key_fetches = || {
-        sim.request_log()
-            .iter()
-            .filter(|r| r.path.ends_with("/securitykey"))
-            .count()
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || key_fetches() >= 3),
-        "fetches: {}",
-        key_fetches()
     );
     agent.signal(libc::SIGTERM);
     let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
@@ -177,4 +182,100 @@ async fn no_secret_no_member_ids_every_pool_drained() {
         log.iter().all(|r| r.status != 401 && r.status != 403),
         "no failed request: {log:?}"
     );
+}
+
+/// A run spanning several lifetimes of the agency's temporary keys: each is renewed by the background
+/// refresher while nothing else is on the wire, well before the one in use expires, so no request is
+/// ever refused and the DELETEs at the stop go out at once with a live key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agency_keys_are_renewed_in_the_background_ahead_of_expiry() {
+    const LIFETIME: Duration = Duration::from_secs(2);
+    let app = EchoServer::start_on("127.0.0.2");
+    let port = app.addr.port();
+    let sim = cloud(port, LIFETIME).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No re-discovery while serving: then no API call needs a key, and every fetch is the refresher's.
+    let config = config(dir.path(), &sim, port, "1h");
+
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let ready = SystemTime::now();
+    let keys = || issued_temp_keys(&sim, LIFETIME);
+    let first = keys().first().copied().expect("a key at start-up");
+    // Serve until the key of two lifetimes after the first one's expiry has expired too: a key that
+    // is only issued if renewal went on all along.
+    let outlived = || {
+        keys()
+            .iter()
+            .any(|k| k.until >= first.until + 2 * LIFETIME && k.until <= SystemTime::now())
+    };
+    assert!(
+        wait_until(LIFETIME * 6 + Duration::from_secs(10), outlived),
+        "keys: {:?}\n{}",
+        keys(),
+        agent.stderr()
+    );
+    // Keys expire just as the refresher renews (half-way through the next one's life): stop just after
+    // a renewal instead, so the next one is half a lifetime away and cannot mingle with the DELETEs.
+    let fetched = || {
+        sim.request_log()
+            .iter()
+            .filter(|r| r.path.ends_with("/securitykey"))
+            .count()
+    };
+    let before = fetched();
+    assert!(
+        wait_until(LIFETIME, || fetched() > before),
+        "renewals stopped"
+    );
+    let stop = SystemTime::now();
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+
+    let log = sim.request_log();
+    assert!(
+        log.iter().all(|r| r.status != 401 && r.status != 403),
+        "no request refused: {log:?}"
+    );
+    let fetches: Vec<SystemTime> = log
+        .iter()
+        .filter(|r| r.path.ends_with("/securitykey"))
+        .inspect(|r| assert_eq!(r.status, 200, "{r:?}"))
+        .map(|r| r.at)
+        .collect();
+    // The refresher aims at half the lifetime; a quarter is room for a slow scheduler.
+    let lead = assert_renewed_ahead(&fetches, &keys(), LIFETIME / 4);
+    eprintln!("{} key fetches, smallest lead {lead:?}", fetches.len());
+    // In the background: several fetches while serving, and no API call at all meanwhile.
+    let serving = |t: SystemTime| t > ready && t < stop;
+    assert!(
+        fetches.iter().filter(|t| serving(**t)).count() >= 3,
+        "{fetches:?}"
+    );
+    let calls: Vec<_> = log
+        .iter()
+        .filter(|r| r.service != "metadata" && serving(r.at))
+        .collect();
+    assert!(calls.is_empty(), "API calls while serving: {calls:?}");
+    // At the stop the key was already in hand: the DELETEs came first, signed with a live key.
+    let after: Vec<_> = log.iter().filter(|r| r.at > stop).collect();
+    let deletes: Vec<_> = after.iter().filter(|r| r.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 3, "{after:?}");
+    assert!(
+        after.iter().take(3).all(|r| r.method == "DELETE"),
+        "the DELETEs first: {after:#?}"
+    );
+    for d in deletes {
+        assert_eq!((d.status, d.auth), (204, AuthKind::AkskTemporary), "{d:?}");
+        let key = held_at(&keys(), d.at).expect("a key before the DELETE");
+        assert!(
+            d.at < key.until,
+            "DELETE with an expired key: {d:?} {key:?}"
+        );
+    }
 }

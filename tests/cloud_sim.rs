@@ -427,6 +427,86 @@ async fn metadata_identity_agency_keys_and_a_platform_without_session_tokens() {
     }
 }
 
+/// A token request answered 405 (a proxy that only passes GET) or 503 (the token service down) means:
+/// read without a session token, as on a platform without them (404, above); asked once, not per read.
+#[tokio::test]
+async fn a_token_request_refused_with_405_or_503_falls_back_to_reads_without_a_token() {
+    for status in [405, 503] {
+        let sim = Sim::start(scenario().build()).await.expect("sim");
+        sim.inject_fault(
+            Fault::new(
+                "PUT",
+                "/meta-data/latest/api/token",
+                vec![FaultAction::Status {
+                    status,
+                    retry_after: None,
+                }],
+            )
+            .repeating(),
+        );
+        let metadata = Metadata::new(http(), url(&sim.metadata_url()));
+        let me = metadata
+            .identity()
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        assert_eq!(me.instance_id.to_string(), INSTANCE);
+        metadata.local_ipv4().await.expect("ip");
+        metadata.security_key().await.expect("keys");
+        let log = sim.request_log();
+        let puts: Vec<u16> = log
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(puts, [status], "asked for a session token once");
+        assert!(
+            log.iter()
+                .filter(|r| r.method == "GET")
+                .all(|r| r.status == 200),
+            "{status}: {log:?}"
+        );
+    }
+}
+
+/// A 503 that was only a hiccup, on a platform that requires tokens: the reads without a token are
+/// refused (401), and the client asks for a session token again instead of failing for good.
+#[tokio::test]
+async fn a_passing_503_on_a_platform_requiring_tokens_costs_one_refused_read() {
+    let mut s = scenario();
+    s.metadata.tokens = TokenMode::Required;
+    let sim = Sim::start(s).await.expect("sim");
+    sim.inject_fault(Fault::new(
+        "PUT",
+        "/meta-data/latest/api/token",
+        vec![FaultAction::Status {
+            status: 503,
+            retry_after: None,
+        }],
+    ));
+    let metadata = Metadata::new(http(), url(&sim.metadata_url()));
+    metadata
+        .identity()
+        .await
+        .expect("identity after a new token");
+    metadata.security_key().await.expect("keys");
+    let answers: Vec<(String, u16)> = sim
+        .request_log()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    let want: Vec<(String, u16)> = [
+        ("PUT", 503),
+        ("GET", 401),
+        ("PUT", 200),
+        ("GET", 200),
+        ("GET", 200),
+    ]
+    .iter()
+    .map(|(m, s)| (m.to_string(), *s))
+    .collect();
+    assert_eq!(answers, want);
+}
+
 #[tokio::test]
 async fn a_server_without_an_agency_is_a_configuration_error() {
     let mut s = scenario();

@@ -134,8 +134,9 @@ pub enum CloudError {
     #[error("{op}: pool {pool} does not exist; check [[member]] pool_id and the project")]
     PoolNotFound { op: String, pool: String },
     #[error(
-        "metadata: this server has no agency (\"Please configure Cloud Service Agency first\"); attach an \
-         agency with ELB permissions to the ECS, or use another auth method"
+        "config: auth.method = \"metadata\": this server has no agency (the metadata service answered \
+         \"Please configure Cloud Service Agency first\"); attach an agency with ELB permissions to this \
+         ECS server, or set another auth.method"
     )]
     NoAgency,
     #[error("{0}")]

@@ -383,3 +383,78 @@ pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// A credential elb-sim issued (an agency's temporary key, an IAM token): valid from, until.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Issued {
+    pub from: std::time::SystemTime,
+    pub until: std::time::SystemTime,
+}
+
+/// Every temporary agency key elb-sim handed out, oldest first.
+pub fn issued_temp_keys(sim: &Sim, lifetime: Duration) -> Vec<Issued> {
+    let mut keys: Vec<Issued> = sim.shared().lock_for_tests(|inner| {
+        inner
+            .keys
+            .iter()
+            .filter(|(ak, _)| ak.starts_with("TMP"))
+            .filter_map(|(_, k)| k.expires)
+            .map(|until| Issued {
+                from: until - lifetime,
+                until,
+            })
+            .collect()
+    });
+    keys.sort();
+    keys
+}
+
+/// Every IAM token elb-sim handed out, oldest first.
+pub fn issued_tokens(sim: &Sim, lifetime: Duration) -> Vec<Issued> {
+    let mut tokens: Vec<Issued> = sim.shared().lock_for_tests(|inner| {
+        inner
+            .tokens
+            .values()
+            .map(|t| Issued {
+                from: t.expires - lifetime,
+                until: t.expires,
+            })
+            .collect()
+    });
+    tokens.sort();
+    tokens
+}
+
+/// The credential an agent held at `t`: the last one issued before it. elb-sim issues a credential
+/// while answering the request that fetched it, after that request's arrival, and an agent fetches
+/// one at a time, so the last one issued before a request arrived is the one its sender held.
+pub fn held_at(issued: &[Issued], t: std::time::SystemTime) -> Option<Issued> {
+    issued.iter().rev().find(|c| c.from < t).copied()
+}
+
+/// Asserts that every fetch of a credential (arrival times, in order) after the first came at least
+/// `lead` before the one held then expired: renewed ahead of need, never after a failure. Returns the
+/// smallest lead seen.
+pub fn assert_renewed_ahead(
+    fetches: &[std::time::SystemTime],
+    issued: &[Issued],
+    lead: Duration,
+) -> Duration {
+    let mut smallest = Duration::MAX;
+    for (n, at) in fetches.iter().enumerate().skip(1) {
+        let held = held_at(issued, *at)
+            .unwrap_or_else(|| panic!("fetch {n}: no credential issued before it: {issued:?}"));
+        let left = held.until.duration_since(*at).unwrap_or_else(|e| {
+            panic!(
+                "fetch {n} came {:?} after the credential held then expired",
+                e.duration()
+            )
+        });
+        assert!(
+            left >= lead,
+            "fetch {n} came only {left:?} before the credential held then expired (want >= {lead:?})"
+        );
+        smallest = smallest.min(left);
+    }
+    smallest
+}

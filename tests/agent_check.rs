@@ -1,0 +1,521 @@
+//! `elb-drain check` says when a stop would not work, and exits 78 then: a member address that is not
+//! this machine's (the pool loses it while the drain watches this machine), a member port the census
+//! does not count (its connections would be cut), no census that works in this process. Each case runs
+//! the real binary against elb-sim and asserts the exit code, the text and the JSON.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use elb_sim::{Scenario, Sim};
+
+const LOCAL: &str = "a1a1a1a1-0000-4000-8000-000000000001";
+const PREFIX: &str = "a2a2a2a2-0000-4000-8000-000000000002";
+const FOREIGN: &str = "a3a3a3a3-0000-4000-8000-000000000003";
+/// TEST-NET-1: on no machine. elb-sim probes only loopback members and the pool has no monitor, so
+/// no packet is ever sent to it.
+const ELSEWHERE: &str = "192.0.2.10";
+
+/// One pool: a member on 127.0.0.1 (held by lo), one on 127.0.0.2 (in lo's 127.0.0.0/8, held by no
+/// interface) and one on an address of no machine, all on `port`.
+async fn cloud(port: u16) -> Sim {
+    let scenario = Scenario::builder()
+        .project(PROJECT)
+        .user("alice", "acme", "pw")
+        .pool(POOL, |p| p)
+        .member(POOL, LOCAL, "127.0.0.1", port)
+        .member(POOL, PREFIX, "127.0.0.2", port)
+        .member(POOL, FOREIGN, ELSEWHERE, port)
+        .build();
+    Sim::start(scenario).await.expect("elb-sim")
+}
+
+/// Password auth, the given `[[member]]`s by ID (with their `protocol_port` when given), and `drain`
+/// lines for `[drain]`.
+fn config(dir: &Path, sim: &Sim, members: &[(&str, Option<u16>)], drain: &str) -> PathBuf {
+    let password = write_file(dir, "password", "pw");
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let api = sim.api_url();
+    let mut text = format!(
+        "[cloud]\nproject_id = \"{PROJECT}\"\nelb_endpoint = \"{api}\"\niam_endpoint = \"{api}\"\n\
+         metadata_endpoint = \"{}\"\nretry_deadline = \"3s\"\n\
+         [auth]\nmethod = \"password\"\nuser = \"alice\"\ndomain = \"acme\"\npassword_file = \"{}\"\n\
+         [drain]\nexclude_peers = []\nsettle = \"100ms\"\npoll_interval = \"20ms\"\n{drain}\n",
+        sim.metadata_url(),
+        password.display()
+    );
+    for (id, port) in members {
+        text += &format!("[[member]]\npool_id = \"{POOL}\"\nmember_id = \"{id}\"\n");
+        if let Some(p) = port {
+            text += &format!("protocol_port = {p}\n");
+        }
+    }
+    write_file(dir, "elb-drain.toml", &text)
+}
+
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_check(mut cmd: Command) -> Checked {
+    let mut check = ProcGuard::spawn({
+        cmd.env_remove("ELB_DRAIN_LOG");
+        cmd
+    });
+    let exit = check
+        .wait_timeout(Duration::from_secs(20))
+        .expect("check exits");
+    Checked {
+        code: exit.code(),
+        stdout: check.stdout(),
+        stderr: check.stderr(),
+    }
+}
+
+/// `check` and `check --json` on one config.
+fn check_both(config: &Path) -> (Checked, serde_json::Value) {
+    let text = run_check(agent(config, &["check"]));
+    let json = run_check(agent(config, &["check", "--json"]));
+    assert_eq!(text.code, json.code, "{}\n{}", text.stderr, json.stderr);
+    let report = serde_json::from_str(&json.stdout).expect("JSON on stdout");
+    (text, report)
+}
+
+fn membership<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["memberships"]
+        .as_array()
+        .expect("memberships")
+        .iter()
+        .find(|m| m["member_id"] == id)
+        .unwrap_or_else(|| panic!("no membership {id} in {report:#}"))
+}
+
+fn problem_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("elb-drain: check: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_address_elsewhere_fails_check_and_is_warned_about_by_run() {
+    let app = EchoServer::start();
+    let port = app.addr.port();
+    let sim = cloud(port).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // 127.0.0.1 is held by lo; 127.0.0.2 only lies in lo's prefix, which Linux routes locally.
+    let here = config(
+        dir.path(),
+        &sim,
+        &[(LOCAL, Some(port)), (PREFIX, Some(port))],
+        "",
+    );
+    let (text, report) = check_both(&here);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert_eq!(report["ok"], true, "{report:#}");
+    for id in [LOCAL, PREFIX] {
+        assert_eq!(membership(&report, id)["address_interface"], "lo");
+    }
+    assert!(
+        text.stdout
+            .contains(&format!("{LOCAL} 127.0.0.1:{port} NO_MONITOR (on lo)")),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("{PREFIX} 127.0.0.2:{port} NO_MONITOR (on lo)")),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("result:       ok"), "{}", text.stdout);
+
+    // The address comes from the API (no address in the config): a member ID copied from another server.
+    let elsewhere = config(
+        dir.path(),
+        &sim,
+        &[(LOCAL, Some(port)), (FOREIGN, Some(port))],
+        "",
+    );
+    let (text, report) = check_both(&elsewhere);
+    assert_eq!(text.code, Some(78), "{}", text.stderr);
+    assert_eq!(report["ok"], false);
+    assert_eq!(membership(&report, LOCAL)["address_interface"], "lo");
+    assert!(membership(&report, FOREIGN)["address_interface"].is_null());
+    assert!(
+        text.stdout.contains(&format!(
+            "{FOREIGN} {ELSEWHERE}:{port} NO_MONITOR (NOT on this machine)"
+        )),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("result:       PROBLEMS"),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(
+        problem_lines(&text.stderr),
+        [format!(
+            "elb-drain: check: address {ELSEWHERE} (pool {POOL} member {FOREIGN}) is on no interface of \
+             this machine: a stop would take it out of the pool but wait for this machine's connections; \
+             check cloud.address and [[member]] address"
+        )],
+        "{}",
+        text.stderr
+    );
+    assert_eq!(report["problems"].as_array().map(Vec::len), Some(1));
+    assert!(
+        sim.request_log()
+            .iter()
+            .all(|r| r.method == "GET" || r.path.ends_with("/auth/tokens")),
+        "check changes nothing: {:?}",
+        sim.request_log()
+    );
+
+    // `run` says so in its log, but drains: the operator may know better (a NAT), and a server that
+    // refused to start would never leave its pools.
+    let mut run = ProcGuard::spawn(agent(&elsewhere, &["run"]));
+    assert!(
+        run.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        run.stderr()
+    );
+    let warning = run
+        .stderr()
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains(ELSEWHERE))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no warning about {ELSEWHERE}: {}", run.stderr()));
+    assert!(
+        warning.contains("no interface of this machine"),
+        "{warning}"
+    );
+    assert!(
+        !run.stderr()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("address=127.0.0.1")),
+        "{}",
+        run.stderr()
+    );
+    run.signal(libc::SIGTERM);
+    let exit = run.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", run.stderr());
+    assert!(!sim.member_exists(POOL, LOCAL) && !sim.member_exists(POOL, FOREIGN));
+    assert!(sim.member_exists(POOL, PREFIX), "not in the config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ports_that_miss_a_members_port_fail_check() {
+    let app = EchoServer::start();
+    let port = app.addr.port();
+    let sim = cloud(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = unclaimed_port();
+
+    // Explicit ports that leave the member's out: its connections would be cut at the stop.
+    let missing = config(
+        dir.path(),
+        &sim,
+        &[(LOCAL, Some(port))],
+        &format!("ports = [{other}]"),
+    );
+    let (text, report) = check_both(&missing);
+    assert_eq!(text.code, Some(78), "{}", text.stderr);
+    assert_eq!(membership(&report, LOCAL)["port_counted"], false);
+    assert_eq!(report["drain_ports"], serde_json::json!([other]));
+    assert_eq!(report["drain_ports_from"], "drain.ports");
+    assert!(
+        text.stdout.contains(&format!(
+            "127.0.0.1:{port} NO_MONITOR (on lo), port NOT counted"
+        )),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("drain ports:  {other} (drain.ports)")),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(
+        problem_lines(&text.stderr),
+        [format!(
+            "elb-drain: check: drain.ports [{other}] do not include port {port} (pool {POOL} member \
+             {LOCAL}): its connections would not be waited for; add {port} to drain.ports (behind a \
+             port translation, e.g. into a container, list both)"
+        )],
+        "{}",
+        text.stderr
+    );
+
+    // Listing both (the documented way to keep a translated port) passes.
+    let both = config(
+        dir.path(),
+        &sim,
+        &[(LOCAL, Some(port))],
+        &format!("ports = [{other}, {port}]"),
+    );
+    let (text, report) = check_both(&both);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert_eq!(membership(&report, LOCAL)["port_counted"], true);
+
+    // No drain.ports: the members' ports count, but a [[member]] without protocol_port adds none,
+    // although the API knows its port.
+    let unknown = config(
+        dir.path(),
+        &sim,
+        &[(LOCAL, None), (PREFIX, Some(other))],
+        "",
+    );
+    let (text, report) = check_both(&unknown);
+    assert_eq!(text.code, Some(78), "{}", text.stderr);
+    assert_eq!(report["drain_ports_from"], "memberships");
+    assert_eq!(membership(&report, LOCAL)["protocol_port"], port);
+    assert_eq!(membership(&report, LOCAL)["port_counted"], false);
+    assert_eq!(
+        problem_lines(&text.stderr),
+        [format!(
+            "elb-drain: check: port {port} (pool {POOL} member {LOCAL}) is not counted: its [[member]] \
+             has no protocol_port; set protocol_port = {port} there, or drain.ports"
+        )],
+        "{}",
+        text.stderr
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("drain ports:  {other} (the memberships' ports)")),
+        "{}",
+        text.stdout
+    );
+}
+
+/// How `cmd` is confined: sock_diag refused (seccomp), and optionally `/proc/net` hidden too (an empty
+/// tmpfs over this process's `/proc/PID/net`, in its own mount namespace).
+#[derive(Clone, Copy, PartialEq)]
+enum Confine {
+    NoNetlink,
+    NoNetlinkNoProc,
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+/// A seccomp filter answering EACCES to `socket(AF_NETLINK, _, NETLINK_SOCK_DIAG)`, as a locked-down
+/// container does; every other call (netlink route included: sysinfo lists interfaces with it) passes.
+fn deny_sock_diag() -> Vec<libc::sock_filter> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq_else = |k: u32, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
+    // seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low half first on little endian).
+    vec![
+        load(4),
+        jeq_else(AUDIT_ARCH, 7),
+        load(0),
+        jeq_else(libc::SYS_socket as u32, 5),
+        load(16),
+        jeq_else(libc::AF_NETLINK as u32, 3),
+        load(32),
+        jeq_else(libc::NETLINK_SOCK_DIAG as u32, 1),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+fn confine(cmd: &mut Command, how: Confine) {
+    let filter = deny_sock_diag();
+    // Everything the child needs is made here: between fork and exec only system calls are safe.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let uid_map = format!("0 {uid} 1\n");
+    let gid_map = format!("0 {gid} 1\n");
+    let path = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (root, net, tmpfs, none) = (
+        path("/"),
+        path("/proc/self/net"),
+        path("tmpfs"),
+        path("none"),
+    );
+    let (setgroups, uid_file, gid_file) = (
+        path("/proc/self/setgroups"),
+        path("/proc/self/uid_map"),
+        path("/proc/self/gid_map"),
+    );
+    // SAFETY: the closure makes system calls only, on data prepared above; it runs in the forked child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            let write = |file: &std::ffi::CString, text: &[u8]| {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+                let ok = fd >= 0 && libc::write(fd, text.as_ptr().cast(), text.len()) >= 0;
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                ok
+            };
+            if how == Confine::NoNetlinkNoProc {
+                // As root a mount namespace is enough; otherwise a user namespace gives the right.
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                        return fail();
+                    }
+                    if !write(&setgroups, b"deny")
+                        || !write(&uid_file, uid_map.as_bytes())
+                        || !write(&gid_file, gid_map.as_bytes())
+                    {
+                        return fail();
+                    }
+                }
+                // Private first, so nothing of this reaches the machine's own mount table.
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                    || libc::mount(
+                        none.as_ptr(),
+                        net.as_ptr(),
+                        tmpfs.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return fail();
+                }
+            }
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether this machine lets a test confine a process that way (namespaces may be off for non-root).
+fn can_confine(how: Confine) -> bool {
+    let mut probe = Command::new("true");
+    confine(&mut probe, how);
+    match probe.status() {
+        Ok(s) if s.success() => true,
+        other => {
+            eprintln!("SKIPPED part of this test: cannot confine a process here ({other:?})");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_census_that_works_and_fails_when_none_does() {
+    let app = EchoServer::start();
+    let port = app.addr.port();
+    let sim = cloud(port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sim, &[(LOCAL, Some(port))], "");
+    // One connection to the application, so the census line shows a count that was really taken.
+    let _conn = std::net::TcpStream::connect(app.addr).expect("connect");
+
+    let (text, report) = check_both(&config);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert_eq!(report["census"]["backend"], "netlink", "{report:#}");
+    assert_eq!(report["census"]["established"], 1, "{report:#}");
+    assert!(
+        text.stdout
+            .contains("census:       netlink sock_diag, 1 established now"),
+        "{}",
+        text.stdout
+    );
+
+    // sock_diag refused (a locked-down container): /proc/net/tcp works, so a stop would too.
+    assert!(
+        can_confine(Confine::NoNetlink),
+        "seccomp needs no privilege: this must work everywhere"
+    );
+    let confined = |how| {
+        let mut text = agent(&config, &["check"]);
+        confine(&mut text, how);
+        let mut json = agent(&config, &["check", "--json"]);
+        confine(&mut json, how);
+        let text = run_check(text);
+        let json = run_check(json);
+        let report: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+        (text, report)
+    };
+    let (text, report) = confined(Confine::NoNetlink);
+    assert_eq!(text.code, Some(0), "{}", text.stderr);
+    assert_eq!(report["census"]["backend"], "procfs", "{report:#}");
+    assert_eq!(report["census"]["established"], 1, "{report:#}");
+    assert!(
+        report["census"]["netlink_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Permission denied")),
+        "{report:#}"
+    );
+    assert!(
+        text.stdout.contains(
+            "census:       /proc/net/tcp (netlink sock_diag refused here), 1 established now"
+        ),
+        "{}",
+        text.stdout
+    );
+
+    // Neither: a drain could not count anything, so a stop would not wait for anyone.
+    if !can_confine(Confine::NoNetlinkNoProc) {
+        return;
+    }
+    let (text, report) = confined(Confine::NoNetlinkNoProc);
+    assert_eq!(text.code, Some(78), "{}", text.stderr);
+    assert!(report["census"]["backend"].is_null(), "{report:#}");
+    assert!(
+        text.stdout.contains("census:       NONE works here"),
+        "{}",
+        text.stdout
+    );
+    let problems = problem_lines(&text.stderr);
+    assert_eq!(problems.len(), 1, "{}", text.stderr);
+    assert!(
+        problems[0].starts_with("elb-drain: check: census: neither netlink sock_diag (")
+            && problems[0].contains("Permission denied")
+            && problems[0].contains("nor /proc/net/tcp (census: /proc/net/tcp: No such file")
+            && problems[0].ends_with("a drain could not count connections"),
+        "{}",
+        problems[0]
+    );
+    assert_eq!(report["ok"], false);
+}
