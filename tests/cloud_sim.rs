@@ -468,6 +468,40 @@ async fn a_token_request_refused_with_405_or_503_falls_back_to_reads_without_a_t
     }
 }
 
+/// A throttled metadata read waits out the service's `Retry-After` before it asks again, instead of
+/// its own short backoff (tens of milliseconds), which would only be refused again.
+#[tokio::test]
+async fn a_throttled_metadata_read_waits_for_retry_after() {
+    let sim = Sim::start(scenario().build()).await.expect("sim");
+    sim.inject_fault(Fault::new(
+        "GET",
+        "/openstack/latest/meta_data.json",
+        vec![FaultAction::Status {
+            status: 429,
+            retry_after: Some(1),
+        }],
+    ));
+    let metadata = Metadata::new(http(), url(&sim.metadata_url()));
+    let me = metadata.identity().await.expect("identity after the wait");
+    assert_eq!(me.instance_id.to_string(), INSTANCE);
+    let reads: Vec<(u16, u64)> = sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| (r.status, r.mono_ns))
+        .collect();
+    assert_eq!(
+        reads.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [429, 200],
+        "{reads:?}"
+    );
+    let waited = Duration::from_nanos(reads[1].1 - reads[0].1);
+    assert!(
+        waited >= Duration::from_secs(1),
+        "Retry-After: 1 honoured, waited {waited:?}"
+    );
+}
+
 /// A 503 that was only a hiccup, on a platform that requires tokens: the reads without a token are
 /// refused (401), and the client asks for a session token again instead of failing for good.
 #[tokio::test]

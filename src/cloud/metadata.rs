@@ -4,7 +4,7 @@
 //! Session tokens (IMDSv2 style) are used when the service offers them; a 404/405/503 on the token
 //! request means an older platform without them, remembered so it is asked only once. Reads are
 //! retried a few times on transient failures (the service is local; a hiccup is short), and a 401 gets
-//! a new session token once (it may have expired).
+//! a new session token once (it may have expired); a `Retry-After` is waited out (up to a few seconds).
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
-use super::{CloudError, ERROR_BODY_HEAD, api_error, read_bounded, read_head, transport};
+use super::{
+    CloudError, ERROR_BODY_HEAD, api_error, read_bounded, read_head, retry_after, transport,
+};
 use crate::ids::{InstanceId, ProjectId};
 use crate::secret::Secret;
 use crate::sign::SigningKey;
@@ -71,6 +73,9 @@ struct RawKey {
 }
 
 const TOKEN_TTL: &str = "21600";
+
+/// The longest a read waits on a `Retry-After` between its few attempts.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(5);
 
 impl Metadata {
     pub fn new(http: reqwest::Client, base: Url) -> Metadata {
@@ -134,10 +139,13 @@ impl Metadata {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.get_once(path, &op).await.and_then(|body| parse(&body));
-            match result {
+            let (result, retry_after) = self.get_once(path, &op).await;
+            match result.and_then(|body| parse(&body)) {
                 Err(e) if e.is_retryable() && attempt < 4 => {
-                    let delay = Duration::from_millis(50 << attempt);
+                    // A throttling service's Retry-After is a floor, within the few seconds a local
+                    // service's hiccup may cost.
+                    let delay = Duration::from_millis(50 << attempt)
+                        .max(retry_after.unwrap_or_default().min(RETRY_AFTER_CAP));
                     tracing::debug!(%op, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -150,19 +158,32 @@ impl Metadata {
         }
     }
 
-    async fn get_once(&self, path: &str, op: &str) -> Result<Vec<u8>, CloudError> {
+    /// One read; also returns the service's `Retry-After`, if any.
+    async fn get_once(
+        &self,
+        path: &str,
+        op: &str,
+    ) -> (Result<Vec<u8>, CloudError>, Option<Duration>) {
         let mut req = self.http.get(self.url(path));
-        if let Some(token) = self.session_token().await? {
-            req = req.header("X-Metadata-Token", token.expose());
+        match self.session_token().await {
+            Ok(Some(token)) => req = req.header("X-Metadata-Token", token.expose()),
+            Ok(None) => {}
+            Err(e) => return (Err(e), None),
         }
-        let response = req.send().await.map_err(|e| transport(op, &e))?;
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return (Err(transport(op, &e)), None),
+        };
         let status = response.status();
         if status.is_success() {
-            return read_bounded(response, op).await;
+            return (read_bounded(response, op).await, None);
         }
         let headers = response.headers().clone();
         let body = read_head(response, ERROR_BODY_HEAD).await;
-        Err(api_error(op, status, &headers, &body))
+        (
+            Err(api_error(op, status, &headers, &body)),
+            retry_after(&headers, SystemTime::now()),
+        )
     }
 
     pub async fn identity(&self) -> Result<Identity, CloudError> {

@@ -16,7 +16,7 @@ pub mod metadata;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::{Method, StatusCode, Url};
 use tokio::time::Instant;
@@ -468,11 +468,7 @@ impl Service {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let retry_after = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(300)));
+        let retry_after = retry_after(&headers, SystemTime::now());
         if !status.is_success() {
             // An error body is only read for its code and message: its head is enough, and a huge one
             // must not turn a retryable 503 into a "too large" that is not.
@@ -499,6 +495,25 @@ impl Service {
             None,
         )
     }
+}
+
+/// A server's `Retry-After`, in either of its forms (RFC 9110: delay-seconds or an HTTP-date), capped at
+/// five minutes so a hostile or confused server cannot park a stop; a date in the past is "now".
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
+    const CAP: Duration = Duration::from_secs(300);
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let after = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(after.min(CAP))
 }
 
 pub(crate) fn transport(op: &str, e: &reqwest::Error) -> CloudError {
@@ -793,6 +808,32 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_an_http_date_and_capped() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h, now)
+        };
+        assert_eq!(with("7"), Some(Duration::from_secs(7)));
+        assert_eq!(with(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(
+            with("Wed, 21 Oct 2015 07:28:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            with("Wed, 21 Oct 2015 07:00:00 GMT"),
+            Some(Duration::ZERO),
+            "a date already past means now"
+        );
+        assert_eq!(with("86400"), Some(Duration::from_secs(300)), "capped");
+        assert_eq!(with("soon"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
     #[test]
