@@ -105,12 +105,20 @@ pub trait Census: Send {
     }
 }
 
-/// The best census this process may use: netlink if a probe count works, else /proc.
+/// The best census this process may use: netlink if a probe count works, else /proc (a seccomp
+/// profile, an LSM or a kernel without `inet_diag` refuses the sock_diag socket or its dump). The
+/// choice is logged either way: an operator reading a slow drain wants to know which one counted.
 pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
     match NetlinkCensus::new(spec.clone()).and_then(|mut n| n.probe().map(|()| n)) {
-        Ok(n) => Box::new(n),
+        Ok(n) => {
+            tracing::info!(
+                backend = "netlink",
+                "connection census: netlink sock_diag, states and ports filtered in the kernel"
+            );
+            Box::new(n)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
+            tracing::warn!(backend = "procfs", error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
             Box::new(ProcCensus::new(spec.clone()))
         }
     }
