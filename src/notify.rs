@@ -160,7 +160,7 @@ impl Sink for Notifier {
                 self.status(&line);
                 return;
             }
-            Event::DeadlineLowered { .. } | Event::CensusFailed { .. } => {}
+            Event::Deadline { .. } | Event::Settled { .. } | Event::CensusFailed { .. } => {}
         }
         let line = status_line(&st);
         let changed = line != st.last_status;
