@@ -119,6 +119,12 @@ pub enum Event {
     CensusFailed {
         error: String,
     },
+    /// The poll interval moved with the census cost (said when it changed by a quarter or more).
+    PollInterval {
+        interval: Duration,
+        /// CPU time of the census that moved it.
+        census_cost: Duration,
+    },
     Finished {
         verdict: Verdict,
         elapsed: Duration,
@@ -459,6 +465,7 @@ pub async fn drive(
     let mut deregistration_done = false;
     let mut next = Instant::now();
     let mut pace = Pace::new(plan.poll_interval);
+    let mut said_interval = plan.poll_interval;
     // Count-down state: remaining sockets according to destroy notifications since the last census.
     let mut estimate: Option<usize> = None;
     loop {
@@ -525,6 +532,10 @@ pub async fn drive(
                 };
                 flush(&mut engine, sink);
                 let interval = pace.observe(cost);
+                if interval.abs_diff(said_interval) * 4 >= said_interval {
+                    said_interval = interval;
+                    sink.emit(&Event::PollInterval { interval, census_cost: cost });
+                }
                 match step {
                     Step::Done(verdict) => return verdict,
                     Step::CensusBy(at) => {

@@ -88,6 +88,16 @@ impl Sink for LogSink {
                 arrival(*last_arrival)
             ),
             Event::CensusFailed { error } => tracing::warn!(%error, "connection census failed"),
+            Event::PollInterval {
+                interval,
+                census_cost,
+            } => tracing::debug!(
+                interval_ms = interval.as_millis() as u64,
+                census_cost_us = census_cost.as_micros() as u64,
+                "census cost {} us of CPU: polling every {} ms",
+                census_cost.as_micros(),
+                interval.as_millis()
+            ),
             Event::Finished {
                 verdict,
                 elapsed,
