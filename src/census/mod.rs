@@ -125,7 +125,7 @@ pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
 }
 
 /// Socket-destroy notifications as a channel of "this many counted sockets went away", or `None` when
-/// the kernel does not allow the subscription (it needs CAP_NET_ADMIN); the drain then polls.
+/// the kernel does not allow the subscription (see [`destroy`]); the drain then polls.
 ///
 /// Not tied to a census, so it cannot tell counted sockets from ones that arrived later: prefer
 /// [`open_with_destroy`], which also subscribes before the first census.
@@ -141,7 +141,7 @@ pub fn destroy_channel(spec: &CensusSpec) -> Option<tokio::sync::mpsc::Unbounded
 
 /// [`open`] plus a destroy channel that counts only sockets the latest census counted (by cookie). The
 /// subscription comes first, so no destroy between it and the first census is missed. The channel is
-/// `None` without CAP_NET_ADMIN. Needs a tokio runtime (the watch runs as a task).
+/// `None` where the subscription is refused. Needs a tokio runtime (the watch runs as a task).
 pub fn open_with_destroy(
     spec: &CensusSpec,
 ) -> (
