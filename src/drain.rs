@@ -12,6 +12,10 @@
 //! while after the API said the member is gone (configuration propagation). Instead of a blind sleep the
 //! engine watches for connections that were not in the previous census and only starts counting down
 //! once none has arrived for `settle`, bounded by the deadline.
+//!
+//! Which deadline applies is always said: `[drain] timeout`, or a pool's `connection_drain` when that
+//! is shorter (the load balancer then closes what is left itself, and the engine gives the cut
+//! [`LB_CUT_GRACE`] to show in a census before it calls the drain timed out).
 
 use std::time::Duration;
 
@@ -67,10 +71,18 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadlineSource {
     /// `[drain] timeout` after the stop began.
-    Configured,
-    /// A pool's `connection_drain`: the load balancer itself cuts what remains at its timeout.
+    Configured { timeout: Duration },
+    /// A pool's `connection_drain`: the load balancer itself cuts what remains at its timeout, counted
+    /// from deregistration.
     LoadBalancer { pool: String, timeout: Duration },
 }
+
+/// After a pool's `connection_drain` deadline, how long the engine still waits for the load
+/// balancer's cut to show before it calls the drain timed out. The load balancer starts its timer when
+/// it applies the removal, which is after the API answered us; the closing handshake and the next
+/// census take a moment more. A connection still counted after that is one the load balancer does not
+/// carry (a client that reaches the server directly): waiting longer would not end it.
+pub const LB_CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// What the engine reports; sinks (log, systemd, progress bar, status socket) turn these into output.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,17 +103,34 @@ pub enum Event {
         established: usize,
         deadline_in: Duration,
     },
-    DeadlineLowered {
+    /// The deadline that applies: announced when the stop begins, and again once deregistration
+    /// is over if a pool's `connection_drain` lowered it.
+    Deadline {
         source: DeadlineSource,
         deadline_in: Duration,
     },
+    /// Settling is over: no new connection for `settle`. Counting down from here.
+    Settled {
+        /// When the last new connection was seen, from the start of the stop; `None`: none arrived
+        /// after deregistration.
+        last_arrival: Option<Duration>,
+        elapsed: Duration,
+    },
     CensusFailed {
         error: String,
+    },
+    /// The poll interval moved with the census cost (said when it changed by a quarter or more).
+    PollInterval {
+        interval: Duration,
+        /// CPU time of the census that moved it.
+        census_cost: Duration,
     },
     Finished {
         verdict: Verdict,
         elapsed: Duration,
         last_arrival: Option<Duration>,
+        /// The deadline that applied.
+        deadline: DeadlineSource,
     },
 }
 
@@ -134,7 +163,13 @@ pub enum Step {
 pub struct Engine {
     plan: Plan,
     started: Instant,
+    /// `started + plan.timeout`.
+    configured: Instant,
+    /// The deadline that applies: the configured one, or a pool's cut if that comes first.
     deadline: Instant,
+    source: DeadlineSource,
+    /// Whether the current `source` has been announced.
+    announced: bool,
     phase: Phase,
     deregistered_at: Option<Instant>,
     deregistration_failed: bool,
@@ -151,7 +186,12 @@ impl Engine {
         let mut engine = Engine {
             plan,
             started: now,
+            configured: now + plan.timeout,
             deadline: now + plan.timeout,
+            source: DeadlineSource::Configured {
+                timeout: plan.timeout,
+            },
+            announced: false,
             phase: Phase::Serving,
             deregistered_at: None,
             deregistration_failed: false,
@@ -161,6 +201,7 @@ impl Engine {
             events: Vec::new(),
         };
         engine.enter(Phase::Deregistering, now);
+        engine.announce_deadline(now);
         engine
     }
 
@@ -168,8 +209,32 @@ impl Engine {
         self.phase
     }
 
+    /// The deadline that applies (the earlier of `[drain] timeout` and any pool's cut).
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// When the drain is called timed out: the deadline, or [`LB_CUT_GRACE`] after a pool's cut (never
+    /// after the configured deadline).
+    pub fn give_up(&self) -> Instant {
+        match self.source {
+            DeadlineSource::Configured { .. } => self.deadline,
+            DeadlineSource::LoadBalancer { .. } => self
+                .deadline
+                .checked_add(LB_CUT_GRACE)
+                .map_or(self.configured, |g| g.min(self.configured)),
+        }
+    }
+
+    /// Emits the deadline that applies, if that changed since it was last said.
+    pub fn announce_deadline(&mut self, now: Instant) {
+        if !self.announced {
+            self.announced = true;
+            self.events.push(Event::Deadline {
+                source: self.source.clone(),
+                deadline_in: self.deadline.saturating_duration_since(now),
+            });
+        }
     }
 
     /// Events produced since the last call.
@@ -188,7 +253,8 @@ impl Engine {
     }
 
     /// A pool cuts its remaining connections `timeout` after deregistration: that may be the binding
-    /// deadline. Call after [`Engine::deregistered`].
+    /// deadline. Call after [`Engine::deregistered`], then [`Engine::announce_deadline`] once every
+    /// pool was given.
     pub fn lb_connection_drain(&mut self, pool: &str, timeout: Duration, now: Instant) {
         // The timeout comes from the cloud's answer: one past the clock's range cuts nothing.
         let Some(cut) = self.deregistered_at.unwrap_or(now).checked_add(timeout) else {
@@ -196,13 +262,11 @@ impl Engine {
         };
         if cut < self.deadline {
             self.deadline = cut;
-            self.events.push(Event::DeadlineLowered {
-                source: DeadlineSource::LoadBalancer {
-                    pool: pool.to_owned(),
-                    timeout,
-                },
-                deadline_in: cut.saturating_duration_since(now),
-            });
+            self.source = DeadlineSource::LoadBalancer {
+                pool: pool.to_owned(),
+                timeout,
+            };
+            self.announced = false;
         }
     }
 
@@ -244,6 +308,10 @@ impl Engine {
                     && now >= quiet + self.plan.settle
                 {
                     self.enter(Phase::Draining, now);
+                    self.events.push(Event::Settled {
+                        last_arrival: self.last_arrival.map(|t| t - self.started),
+                        elapsed: now - self.started,
+                    });
                 }
             }
             Phase::Deregistering | Phase::Draining => {}
@@ -251,7 +319,7 @@ impl Engine {
         }
         self.events.push(Event::Progress {
             established: count.established,
-            deadline_in: self.deadline.saturating_duration_since(now),
+            deadline_in: self.give_up().saturating_duration_since(now),
         });
         if self.phase == Phase::Draining && count.established == 0 {
             return self.finish(Phase::Drained, now);
@@ -264,7 +332,7 @@ impl Engine {
         if let Some(verdict) = self.finished() {
             return Step::Done(verdict);
         }
-        if now >= self.deadline {
+        if now >= self.give_up() {
             return self.finish(Phase::TimedOut, now);
         }
         let next = match self.phase {
@@ -275,16 +343,18 @@ impl Engine {
             },
             _ => now + self.plan.poll_interval,
         };
-        Step::CensusBy(next.min(self.deadline))
+        Step::CensusBy(next.min(self.give_up()))
     }
 
     fn finish(&mut self, phase: Phase, now: Instant) -> Step {
+        self.announce_deadline(now);
         self.enter(phase, now);
         let verdict = self.finished().expect("terminal phase");
         self.events.push(Event::Finished {
             verdict,
             elapsed: now - self.started,
             last_arrival: self.last_arrival.map(|t| t - self.started),
+            deadline: self.source.clone(),
         });
         Step::Done(verdict)
     }
@@ -316,6 +386,58 @@ pub struct Deregistration {
 /// census never takes more than about 1/`COST_RATIO` of a core.
 pub const COST_RATIO: u32 = 20;
 
+/// The poll interval, following the recent cost of a census both ways: `COST_RATIO` times a smoothed
+/// cost, never below `poll_interval`.
+///
+/// The smoothed cost rises at once to a census dearer than it (one expensive census is never repeated
+/// at the fast rate) and halves toward a cheaper one at each census, so when the socket table shrinks
+/// (connections draining away, a burst of short-lived ones gone) the interval comes back down within a
+/// few censuses instead of staying at its peak for the rest of the drain. The cost is the CPU time of
+/// the census (user and kernel: the kernel's dump runs in the caller's thread), not its wall time, so a
+/// census delayed by a busy scheduler does not pass for an expensive one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    floor: Duration,
+    cost: Option<Duration>,
+}
+
+impl Pace {
+    pub fn new(poll_interval: Duration) -> Pace {
+        Pace {
+            floor: poll_interval,
+            cost: None,
+        }
+    }
+
+    /// A census cost `cost`; returns the interval until the next one.
+    pub fn observe(&mut self, cost: Duration) -> Duration {
+        self.cost = Some(match self.cost {
+            Some(smoothed) if cost < smoothed => (smoothed + cost) / 2,
+            _ => cost,
+        });
+        self.interval()
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.cost
+            .map_or(Duration::ZERO, |c| c.saturating_mul(COST_RATIO))
+            .max(self.floor)
+    }
+}
+
+/// CPU time (user + system) this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Runs the drain to its verdict.
 ///
 /// * `deregistration` resolves when every DELETE is answered;
@@ -342,7 +464,8 @@ pub async fn drive(
     let mut destroyed: Option<mpsc::UnboundedReceiver<usize>> = None;
     let mut deregistration_done = false;
     let mut next = Instant::now();
-    let mut interval = plan.poll_interval;
+    let mut pace = Pace::new(plan.poll_interval);
+    let mut said_interval = plan.poll_interval;
     // Count-down state: remaining sockets according to destroy notifications since the last census.
     let mut estimate: Option<usize> = None;
     loop {
@@ -355,6 +478,7 @@ pub async fn drive(
                 for (pool, timeout) in &report.lb_drain {
                     engine.lb_connection_drain(pool, *timeout, now);
                 }
+                engine.announce_deadline(now);
                 flush(&mut engine, sink);
                 next = now;
             }
@@ -383,17 +507,16 @@ pub async fn drive(
                 }
             }
             _ = tokio::time::sleep_until(next), if census.is_some() => {
-                let begun = Instant::now();
                 let mut counting = census.take().expect("guarded");
-                let (back, result) = tokio::task::spawn_blocking(move || {
+                let (back, result, cost) = tokio::task::spawn_blocking(move || {
+                    let begun = thread_cpu_time();
                     let r = counting.count();
-                    (counting, r)
+                    (counting, r, thread_cpu_time().saturating_sub(begun))
                 })
                 .await
                 .expect("census thread panicked");
                 census = Some(back);
                 let now = Instant::now();
-                let cost = now - begun;
                 let step = match result {
                     Ok(count) => {
                         let step = engine.observe(count, now);
@@ -408,7 +531,11 @@ pub async fn drive(
                     }
                 };
                 flush(&mut engine, sink);
-                interval = interval.max(cost * COST_RATIO).max(plan.poll_interval);
+                let interval = pace.observe(cost);
+                if interval.abs_diff(said_interval) * 4 >= said_interval {
+                    said_interval = interval;
+                    sink.emit(&Event::PollInterval { interval, census_cost: cost });
+                }
                 match step {
                     Step::Done(verdict) => return verdict,
                     Step::CensusBy(at) => {
@@ -420,7 +547,7 @@ pub async fn drive(
                             // in case a counted socket leaves ESTABLISHED without being destroyed.
                             later += (interval * 9).min(Duration::from_secs(10).saturating_sub(interval));
                         }
-                        next = (at + later).min(engine.deadline());
+                        next = (at + later).min(engine.give_up());
                     }
                 }
             }
@@ -562,32 +689,148 @@ mod tests {
         let mut e = Engine::new(PLAN, t0);
         e.deregistered(t0, false);
         e.lb_connection_drain("pool-a", Duration::from_secs(u64::MAX), t0);
+        e.announce_deadline(t0);
         assert_eq!(e.deadline(), t0 + PLAN.timeout);
-        assert!(
-            !e.take_events()
-                .iter()
-                .any(|ev| matches!(ev, Event::DeadlineLowered { .. }))
+        assert_eq!(deadlines(&e.take_events()), [configured()]);
+    }
+
+    fn configured() -> DeadlineSource {
+        DeadlineSource::Configured {
+            timeout: PLAN.timeout,
+        }
+    }
+
+    fn deadlines(events: &[Event]) -> Vec<DeadlineSource> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Deadline { source, .. } => Some(source.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_configured_deadline_is_announced_when_the_stop_begins() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(PLAN, t0);
+        assert!(e.take_events().contains(&Event::Deadline {
+            source: configured(),
+            deadline_in: PLAN.timeout
+        }));
+        // No pool lowers it: nothing more to say, and the verdict names it.
+        e.deregistered(t0 + ms(10), false);
+        e.announce_deadline(t0 + ms(10));
+        e.observe(count(1, 0), t0 + ms(2500));
+        assert_eq!(
+            e.tick(t0 + PLAN.timeout),
+            Step::Done(Verdict::TimedOut { remaining: 1 })
+        );
+        let events = e.take_events();
+        assert!(deadlines(&events).is_empty(), "{events:?}");
+        assert!(events.iter().any(|ev| matches!(ev,
+            Event::Finished { deadline, .. } if *deadline == configured())));
+    }
+
+    #[test]
+    fn a_pool_connection_drain_timeout_lowers_the_deadline_and_says_so() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(PLAN, t0);
+        e.take_events();
+        e.deregistered(t0 + ms(10), false);
+        e.lb_connection_drain("pool-a", Duration::from_secs(10), t0 + ms(10));
+        e.lb_connection_drain("pool-b", Duration::from_secs(60), t0 + ms(10)); // longer: ignored
+        e.announce_deadline(t0 + ms(10));
+        assert_eq!(e.deadline(), t0 + ms(10_010));
+        let pool_a = DeadlineSource::LoadBalancer {
+            pool: "pool-a".into(),
+            timeout: Duration::from_secs(10),
+        };
+        assert_eq!(deadlines(&e.take_events()), std::slice::from_ref(&pool_a));
+        // At the pool's cut the engine waits LB_CUT_GRACE for it to show; then it times out.
+        e.observe(count(1, 0), t0 + ms(2500));
+        assert_eq!(e.give_up(), t0 + ms(10_010) + LB_CUT_GRACE);
+        assert!(matches!(e.tick(t0 + ms(10_010)), Step::CensusBy(at) if at <= e.give_up()));
+        assert_eq!(
+            e.tick(e.give_up()),
+            Step::Done(Verdict::TimedOut { remaining: 1 })
+        );
+        assert!(e.take_events().iter().any(|ev| matches!(ev,
+            Event::Finished { deadline, .. } if *deadline == pool_a)));
+    }
+
+    #[test]
+    fn connections_the_load_balancer_cut_at_its_deadline_are_drained() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(PLAN, t0);
+        e.deregistered(t0, false);
+        e.lb_connection_drain("pool-a", Duration::from_secs(5), t0);
+        e.observe(count(2, 0), t0 + ms(2500));
+        assert_eq!(e.phase(), Phase::Draining);
+        // The cut shows a little after the deadline, within the grace: drained, not timed out.
+        assert!(matches!(
+            e.observe(count(2, 0), t0 + ms(5000)),
+            Step::CensusBy(_)
+        ));
+        assert_eq!(
+            e.observe(count(0, 0), t0 + ms(5300)),
+            Step::Done(Verdict::Drained)
         );
     }
 
     #[test]
-    fn a_pool_connection_drain_timeout_lowers_the_deadline() {
+    fn the_grace_after_a_pools_cut_never_passes_the_configured_deadline() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(PLAN, t0);
+        e.deregistered(t0, false);
+        e.lb_connection_drain("pool-a", PLAN.timeout - ms(300), t0);
+        assert_eq!(e.deadline(), t0 + PLAN.timeout - ms(300));
+        assert_eq!(e.give_up(), t0 + PLAN.timeout);
+    }
+
+    #[test]
+    fn settling_ends_with_when_the_last_new_connection_was_seen() {
         let t0 = Instant::now();
         let mut e = Engine::new(PLAN, t0);
         e.deregistered(t0 + ms(10), false);
-        e.lb_connection_drain("pool-a", Duration::from_secs(10), t0 + ms(10));
-        e.lb_connection_drain("pool-b", Duration::from_secs(60), t0 + ms(10)); // longer: ignored
-        assert_eq!(e.deadline(), t0 + ms(10_010));
-        let lowered: Vec<_> = e
-            .take_events()
-            .into_iter()
-            .filter(|ev| matches!(ev, Event::DeadlineLowered { .. }))
-            .collect();
-        assert_eq!(lowered.len(), 1, "{lowered:?}");
+        e.observe(count(1, 1), t0 + ms(700));
+        e.observe(count(1, 0), t0 + ms(2800));
+        assert_eq!(e.phase(), Phase::Draining);
+        assert!(e.take_events().contains(&Event::Settled {
+            last_arrival: Some(ms(700)),
+            elapsed: ms(2800)
+        }));
+        let mut quiet = Engine::new(PLAN, t0);
+        quiet.deregistered(t0 + ms(10), false);
+        quiet.observe(count(1, 0), t0 + ms(2100));
+        assert!(quiet.take_events().contains(&Event::Settled {
+            last_arrival: None,
+            elapsed: ms(2100)
+        }));
+    }
+
+    #[test]
+    fn the_pace_follows_the_census_cost_both_ways_and_never_undercuts_poll_interval() {
+        let mut pace = Pace::new(ms(200));
+        assert_eq!(pace.interval(), ms(200));
+        assert_eq!(pace.observe(Duration::from_micros(100)), ms(200), "cheap");
+        // A dear census stretches the interval at once ...
+        assert_eq!(pace.observe(ms(100)), ms(2000));
+        // ... and cheap ones bring it back, halving the smoothed cost each time.
+        let falling: Vec<Duration> = (0..6).map(|_| pace.observe(ms(1))).collect();
         assert_eq!(
-            e.tick(t0 + ms(10_010)),
-            Step::Done(Verdict::TimedOut { remaining: 0 })
+            falling,
+            [
+                ms(1010),
+                ms(515),
+                ms(267) + Duration::from_micros(500),
+                ms(200),
+                ms(200),
+                ms(200)
+            ]
         );
+        // Rising again from a smoothed cost takes the new cost as it is.
+        assert_eq!(pace.observe(ms(30)), ms(600));
     }
 
     #[test]
@@ -708,5 +951,90 @@ mod tests {
         assert_eq!(verdict, Verdict::Drained);
         // Without the notifications the next census would only come 10 poll intervals later.
         assert!(t0.elapsed() < ms(1100), "took {:?}", t0.elapsed());
+    }
+
+    /// A census whose every call burns a scripted amount of CPU (what [`drive`] measures), counting 1
+    /// until the script ends and 0 after.
+    struct Costly {
+        costs: Vec<Duration>,
+        calls: usize,
+    }
+
+    impl Census for Costly {
+        fn count(&mut self) -> Result<Count, crate::census::CensusError> {
+            let cost = self.costs.get(self.calls).copied();
+            self.calls += 1;
+            let Some(cost) = cost else {
+                return Ok(count(0, 0));
+            };
+            let begun = thread_cpu_time();
+            let mut spins = 0u64;
+            // Bounded: a thread that gets no CPU for a minute fails the test instead of hanging it.
+            let limit = std::time::Instant::now() + Duration::from_secs(60);
+            while thread_cpu_time() - begun < cost && std::time::Instant::now() < limit {
+                spins = std::hint::black_box(spins + 1);
+            }
+            Ok(count(1, 0))
+        }
+        fn backend(&self) -> crate::census::Backend {
+            crate::census::Backend::Procfs
+        }
+    }
+
+    /// Events with the (paused) instant each was emitted at.
+    struct Timed(std::sync::Mutex<Vec<(Instant, Event)>>);
+    impl Sink for Timed {
+        fn emit(&self, event: &Event) {
+            self.0.lock().unwrap().push((Instant::now(), event.clone()));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drive_stretches_the_poll_interval_for_dear_censuses_and_shrinks_it_back() {
+        // Four censuses of 20 ms CPU (the socket table was large), then cheap ones (it shrank).
+        let mut costs = vec![ms(20); 4];
+        costs.extend(vec![Duration::ZERO; 12]);
+        let census = Box::new(Costly { costs, calls: 0 });
+        let sink = Timed(Default::default());
+        let plan = Plan {
+            settle: ms(10),
+            timeout: Duration::from_secs(600),
+            poll_interval: ms(10),
+        };
+        let dereg = async {
+            Deregistration {
+                failed: false,
+                lb_drain: vec![],
+            }
+        };
+        let verdict = drive(
+            plan,
+            Instant::now(),
+            dereg,
+            move || (census as Box<dyn Census>, None),
+            &sink,
+        )
+        .await;
+        assert_eq!(verdict, Verdict::Drained);
+        let at: Vec<Instant> = sink
+            .0
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(t, e)| matches!(e, Event::Progress { .. }).then_some(t))
+            .collect();
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 16, "{gaps:?}");
+        // 20 ms of CPU per census: 20 x 20 ms = 400 ms between them (a little more: CPU clocks tick
+        // past the target).
+        for g in &gaps[..4] {
+            assert!(*g >= ms(400) && *g < ms(500), "{gaps:?}");
+        }
+        // Then halving: 200, 100, 50, 25 ms, ... and back at poll_interval, not stuck at the peak.
+        assert!(gaps[4] >= ms(200) && gaps[4] < ms(260), "{gaps:?}");
+        assert!(gaps[5] >= ms(100) && gaps[5] < ms(130), "{gaps:?}");
+        for g in &gaps[10..] {
+            assert!(*g >= ms(10) && *g < ms(12), "{gaps:?}");
+        }
     }
 }

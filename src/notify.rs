@@ -160,7 +160,10 @@ impl Sink for Notifier {
                 self.status(&line);
                 return;
             }
-            Event::DeadlineLowered { .. } | Event::CensusFailed { .. } => {}
+            Event::Deadline { .. }
+            | Event::Settled { .. }
+            | Event::CensusFailed { .. }
+            | Event::PollInterval { .. } => {}
         }
         let line = status_line(&st);
         let changed = line != st.last_status;

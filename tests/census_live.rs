@@ -124,6 +124,98 @@ fn several_ports_are_filtered_in_the_kernel() {
     assert_counts(&spec(&[pc], &[]), 4, "one");
 }
 
+/// The netlink census re-checks state and port in user space, so a count alone cannot tell a kernel
+/// filter from none: the number of messages the kernel sent can. With many sockets on other ports and
+/// in other states on the drain ports, the kernel must send exactly the counted ones.
+#[test]
+fn the_kernel_sends_only_the_counted_sockets() {
+    let mut a = Server::bind("127.0.0.1:0");
+    let mut b = Server::bind("127.0.0.1:0");
+    let (pa, pb) = (a.addr().port(), b.addr().port());
+    // Counted: ESTABLISHED with a drain port as the local port. Their client ends have it as the
+    // peer port only: a filter on the wrong port field would send those too.
+    let _ca = a.connect(a.addr(), 6);
+    let _cb = b.connect(b.addr(), 4);
+    let counted = 10;
+    // Other ports: a busy neighbour, and the ports next to the drain ports where they are free (a
+    // range check off by one would take them).
+    let mut others = vec![Server::bind("127.0.0.1:0")];
+    for p in [pa.wrapping_add(1), pa.wrapping_sub(1), pb.wrapping_add(1)] {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
+            others.push(Server {
+                listener: l,
+                accepted: Vec::new(),
+            });
+        }
+    }
+    let mut _other_clients = Vec::new();
+    for o in &mut others {
+        let addr = o.addr();
+        _other_clients.extend(o.connect(addr, 25));
+    }
+    // Other states on the drain port: CLOSE_WAIT (the client closed, the server has not), FIN_WAIT2
+    // (the server closed, the client has not), TIME_WAIT (the server closed first, then the client).
+    let close_wait = a.connect(a.addr(), 5);
+    let _close_wait_servers = a.accepted.split_off(6);
+    drop(close_wait);
+    let _fin_wait_clients = a.connect(a.addr(), 5);
+    a.accepted.truncate(6);
+    let time_wait_clients = a.connect(a.addr(), 5);
+    a.accepted.truncate(6);
+    let in_state = |port: u16, state: u8| -> usize {
+        let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        text.lines()
+            .skip(1)
+            .filter_map(|l| census::procfs::parse_line(l).ok())
+            .filter(|e| e.local_port == port && e.state == state)
+            .count()
+    };
+    const ESTABLISHED: u8 = 0x01;
+    const FIN_WAIT2: u8 = 0x05;
+    const CLOSE_WAIT: u8 = 0x08;
+    const TIME_WAIT: u8 = 0x06;
+    // FIN_WAIT2 needs the servers' FINs acknowledged; then the TIME_WAIT clients close.
+    assert!(
+        wait_until(Duration::from_secs(5), || in_state(pa, FIN_WAIT2) >= 10),
+        "servers closed first: FIN_WAIT2 on the drain port"
+    );
+    drop(time_wait_clients);
+    assert!(
+        wait_until(Duration::from_secs(5), || in_state(pa, TIME_WAIT) >= 5
+            && in_state(pa, CLOSE_WAIT) == 5),
+        "TIME_WAIT and CLOSE_WAIT on the drain port"
+    );
+    let noise_on_port =
+        in_state(pa, FIN_WAIT2) + in_state(pa, TIME_WAIT) + in_state(pa, CLOSE_WAIT);
+    assert!(
+        noise_on_port >= 15,
+        "{noise_on_port} sockets in other states"
+    );
+    assert_eq!(
+        in_state(pa, ESTABLISHED) + in_state(pb, ESTABLISHED),
+        counted
+    );
+
+    for mode in [DumpMode::Combined, DumpMode::PerFamily] {
+        let mut census = NetlinkCensus::with_mode(spec(&[pa, pb], &[]), mode).expect("netlink");
+        assert_eq!(
+            census.count().expect("census").established,
+            counted,
+            "{mode:?}"
+        );
+        assert_eq!(
+            census.kernel_messages(),
+            counted,
+            "{mode:?}: the kernel sent sockets the census then had to drop"
+        );
+        // An excluded peer is dropped here, not in the kernel: it is sent, and not counted.
+        let mut excluding =
+            NetlinkCensus::with_mode(spec(&[pa, pb], &["127.0.0.0/8"]), mode).expect("netlink");
+        assert_eq!(excluding.count().unwrap().established, 0, "{mode:?}");
+        assert_eq!(excluding.kernel_messages(), counted, "{mode:?}");
+    }
+}
+
 #[test]
 fn ipv6_and_dual_stack_listeners_are_counted() {
     let Ok(listener) = TcpListener::bind("[::1]:0") else {

@@ -389,3 +389,77 @@ async fn connection_drain_also_follows_a_failed_health_check() {
     assert_eq!(closed, 2, "B's two, cleanly; A's stay");
     assert_eq!(sim.live_connections(A), 2);
 }
+
+/// The real ELB applies a removal on its nodes a while after the API answered. With
+/// `propagation_delay` (scenario or admin `PATCH /settings`), a deleted or weight-0 member keeps
+/// getting its share of new connections for that long, then none; its connections stay open throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_reach_the_data_plane_after_the_propagation_delay() {
+    let (sim, a, b, api) = lb(None, false).await;
+    let delay = Duration::from_millis(1500);
+    let admin = simkit::client(&sim);
+    let r = admin
+        .patch(format!("{}/settings", sim.admin_url()))
+        .json(&json!({"propagation_delay": "1500ms"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = admin
+        .patch(format!("{}/settings", sim.admin_url()))
+        .json(&json!({"propagation_delay": "soon"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a bad duration is refused");
+    assert!(r.text().await.unwrap().contains("propagation_delay"));
+
+    let mut old = connect(&sim, 2, "before");
+    let r = api.delete(&member_path(A)).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+    let deleted = Instant::now();
+    let (a0, b0) = (accepted(&a), accepted(&b));
+    let _during = connect(&sim, 6, "during");
+    assert!(deleted.elapsed() < delay, "too slow to test the delay");
+    assert_eq!(
+        (accepted(&a) - a0, accepted(&b) - b0),
+        (3, 3),
+        "the deleted member still gets its share while the removal propagates"
+    );
+    // The condition is the passage of time itself: the propagation is over.
+    std::thread::sleep(delay.saturating_sub(deleted.elapsed()));
+    let a1 = accepted(&a);
+    let _after = connect(&sim, 6, "after");
+    assert_eq!(accepted(&a), a1, "none once it has propagated");
+    for (i, c) in old.iter_mut().enumerate() {
+        assert_eq!(echo(c, &format!("kept {i}")).unwrap(), format!("kept {i}"));
+    }
+
+    // Weight 0 propagates the same way; a scenario can set the delay from the start.
+    let (a2, b2) = (EchoServer::start(), EchoServer::start());
+    let sim2 = Sim::start(
+        Scenario::builder()
+            .project(PROJECT)
+            .user("alice", "acme", "pw")
+            .pool(POOL, |p| p)
+            .listener(LISTENER, POOL)
+            .member(POOL, A, "127.0.0.1", a2.addr.port())
+            .member(POOL, B, "127.0.0.1", b2.addr.port())
+            .settings(|s| s.propagation_delay = delay)
+            .build(),
+    )
+    .await
+    .expect("elb-sim starts");
+    let api2 = login(&sim2, "alice", "acme", "pw", PROJECT).await;
+    let r = api2
+        .put(&member_path(A), json!({"member": {"weight": 0}}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let weighted = Instant::now();
+    let _during = connect(&sim2, 4, "w0");
+    assert!(weighted.elapsed() < delay, "too slow to test the delay");
+    assert_eq!((accepted(&a2), accepted(&b2)), (2, 2));
+    std::thread::sleep(delay.saturating_sub(weighted.elapsed()));
+    let _after = connect(&sim2, 4, "w0 after");
+    assert_eq!((accepted(&a2), accepted(&b2)), (2, 6));
+}

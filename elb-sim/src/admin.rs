@@ -15,6 +15,7 @@
 //! | `POST /seed` (a [`Seed`]: `project`, `user`, `access_key`, `pool`, `listener`, `member`, `instance`, `scaling_group` lists) | add to the running world, all or nothing; answers the new members' ids and listeners' addresses |
 //! | `PATCH /pools/{pool}` (a [`PoolPatch`]) | deletion protection, connection drain, health monitor, name |
 //! | `PUT /metadata` (a [`MetadataPatch`]) | which instance the metadata service describes, its token mode, its agency |
+//! | `PATCH /settings` (a [`SettingsPatch`]: `{"propagation_delay": "2s"}`) | how long a removed or weight-0 member still gets new connections |
 //! | `GET /listeners` | data-plane listeners' addresses by id |
 //!
 //! Refusals are `400 {"error": "<reason>"}`.
@@ -27,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::Shared;
-use crate::scenario::{MetadataPatch, PoolPatch, Seed};
+use crate::scenario::{MetadataPatch, PoolPatch, Seed, SettingsPatch};
 use crate::state::Fault;
 
 fn ok(v: Value) -> Response {
@@ -131,6 +132,12 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             shared
                 .set_metadata(&patch)
                 .map_err(|e| bad(e.to_string()))?;
+            Ok(ok(json!({})))
+        }
+        (Method::PATCH, ["settings"]) => {
+            let patch: SettingsPatch =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("settings: {e}")))?;
+            shared.update_settings(&patch);
             Ok(ok(json!({})))
         }
         (Method::GET, ["listeners"]) => Ok(ok(

@@ -10,6 +10,13 @@
 //! a clean close (FIN both ways, never a reset), the drain timeout after the member left service:
 //! removed, weight 0 or failing its health check, the three triggers of the real ELB. A member that
 //! comes back before the timeout keeps its connections; one that comes back later starts afresh.
+//!
+//! A real ELB applies a removal some time after the API answered (configuration propagation), and
+//! keeps sending new connections to the member until then. The view carries such members as
+//! [`Lingering`] with the instant their routing stops (`settings.propagation_delay` after the change,
+//! see [`crate::state::Inner::publish`]): until then they get new connections as before, and their
+//! connection-drain timer starts only then. Health-check failures are not delayed: the load balancer
+//! sees those itself.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -41,9 +48,17 @@ pub struct Backend {
 
 impl Backend {
     /// Whether the member may receive new connections.
-    fn in_service(&self) -> bool {
+    pub fn in_service(&self) -> bool {
         self.weight > 0 && self.healthy
     }
+}
+
+/// A member removed (or set to weight 0) that the load balancer still routes to until `until`: the
+/// removal has not propagated yet. `backend` is the member as it was while in service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lingering {
+    pub backend: Backend,
+    pub until: Instant,
 }
 
 /// The pool behind a listener, republished on every change.
@@ -52,6 +67,66 @@ pub struct PoolView {
     pub backends: Vec<Backend>,
     /// `connection_drain` of the pool, when enabled.
     pub drain_timeout: Option<Duration>,
+    /// Members out of `backends`' service whose removal has not reached the data plane yet.
+    pub lingering: Vec<Lingering>,
+}
+
+impl PoolView {
+    /// The members that may receive a new connection at `now`: those in service, and those whose
+    /// removal is still propagating.
+    fn routable(&self, now: Instant) -> impl Iterator<Item = &Backend> {
+        let serving = self.backends.iter().filter(|b| b.in_service());
+        let lingering = self
+            .lingering
+            .iter()
+            .filter(move |l| l.until > now)
+            .filter(|l| {
+                !self
+                    .backends
+                    .iter()
+                    .any(|b| b.in_service() && b.member_id == l.backend.member_id)
+            })
+            .map(|l| &l.backend);
+        serving.chain(lingering)
+    }
+
+    /// The lingering members of `new` after this view is replaced by it at `now`: those of this view
+    /// still lingering, plus those this view served and `new` removed or set to weight 0 (an unhealthy
+    /// member does not linger), routed to until `now + delay`. A member back in service lingers no more.
+    pub fn lingering_after(&self, new: &PoolView, now: Instant, delay: Duration) -> Vec<Lingering> {
+        let serving_in_new = |id: &str| {
+            new.backends
+                .iter()
+                .any(|b| b.member_id == id && b.in_service())
+        };
+        let mut out: Vec<Lingering> = self
+            .lingering
+            .iter()
+            .filter(|l| l.until > now && !serving_in_new(&l.backend.member_id))
+            .cloned()
+            .collect();
+        if delay.is_zero() {
+            return out;
+        }
+        for old in self.backends.iter().filter(|b| b.in_service()) {
+            if serving_in_new(&old.member_id)
+                || out.iter().any(|l| l.backend.member_id == old.member_id)
+            {
+                continue;
+            }
+            let unhealthy = new
+                .backends
+                .iter()
+                .any(|b| b.member_id == old.member_id && !b.healthy);
+            if !unhealthy {
+                out.push(Lingering {
+                    backend: old.clone(),
+                    until: now + delay,
+                });
+            }
+        }
+        out
+    }
 }
 
 struct MemberStats {
@@ -179,12 +254,9 @@ fn pick(
     skip: Option<&str>,
 ) -> Option<(Backend, CancellationToken)> {
     let eligible: Vec<&Backend> = view
-        .backends
-        .iter()
+        .routable(Instant::now())
         // Loopback only: elb-sim never proxies a connection off the machine.
-        .filter(|b| {
-            b.in_service() && b.addr.ip().is_loopback() && Some(b.member_id.as_str()) != skip
-        })
+        .filter(|b| b.addr.ip().is_loopback() && Some(b.member_id.as_str()) != skip)
         .collect();
     let total: u64 = eligible.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
@@ -353,10 +425,16 @@ async fn enforce_drain(
             .map(|b| b.member_id.clone())
             .collect();
         for gone in serving.difference(&now_serving) {
+            // Still routed to while its removal propagates: it leaves service when that ends.
+            let left_at = current
+                .lingering
+                .iter()
+                .find(|l| l.backend.member_id == *gone)
+                .map_or(now, |l| l.until.max(now));
             departed.insert(
                 gone.clone(),
                 Departure {
-                    left_at: now,
+                    left_at,
                     deadline: None,
                     disarm: None,
                 },
@@ -491,6 +569,7 @@ mod tests {
         PoolView {
             backends,
             drain_timeout,
+            lingering: Vec::new(),
         }
     }
 
@@ -879,6 +958,104 @@ mod tests {
         tx.send_replace(view(vec![backend("b", b.addr, 1)], Some(Duration::ZERO)));
         assert_eq!(next_read(&mut on_a).await.unwrap(), 0);
         assert_eq!(roundtrip(&mut on_b, "kept").await.unwrap(), "kept");
+    }
+
+    #[test]
+    fn removals_and_weight_zero_linger_for_the_delay_health_failures_do_not() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (d, now) = (Duration::from_secs(2), Instant::now());
+        let mut sick = backend("h", addr, 1);
+        sick.healthy = false;
+        let old = view(
+            vec![
+                backend("r", addr, 3),
+                backend("w", addr, 2),
+                backend("h", addr, 1),
+                backend("s", addr, 1),
+            ],
+            None,
+        );
+        // r removed, w at weight 0, h failing its health check, s unchanged.
+        let new = view(
+            vec![backend("w", addr, 0), sick, backend("s", addr, 1)],
+            None,
+        );
+        let lingering = old.lingering_after(&new, now, d);
+        assert_eq!(
+            lingering,
+            [
+                Lingering {
+                    backend: backend("r", addr, 3),
+                    until: now + d
+                },
+                Lingering {
+                    backend: backend("w", addr, 2),
+                    until: now + d
+                },
+            ],
+            "as they were in service, until the delay is over"
+        );
+        assert!(old.lingering_after(&new, now, Duration::ZERO).is_empty());
+        let mut next = new.clone();
+        next.lingering = lingering;
+        let routed: Vec<&str> = next.routable(now).map(|b| b.member_id.as_str()).collect();
+        assert_eq!(routed, ["s", "r", "w"]);
+        assert_eq!(next.routable(now + d).count(), 1, "only s once it is over");
+        // Carried over while it lasts, dropped when over, or when the member is back in service.
+        let later = next.lingering_after(&next.clone(), now + Duration::from_secs(1), d);
+        assert_eq!(later.len(), 2);
+        assert!(next.lingering_after(&next.clone(), now + d, d).is_empty());
+        let back = view(
+            vec![
+                backend("r", addr, 1),
+                backend("w", addr, 0),
+                backend("s", addr, 1),
+            ],
+            None,
+        );
+        let after_back = next.lingering_after(&back, now, d);
+        assert_eq!(after_back.len(), 1);
+        assert_eq!(after_back[0].backend.member_id, "w");
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_gets_new_connections_until_its_removal_has_propagated() {
+        let (a, b) = (echo().await, echo().await);
+        let timeout = Duration::from_millis(300);
+        let delay = Duration::from_millis(1000);
+        let both = view(
+            vec![backend("a", a.addr, 1), backend("b", b.addr, 1)],
+            Some(timeout),
+        );
+        let (lb, tx, _cancel) = lb(both.clone()).await;
+        let mut first = open(&lb, "first").await;
+        assert_eq!(lb.accepted("a"), 1);
+        let removed = Instant::now();
+        let mut gone = view(vec![backend("b", b.addr, 1)], Some(timeout));
+        gone.lingering = both.lingering_after(&gone, removed, delay);
+        set(&lb, &tx, gone).await;
+        for i in 0..4 {
+            open(&lb, &i.to_string()).await;
+        }
+        assert!(removed.elapsed() < delay, "too slow to test the delay");
+        assert_eq!(
+            lb.accepted("a"),
+            3,
+            "still its share while the removal propagates"
+        );
+        // The condition is the passage of time itself: the propagation is over.
+        tokio::time::sleep_until(removed + delay).await;
+        for i in 0..4 {
+            open(&lb, &i.to_string()).await;
+        }
+        assert_eq!(lb.accepted("a"), 3, "none once it has propagated");
+        // The drain timer started when the routing stopped, not at the API change.
+        assert_eq!(next_read(&mut first).await.unwrap(), 0);
+        assert!(
+            removed.elapsed() >= delay + timeout,
+            "{:?}",
+            removed.elapsed()
+        );
     }
 
     #[tokio::test]

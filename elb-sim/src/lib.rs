@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use scenario::{MetadataPatch, PoolPatch, Scenario, Seed};
+pub use scenario::{MetadataPatch, PoolPatch, Scenario, Seed, SettingsPatch};
 pub use state::{AuthKind, Fault, FaultAction, HookState, LoggedRequest};
 pub use tls::{SelfSigned, TlsConfig, TlsError};
 
@@ -209,6 +209,14 @@ impl Shared {
         self.lock()
             .update_metadata(patch)
             .map_err(SimError::Scenario)
+    }
+
+    pub fn update_settings(&self, patch: &scenario::SettingsPatch) {
+        let mut inner = self.lock();
+        if let Some(d) = patch.propagation_delay {
+            inner.settings.propagation_delay = d;
+        }
+        inner.publish();
     }
 
     pub fn connection_stats(&self) -> Vec<(String, usize, u64)> {
@@ -407,6 +415,11 @@ impl Sim {
     /// Changes a pool as the console would (deletion protection, connection drain, health monitor).
     pub fn update_pool(&self, pool_id: &str, patch: PoolPatch) -> Result<(), SimError> {
         self.shared.update_pool(pool_id, &patch)
+    }
+
+    /// Changes how the simulator behaves from now on (the propagation delay of removals).
+    pub fn update_settings(&self, patch: SettingsPatch) {
+        self.shared.update_settings(&patch);
     }
 
     /// Switches what the metadata service describes, or how it treats session tokens.

@@ -40,6 +40,12 @@ pub struct Settings {
     /// How long a locked access key stays locked (5 minutes in the real service).
     #[serde(with = "humantime_serde_compat")]
     pub aksk_lockout_duration: Duration,
+    /// How long the data plane still sends new connections to a member after the API removed it or
+    /// set its weight to 0: the real ELB applies a change on its nodes a while after the API answered
+    /// (0, the default: at once). Existing connections are unaffected either way, and a pool's
+    /// connection-drain timer starts when the routing stops.
+    #[serde(with = "humantime_serde_compat")]
+    pub propagation_delay: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +63,7 @@ impl Default for Settings {
             page_size_cap: None,
             aksk_lockout: false,
             aksk_lockout_duration: Duration::from_secs(300),
+            propagation_delay: Duration::ZERO,
         }
     }
 }
@@ -310,6 +317,40 @@ pub struct PoolPatch {
     /// `{"enable": false, ...}` turns connection drain off.
     pub connection_drain: Option<ConnectionDrain>,
     pub member_deletion_protection: Option<bool>,
+}
+
+/// A change to the behaviour of a running simulator (admin `PATCH /settings`,
+/// [`crate::Sim::update_settings`]). Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SettingsPatch {
+    /// [`Settings::propagation_delay`], as `"2s"`, `"500ms"`; applies to removals from now on.
+    #[serde(with = "propagation_delay_option")]
+    pub propagation_delay: Option<Duration>,
+}
+
+/// [`SettingsPatch::propagation_delay`]: an optional humantime duration, named in its error (serde's
+/// own message does not say which field).
+mod propagation_delay_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("propagation_delay: {s:?}: {e}"))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A change to the metadata service of a running simulator (admin `PUT /metadata`,

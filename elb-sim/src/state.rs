@@ -1,6 +1,7 @@
 //! The simulated cloud's state: one mutex around plain data, changed by the API handlers, the admin
 //! API, the health checker and the hook clock. Every member change republishes the affected data-plane
-//! views, so the load balancer follows the API immediately (or after a configured propagation delay).
+//! views, so the load balancer follows the API immediately; a removal (or weight 0) reaches it only
+//! `settings.propagation_delay` later, as on the real ELB.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -642,14 +643,20 @@ impl Inner {
                 .and_then(|p| p.connection_drain)
                 .filter(|d| d.enable)
                 .map(|d| std::time::Duration::from_secs(d.timeout)),
+            lingering: Vec::new(),
         }
     }
 
-    /// Pushes the current membership of every pool to its listeners.
+    /// Pushes the current membership of every pool to its listeners. A member that was in service
+    /// and is now removed or at weight 0 keeps receiving new connections for
+    /// `settings.propagation_delay` (see [`crate::dataplane`]).
     pub fn publish(&self) {
+        let now = tokio::time::Instant::now();
+        let delay = self.settings.propagation_delay;
         for (pool_id, tx) in &self.views {
-            let view = self.view(pool_id);
+            let mut view = self.view(pool_id);
             tx.send_if_modified(|current| {
+                view.lingering = current.lingering_after(&view, now, delay);
                 if *current == view {
                     false
                 } else {

@@ -2,7 +2,9 @@
 //! tells us each TCP socket it frees, so a drain over a large socket table can count down from one
 //! census instead of re-walking the table every poll.
 //!
-//! Subscribing needs CAP_NET_ADMIN; without it [`DestroyWatch::subscribe`] fails and the drain polls.
+//! Where the kernel refuses the subscription (a sandbox without the sock_diag socket; kernels that ask
+//! for CAP_NET_ADMIN: 6.18 lets any process subscribe, measured as uid 65534 without capabilities),
+//! [`DestroyWatch::subscribe`] fails and the drain polls.
 //!
 //! Which notifications are ours: every destroyed TCP socket reports state CLOSE (the kernel frees a
 //! socket only once it is CLOSE; one closed actively is freed when its TIME_WAIT stand-in replaces it,
@@ -97,7 +99,7 @@ impl DestroyWatch {
         };
         if rc < 0 {
             return Err(err(
-                "destroy notifications: bind to the destroy groups (needs CAP_NET_ADMIN)",
+                "destroy notifications: bind to the destroy groups (refused; some kernels ask for CAP_NET_ADMIN)",
             )(io::Error::last_os_error()));
         }
         Ok(DestroyWatch {

@@ -105,19 +105,27 @@ pub trait Census: Send {
     }
 }
 
-/// The best census this process may use: netlink if a probe count works, else /proc.
+/// The best census this process may use: netlink if a probe count works, else /proc (a seccomp
+/// profile, an LSM or a kernel without `inet_diag` refuses the sock_diag socket or its dump). The
+/// choice is logged either way: an operator reading a slow drain wants to know which one counted.
 pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
     match NetlinkCensus::new(spec.clone()).and_then(|mut n| n.probe().map(|()| n)) {
-        Ok(n) => Box::new(n),
+        Ok(n) => {
+            tracing::info!(
+                backend = "netlink",
+                "connection census: netlink sock_diag, states and ports filtered in the kernel"
+            );
+            Box::new(n)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
+            tracing::warn!(backend = "procfs", error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
             Box::new(ProcCensus::new(spec.clone()))
         }
     }
 }
 
 /// Socket-destroy notifications as a channel of "this many counted sockets went away", or `None` when
-/// the kernel does not allow the subscription (it needs CAP_NET_ADMIN); the drain then polls.
+/// the kernel does not allow the subscription (see [`destroy`]); the drain then polls.
 ///
 /// Not tied to a census, so it cannot tell counted sockets from ones that arrived later: prefer
 /// [`open_with_destroy`], which also subscribes before the first census.
@@ -133,7 +141,7 @@ pub fn destroy_channel(spec: &CensusSpec) -> Option<tokio::sync::mpsc::Unbounded
 
 /// [`open`] plus a destroy channel that counts only sockets the latest census counted (by cookie). The
 /// subscription comes first, so no destroy between it and the first census is missed. The channel is
-/// `None` without CAP_NET_ADMIN. Needs a tokio runtime (the watch runs as a task).
+/// `None` where the subscription is refused. Needs a tokio runtime (the watch runs as a task).
 pub fn open_with_destroy(
     spec: &CensusSpec,
 ) -> (

@@ -350,6 +350,8 @@ pub struct NetlinkCensus {
     previous: Option<CookieSet>,
     current: CookieSet,
     horizon: Horizon,
+    /// Socket messages the kernel sent in the latest census, before the check in user space.
+    kernel_messages: usize,
 }
 
 impl NetlinkCensus {
@@ -371,6 +373,7 @@ impl NetlinkCensus {
             previous: None,
             current: CookieSet::default(),
             horizon: Horizon::default(),
+            kernel_messages: 0,
         })
     }
 
@@ -379,6 +382,14 @@ impl NetlinkCensus {
         let mut census = Self::new(spec)?;
         census.mode = Some(mode);
         Ok(census)
+    }
+
+    /// How many socket messages the kernel sent in the latest census. The state and port checks are
+    /// redone here (a kernel that ignored the filter must not inflate the count), which would hide a
+    /// filter that filters nothing: this number shows it. With the filter working it equals the
+    /// ESTABLISHED sockets on the drain ports, excluded peers included (those are dropped here).
+    pub fn kernel_messages(&self) -> usize {
+        self.kernel_messages
     }
 
     /// The mode in use, once the first census chose it.
@@ -417,12 +428,13 @@ impl NetlinkCensus {
     }
 
     fn tally(&mut self, dumps: &[Dump]) -> Result<Count, CensusError> {
-        let (mut established, mut arrived) = (0usize, 0usize);
+        let (mut established, mut arrived, mut messages) = (0usize, 0usize, 0usize);
         let spec = &self.spec;
         let previous = self.previous.as_ref();
         let current = &mut self.current;
         current.clear();
         let mut each = |m: &[u8]| {
+            messages += 1;
             let s = parse(m);
             if s.state == TCP_ESTABLISHED && spec.counts(s.local_port, s.peer) {
                 established += 1;
@@ -442,6 +454,7 @@ impl NetlinkCensus {
                 .dump(request, &mut self.buf, &mut each)
                 .map_err(|source| CensusError::Netlink { what, source })?;
         }
+        self.kernel_messages = messages;
         self.horizon.publish(&self.current);
         let previous = self.previous.get_or_insert_with(CookieSet::default);
         std::mem::swap(previous, &mut self.current);
