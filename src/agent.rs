@@ -192,9 +192,10 @@ impl Agent {
             }),
             None => None,
         };
-        let memberships = resolve(&config, &elb, identity.as_ref()).await?;
-        // A `[[member]]` given by ID alone has its address checked once ShowMember tells it
-        // (`snapshot_state`).
+        let mut memberships = resolve(&config, &elb, identity.as_ref()).await?;
+        if config.drain.ports.is_empty() {
+            learn_ports(&elb, &mut memberships).await;
+        }
         warn_if_not_local(
             identity
                 .as_ref()
@@ -309,11 +310,11 @@ impl Agent {
         }
     }
 
-    /// What the census counts: the configured ports, else the memberships' ports, including those an
-    /// earlier stop already removed (a drain restarted after a crash no longer discovers them, but their
-    /// connections are still the ones to wait for).
+    /// What the census counts: `drain.ports`, else every membership's port (configured, discovered or
+    /// learned from the API), including those an earlier stop already removed (a drain restarted after
+    /// a crash no longer discovers them, but their connections are still the ones to wait for).
     pub fn census_spec(&self) -> CensusSpec {
-        let mut ports = self.config.drain_ports();
+        let mut ports = self.config.drain.ports.clone();
         if ports.is_empty() {
             let removed: Vec<u16> = self
                 .state
@@ -324,11 +325,14 @@ impl Agent {
                 .filter(|r| r.removed.is_some())
                 .filter_map(|r| r.protocol_port)
                 .collect();
+            // The configured members' ports too: one not (or no longer) in its pool may still have
+            // connections open.
             ports = self
                 .memberships()
                 .iter()
                 .filter_map(|m| m.protocol_port)
                 .chain(removed)
+                .chain(self.config.drain_ports())
                 .collect();
             ports.sort_unstable();
             ports.dedup();
@@ -467,7 +471,17 @@ impl Agent {
             .iter()
             .zip(shown)
             .map(|(m, shown)| {
-                let shown = shown.ok();
+                let shown = match shown {
+                    Ok(shown) => Some(shown),
+                    Err(CloudError::Api { status: 404, .. }) => None,
+                    Err(e) => {
+                        tracing::warn!(
+                            pool = %m.pool_id, member = %m.member_id, error = %e,
+                            "cannot read this member for the state file; register after a crash will use the configured weight"
+                        );
+                        None
+                    }
+                };
                 if m.address.is_none() {
                     learned.extend(
                         shown
@@ -536,6 +550,29 @@ impl Agent {
         };
         drain::drive(self.plan(), started, deregistration, setup, sink).await
     }
+}
+
+/// A `[[member]]` given by ID alone, without `drain.ports`: the memberships' ports are what the census
+/// counts, so one the API knows but the configuration does not would have its connections cut. One
+/// ShowMember each, concurrently, only for those; a failure leaves it as configured, with a line that
+/// says what that costs. (Addresses are learned later, by `snapshot_state`, where it reads them anyway.)
+async fn learn_ports(elb: &Elb, memberships: &mut [Membership]) {
+    let unknown = memberships.iter_mut().filter(|m| m.protocol_port.is_none());
+    join_all(unknown.map(|m| async move {
+        match elb.show_member(&m.pool_id, &m.member_id).await {
+            Ok(shown) => {
+                m.address = m.address.or(shown.address.parse().ok());
+                m.protocol_port = Some(shown.protocol_port);
+            }
+            // Already gone: nothing of it to wait for, and its DELETE will say so.
+            Err(CloudError::Api { status: 404, .. }) => {}
+            Err(e) => tracing::warn!(
+                pool = %m.pool_id, member = %m.member_id, error = %e,
+                "cannot learn this member's port; without protocol_port (or drain.ports) its connections are not counted"
+            ),
+        }
+    }))
+    .await;
 }
 
 /// Membership IDs from the configuration, else discovered: per pool by address (and port) or instance

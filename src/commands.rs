@@ -230,6 +230,8 @@ pub async fn exec(
             return Ok(Exit::from_code(code));
         }
     };
+    // What a stop will remove, with its weight and subnet, so `register` after a crash restores it.
+    agent.snapshot_state().await;
     notifier.ready(&format!(
         "serving; {} memberships; supervising pid {}",
         agent.memberships().len(),
