@@ -383,3 +383,57 @@ pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock elb-sim's request log stamps arrivals with, so a
+/// moment seen here and a request seen there can be ordered.
+pub fn mono_ns() -> u64 {
+    elb_sim::state::monotonic_ns()
+}
+
+/// A systemd notify socket the test binds (`NOTIFY_SOCKET` for the agent): every datagram, with the
+/// monotonic time it was received at.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let into = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let at = mono_ns();
+                into.lock()
+                    .unwrap()
+                    .push((at, String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    /// The messages so far, in the order received.
+    pub fn all(&self) -> Vec<String> {
+        self.timed().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The messages so far with their receipt times ([`mono_ns`]).
+    pub fn timed(&self) -> Vec<(u64, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn has(&self, needle: &str) -> bool {
+        self.all().iter().any(|m| m.contains(needle))
+    }
+
+    /// When the first message containing `needle` was received.
+    pub fn received(&self, needle: &str) -> Option<u64> {
+        self.timed()
+            .into_iter()
+            .find(|(_, m)| m.contains(needle))
+            .map(|(t, _)| t)
+    }
+}
