@@ -345,14 +345,18 @@ pub async fn setup_on_port(port: u16) -> Setup {
 }
 
 /// A Python echo server on `port`, the application an `exec` test supervises. It prints `pid N` once
-/// it listens, `got USR1` on SIGUSR1, and `got TERM` on SIGTERM, then exits 3 after `exit_after`
-/// seconds (an application finishing its own shutdown; 0 for at once).
+/// it listens, and `got NAME` for each SIGTERM, SIGQUIT, SIGUSR1 and SIGHUP it gets; after a SIGTERM it
+/// exits 3, after a SIGQUIT 4, `exit_after` seconds later (an application finishing its own shutdown;
+/// 0 for at once).
 pub fn python_echo_app(port: u16, exit_after: f64) -> Vec<String> {
     let script = format!(
         "import os,signal,socket,threading\n\
-         def term(*a):\n    print('got TERM', flush=True)\n    threading.Timer({exit_after}, lambda: os._exit(3)).start()\n\
-         signal.signal(signal.SIGTERM, term)\n\
-         signal.signal(signal.SIGUSR1, lambda *a: print('got USR1', flush=True))\n\
+         def note(n, *a):\n    print('got', signal.Signals(n).name[3:], flush=True)\n\
+         def stop(code):\n    def h(n, *a):\n        note(n)\n        threading.Timer({exit_after}, lambda: os._exit(code)).start()\n    return h\n\
+         signal.signal(signal.SIGTERM, stop(3))\n\
+         signal.signal(signal.SIGQUIT, stop(4))\n\
+         signal.signal(signal.SIGUSR1, note)\n\
+         signal.signal(signal.SIGHUP, note)\n\
          s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
          print('pid', os.getpid(), flush=True)\n\
          def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
