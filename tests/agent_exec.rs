@@ -211,3 +211,42 @@ async fn sighup_is_forwarded_to_the_child_and_starts_no_drain() {
         agent.stderr()
     );
 }
+
+/// `--stop-signal SIGQUIT`: after the drain the child gets SIGQUIT (never SIGTERM), and the status it
+/// exits with on it (4) is the agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_stop_signal_reaches_the_child_after_the_drain() {
+    let (s, port) = exec_setup().await;
+    let mut agent = spawn_exec_with(&s, port, &["--stop-signal", "SIGQUIT"]);
+    let _pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let mut held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait_stderr("drain: draining", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    assert!(!s.sim.member_exists(POOL, MEMBER));
+    assert_eq!(echo(&mut held[0], "draining").unwrap(), "draining");
+    assert!(
+        !agent.stdout().contains("got "),
+        "nothing for the child while its connections drain: {}",
+        agent.stdout()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        exit.code(),
+        Some(4),
+        "the child's status on SIGQUIT: {}",
+        agent.stderr()
+    );
+    let out = agent.stdout();
+    assert_eq!(count(&out, "got QUIT"), 1, "{out}");
+    assert!(!out.contains("got TERM"), "{out}");
+}
