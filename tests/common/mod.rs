@@ -287,7 +287,12 @@ impl EchoServer {
 
     /// On another loopback address (127.0.0.2, ...), to stand for another server.
     pub fn start_on(ip: &str) -> EchoServer {
-        let listener = TcpListener::bind((ip, 0)).expect("bind");
+        Self::start_at(ip, 0)
+    }
+
+    /// On a given port: an application that starts listening when the test says so.
+    pub fn start_at(ip: &str, port: u16) -> EchoServer {
+        let listener = TcpListener::bind((ip, port)).expect("bind");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(0));
         let count = accepted.clone();
