@@ -30,6 +30,12 @@ pub struct Membership {
     pub protocol_port: Option<u16>,
     /// As the load balancer sees it, when known (discovered, or asked by `check`).
     pub health: Option<String>,
+    /// As discovery listed them: what `register` must recreate a membership with when no state
+    /// snapshot recorded it (one found by re-discovery after start).
+    #[serde(skip)]
+    pub weight: Option<u32>,
+    #[serde(skip)]
+    pub subnet_cidr_id: Option<String>,
 }
 
 /// Why the agent could not get ready. The binary maps the class to an exit code.
@@ -384,16 +390,17 @@ impl Agent {
                 continue;
             }
             // A membership found by re-discovery after the start-up snapshot has no record yet: it is
-            // recorded now (without its weight, which nobody asked), or `register` after a reboot
-            // would not know to put it back.
+            // recorded now, with the weight and subnet its listing showed (a weight of 0 is what a
+            // stop leaves, not one to restore), or `register` after a reboot would not know to put it
+            // back, or would put it back at the default weight.
             if state.record(&m.pool_id, &m.member_id).is_none() {
                 state.memberships.push(Record {
                     pool_id: m.pool_id.clone(),
                     member_id: m.member_id.clone(),
                     address: m.address,
                     protocol_port: m.protocol_port,
-                    weight: None,
-                    subnet_cidr_id: None,
+                    weight: m.weight.filter(|w| *w > 0),
+                    subnet_cidr_id: m.subnet_cidr_id.clone(),
                     removed: None,
                     removed_at: None,
                 });
@@ -597,6 +604,8 @@ async fn resolve(
         address: Some(m.address),
         protocol_port: Some(m.protocol_port),
         health: Some(m.health),
+        weight: m.weight,
+        subnet_cidr_id: m.subnet_cidr_id,
     };
     let mut out = Vec::new();
     if config.members.is_empty() {
@@ -619,6 +628,8 @@ async fn resolve(
                 address: spec.address,
                 protocol_port: spec.protocol_port,
                 health: None,
+                weight: None,
+                subnet_cidr_id: None,
             }),
             None => {
                 let address = spec.address.or(address);

@@ -86,7 +86,8 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let notifier: &'static Notifier =
+        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
     notifier.status("starting: resolving memberships");
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
@@ -191,20 +192,19 @@ pub async fn exec(
     grace: std::time::Duration,
 ) -> Result<Exit, Exit> {
     use crate::supervise::{FORWARDED, Supervised, exit_code};
-    let mut signals = install_signals()?;
-    let mut forwarded =
-        signal_hook_tokio::Signals::new(FORWARDED.iter().copied().filter(|s| *s != libc::SIGHUP))
-            .map_err(|e| {
-            eprintln!("elb-drain: cannot install signal handlers: {e}");
-            Exit::Failure
-        })?;
+    // SIGHUP is the application's (its usual "reload"), not a stop: it is forwarded with the others.
+    let (mut signals, mut forwarded) = Signals::install_supervising(FORWARDED).map_err(|e| {
+        eprintln!("elb-drain: cannot install signal handlers: {e}");
+        Exit::Failure
+    })?;
     let cfg = load_config(args)?;
     let mut child = Supervised::spawn(command).map_err(|e| {
         eprintln!("elb-drain: exec: {e}");
         Exit::Failure
     })?;
     tracing::info!(pid = child.pid(), command = ?command, "started");
-    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let notifier: &'static Notifier =
+        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
     let agent = tokio::select! {
@@ -247,17 +247,27 @@ pub async fn exec(
                 let started = Instant::now();
                 tracing::info!(signal = signals::name(sig), "stop signal: draining before stopping the child");
                 notifier.stopping(agent.memberships().len());
-                let verdict = drain_with_abort(
-                    &agent,
-                    started,
-                    &mut signals,
-                    None,
-                    Outputs { notifier, extra: vec![], board: None },
-                )
-                .await;
+                // The child still serves while its connections drain, so it still gets its signals.
+                let verdict = {
+                    let drain = drain_with_abort(
+                        &agent,
+                        started,
+                        &mut signals,
+                        None,
+                        Outputs { notifier, extra: vec![], board: None },
+                    );
+                    tokio::pin!(drain);
+                    loop {
+                        tokio::select! {
+                            verdict = &mut drain => break verdict,
+                            sig = forwarded.next() => forward(&mut child, sig),
+                        }
+                    }
+                };
                 tracing::info!(?verdict, "drain over; stopping the child");
-                // Stop signals now only concern the child's stop: SIGTERMs (and SIGHUPs) are
-                // ignored, so a storm cannot stop it twice; a SIGINT cuts its grace period short.
+                // Stop signals now only concern the child's stop: SIGTERMs are ignored, so a storm
+                // cannot stop it twice; a SIGINT cuts its grace period short. Signals to forward wait
+                // (and end with the process): the child is on its way out.
                 let stopped = tokio::select! {
                     status = child.stop(stop_signal, grace) => status,
                     () = signals.next_interrupt() => {
@@ -278,9 +288,18 @@ pub async fn exec(
                 deregister_after_child_died(&agent).await;
                 return Ok(Exit::from_code(code));
             }
-            Some(sig) = futures_util::StreamExt::next(&mut forwarded) => child.signal(sig),
+            sig = forwarded.next() => forward(&mut child, sig),
         }
     }
+}
+
+fn forward(child: &mut crate::supervise::Supervised, sig: i32) {
+    tracing::info!(
+        signal = signals::name(sig),
+        pid = child.pid(),
+        "forwarding the signal to the child"
+    );
+    child.signal(sig);
 }
 
 /// Takes a dead child's server out of its pools. The exit code stays the child's (the contract of
@@ -328,7 +347,8 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env()));
+    let notifier: &'static Notifier =
+        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
     // Preparing (credentials, discovery, the pools' connection_drain) and the state snapshot are
     // part of the stop here, so they end at the stop's deadline too: with the API unreachable each
     // call would otherwise retry for a whole cloud.retry_deadline, one after the other, long past

@@ -178,6 +178,9 @@ pub struct Drain {
     pub state_file: PathBuf,
     /// The longest a `min_healthy` guard may hold a deregistration back.
     pub min_healthy_wait: Duration,
+    /// Under systemd, how long a drain may go without progress and still be given more stop time
+    /// (`EXTEND_TIMEOUT_USEC`): each extension reaches this far ahead and is renewed only after progress.
+    pub stall_timeout: Duration,
 }
 
 /// `[drain] mode`.
@@ -223,6 +226,7 @@ impl Default for Drain {
             mode: Mode::Delete,
             state_file: PathBuf::from("/var/lib/elb-drain/state.json"),
             min_healthy_wait: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
             ports: Vec::new(),
             timeout: Duration::from_secs(300),
             settle: Duration::from_secs(2),
@@ -343,6 +347,7 @@ struct RawDrain {
     mode: Option<String>,
     state_file: Option<PathBuf>,
     min_healthy_wait: Option<String>,
+    stall_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -918,6 +923,15 @@ fn drain(raw: RawDrain) -> Result<Drain, ConfigError> {
             "must be shorter than drain.timeout",
         ));
     }
+    let stall_timeout = duration(
+        "drain.stall_timeout",
+        raw.stall_timeout,
+        defaults.stall_timeout,
+    )?;
+    // Extensions are renewed at most once a second: a shorter window would lapse between renewals.
+    if stall_timeout < Duration::from_secs(1) {
+        return Err(invalid("drain.stall_timeout", "must be at least 1s"));
+    }
     let mode = match raw.mode.as_deref().unwrap_or("delete") {
         "delete" => Mode::Delete,
         "weight0" => Mode::Weight0,
@@ -942,6 +956,7 @@ fn drain(raw: RawDrain) -> Result<Drain, ConfigError> {
             raw.min_healthy_wait,
             defaults.min_healthy_wait,
         )?,
+        stall_timeout,
     })
 }
 
@@ -1023,6 +1038,7 @@ mod tests {
             ("drain", "settle"),
             ("drain", "poll_interval"),
             ("drain", "min_healthy_wait"),
+            ("drain", "stall_timeout"),
             ("register", "healthy_timeout"),
         ] {
             let text = format!(
@@ -1148,6 +1164,10 @@ mod tests {
             (
                 "[drain]\nsettle = \"10m\"\ntimeout = \"1m\"\n".into(),
                 "drain.settle",
+            ),
+            (
+                "[drain]\nstall_timeout = \"500ms\"\n".into(),
+                "drain.stall_timeout",
             ),
             ("[drain\n".into(), "test.toml"),
         ];

@@ -1,6 +1,8 @@
 //! Stop signals, via signal-hook: SIGTERM and SIGINT start the drain; SIGHUP is logged and ignored
-//! (there is nothing to reload silently); a second SIGINT in the middle of a drain forces an
-//! immediate exit, for the operator at a terminal who really means it.
+//! by `run` and `drain` (there is nothing to reload silently) and passed on to the child by `exec`
+//! (the usual "reload" of the application it supervises, see [`Signals::install_supervising`]); a
+//! second SIGINT in the middle of a drain forces an immediate exit, for the operator at a terminal
+//! who really means it.
 //!
 //! The handlers are installed before any slow start-up work, and the process keeps one count of the
 //! SIGINTs it received across every phase (starting, serving, draining, stopping a supervised child):
@@ -37,7 +39,27 @@ impl Signals {
         })
     }
 
-    /// The next stop signal (SIGTERM or SIGINT); SIGHUP is logged and skipped.
+    /// For `exec`: the stop signals as with [`Signals::install`], and `forwarded` (SIGHUP among them)
+    /// caught for the caller to pass on to its child, never taken as a stop nor ignored. Both are in
+    /// place before a SIGHUP held by [`hold`] is let through, so it reaches the child too.
+    pub fn install_supervising(forwarded: &[i32]) -> std::io::Result<(Signals, Forwarded)> {
+        let stream = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])?;
+        let passed = signal_hook_tokio::Signals::new(forwarded.iter().copied())?;
+        release();
+        tracing::debug!(
+            "signal handlers installed: SIGTERM/SIGINT stop, SIGHUP and the others go to the child"
+        );
+        Ok((
+            Signals {
+                stream,
+                interrupts: 0,
+            },
+            Forwarded(passed),
+        ))
+    }
+
+    /// The next stop signal (SIGTERM or SIGINT); SIGHUP, where it is not forwarded, is logged and
+    /// skipped.
     pub async fn stop(&mut self) -> i32 {
         loop {
             match self.stream.next().await {
@@ -90,6 +112,19 @@ impl Signals {
     }
 }
 
+/// The signals `exec` passes on to its child, as they arrive.
+pub struct Forwarded(signal_hook_tokio::Signals);
+
+impl Forwarded {
+    /// The next signal to pass on.
+    pub async fn next(&mut self) -> i32 {
+        match self.0.next().await {
+            Some(sig) => sig,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, for `main` to call first thing: one that
 /// arrives before the handlers exist (while the command line is parsed and the runtime built) then
 /// stays pending instead of killing the process with the default action, and [`Signals::install`]
@@ -124,6 +159,10 @@ pub fn name(sig: i32) -> &'static str {
         SIGTERM => "SIGTERM",
         SIGINT => "SIGINT",
         SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGWINCH => "SIGWINCH",
         _ => "signal",
     }
 }

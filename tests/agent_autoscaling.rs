@@ -13,7 +13,22 @@ use elb_sim::{Fault, FaultAction};
 const INSTANCE: &str = "6a7bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
 const GROUP: &str = "7b8bd0c6-9e22-4d9f-a9c2-0d11ee3c0e55";
 
+/// The hook's timeout in [`scaling_setup`].
+const HOOK_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[autoscaling] poll_interval` in [`scaling_setup`].
+const POLL: Duration = Duration::from_millis(200);
+
 async fn scaling_setup() -> (Setup, std::path::PathBuf) {
+    scaling_setup_with(HOOK_TIMEOUT, "timeout = \"30s\"", "extend_margin = \"1s\"").await
+}
+
+/// elb-sim with our member on an instance of a scaling group whose hook times out after `hook_timeout`
+/// (an EXTEND adds 2 s), and a config with `drain` and `autoscaling` lines added.
+async fn scaling_setup_with(
+    hook_timeout: Duration,
+    drain: &str,
+    autoscaling: &str,
+) -> (Setup, std::path::PathBuf) {
     let s = setup_with(|mut sc| {
         if let Some(m) = sc
             .member
@@ -38,11 +53,13 @@ async fn scaling_setup() -> (Setup, std::path::PathBuf) {
             project_id: PROJECT.into(),
             hook_name: "drain-hook".into(),
             default_result: "ABANDON".into(),
-            hook_timeout: Duration::from_secs(2),
+            hook_timeout,
         })
     })
     .await;
-    let config = s.config("settle = \"200ms\"\npoll_interval = \"20ms\"\ntimeout = \"30s\"");
+    let config = s.config(&format!(
+        "settle = \"200ms\"\npoll_interval = \"20ms\"\n{drain}"
+    ));
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[cloud]\n",
         &format!(
@@ -51,7 +68,8 @@ async fn scaling_setup() -> (Setup, std::path::PathBuf) {
         ),
         1,
     ) + &format!(
-        "[autoscaling]\nscaling_group_id = \"{GROUP}\"\npoll_interval = \"200ms\"\nextend_margin = \"1s\"\n"
+        "[autoscaling]\nscaling_group_id = \"{GROUP}\"\npoll_interval = \"{}\"\n{autoscaling}\n",
+        humantime::format_duration(POLL)
     );
     std::fs::write(&config, text).unwrap();
     (s, config)
@@ -67,22 +85,56 @@ fn unix(t: SystemTime) -> f64 {
 async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_connection() {
     let (s, config) = scaling_setup().await;
     let held = s.connections_to_us(1);
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    let notify = NotifySocket::bind(s.dir.path());
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
     assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
         "{}",
         agent.stderr()
     );
 
     s.sim.start_scale_in(INSTANCE).unwrap();
+    // When elb-sim put the hook in HANGING: its deadline is that moment plus the hook's timeout.
+    let hanging_at = s.sim.hooks(GROUP)[0].deadline - HOOK_TIMEOUT;
     assert!(
         !s.sim.member_exists(POOL, MEMBER),
         "Auto Scaling removed the member first"
     );
+    // Within one poll interval the agent is draining: its first act, the DELETE, reaches elb-sim no
+    // later than a poll interval after the hook hung, plus a listing and the DELETE's own trip (under
+    // 10 ms measured, the hook hanging just after a poll; 100 ms allowed).
     assert!(
-        agent.wait_stderr("lifecycle hook HANGING", Duration::from_millis(1500)),
-        "draining within a poll interval:\n{}",
+        wait_until(Duration::from_secs(5), || !deletes(&s.sim).is_empty()),
+        "{}",
         agent.stderr()
+    );
+    let took = deletes(&s.sim)[0]
+        .at
+        .duration_since(hanging_at)
+        .expect("the DELETE followed the hook");
+    assert!(
+        took <= POLL + Duration::from_millis(100),
+        "DELETE {took:?} after the hook hung (poll interval {POLL:?})\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.wait_stderr("lifecycle hook HANGING", Duration::from_secs(1)),
+        "{}",
+        agent.stderr()
+    );
+    // systemd sees the hook's drain as any other stop.
+    assert!(
+        wait_until(Duration::from_secs(5), || notify
+            .has("STATUS=deregistered 1/1, draining: 1 connections, ")),
+        "{:?}",
+        notify.all()
+    );
+    assert!(
+        notify.received("STOPPING=1").unwrap() > notify.received("READY=1").unwrap(),
+        "{:?}",
+        notify.all()
     );
     // The hook times out after 2 s: the agent must extend it while the connection is open.
     assert!(
@@ -145,22 +197,74 @@ async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_conne
             agent.stderr()
         );
     }
+    assert_eq!(
+        notify.all().last().map(|m| m.trim_end()),
+        Some("STATUS=drained"),
+        "{:?}",
+        notify.all()
+    );
 }
 
+/// Deregistration impossible (every DELETE 503): the drain is waited out, the hook gets the configured
+/// `on_failure` (the default, abandon, and continue), never its own default by timing out, and the exit
+/// code is 69 either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_code_says_why() {
-    let (s, config) = scaling_setup().await;
-    s.sim.inject_fault(
-        Fault::new(
-            "DELETE",
-            "/v3/*/elb/pools/*/members/*",
-            vec![FaultAction::Status {
-                status: 503,
-                retry_after: None,
-            }],
+    for (on_failure, result) in [("", "ABANDON"), ("on_failure = \"continue\"", "CONTINUE")] {
+        let (s, config) = scaling_setup_with(
+            HOOK_TIMEOUT,
+            "timeout = \"30s\"",
+            &format!("extend_margin = \"1s\"\n{on_failure}"),
         )
-        .repeating(),
-    );
+        .await;
+        s.sim.inject_fault(
+            Fault::new(
+                "DELETE",
+                "/v3/*/elb/pools/*/members/*",
+                vec![FaultAction::Status {
+                    status: 503,
+                    retry_after: None,
+                }],
+            )
+            .repeating(),
+        );
+        let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+        assert!(
+            agent.wait_stderr("ready", Duration::from_secs(10)),
+            "{}",
+            agent.stderr()
+        );
+        s.sim.start_scale_in(INSTANCE).unwrap();
+        let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+        assert_eq!(exit.code(), Some(69), "{result}: {}", agent.stderr());
+        let hook = &s.sim.hooks(GROUP)[0];
+        assert_eq!(
+            (hook.status.as_str(), hook.timed_out),
+            (result, false),
+            "{hook:?}"
+        );
+        assert_eq!(hook.callbacks.last().unwrap().0, result);
+        assert!(
+            agent.stderr().contains("deregistration failed"),
+            "{}",
+            agent.stderr()
+        );
+    }
+}
+
+/// The drain's own deadline (3 s) comes before the hook's timeout (5 s): the hook is not extended (the
+/// decision is logged, when the hook comes within the 3 s margin), and at the deadline, with the
+/// connection still open, it is answered CONTINUE and the agent exits 75. (The API gives the hook's
+/// deadline to the second, so the agent may see it up to 1 s early: 2 s apart keeps the case clear.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_before_the_hooks_timeout_continues_at_the_deadline_without_extending() {
+    let (s, config) = scaling_setup_with(
+        Duration::from_secs(5),
+        "timeout = \"3s\"",
+        "extend_margin = \"3s\"",
+    )
+    .await;
+    let held = s.connections_to_us(1);
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         agent.wait_stderr("ready", Duration::from_secs(10)),
@@ -168,15 +272,30 @@ async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_co
         agent.stderr()
     );
     s.sim.start_scale_in(INSTANCE).unwrap();
-    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
-    assert_eq!(exit.code(), Some(69), "{}", agent.stderr());
+    let hanging_at = s.sim.hooks(GROUP)[0].deadline - Duration::from_secs(5);
+    let exit = agent.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(exit.code(), Some(75), "{}", agent.stderr());
+    assert_eq!(s.sim.live_connections(MEMBER), 1, "still open at the end");
     let hook = &s.sim.hooks(GROUP)[0];
     assert_eq!(
         (hook.status.as_str(), hook.timed_out),
-        ("ABANDON", false),
+        ("CONTINUE", false),
         "{hook:?}"
     );
-    assert_eq!(hook.callbacks.last().unwrap().0, "ABANDON");
+    let results: Vec<&str> = hook.callbacks.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(results, ["CONTINUE"], "no EXTEND: {hook:?}");
+    let at = hook.callbacks[0].1;
+    assert!(
+        at >= unix(hanging_at) + 3.0,
+        "answered at the drain deadline, not before: {:.3} s after the hook hung",
+        at - unix(hanging_at)
+    );
+    let err = agent.stderr();
+    assert!(
+        err.contains("hook outlasts the drain deadline: no EXTEND needed"),
+        "the decision is logged: {err}"
+    );
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! the restart relied on, from the simulator's request log.
 
 mod common;
+mod simkit;
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -488,6 +489,7 @@ async fn a_corrupt_state_file_is_set_aside_with_a_warning_and_the_api_asked() {
 /// the state file when the stop removes it, so `register` after a reboot puts back both, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_found_after_start_is_remembered_and_registered_back() {
+    const SUBNET: &str = "4d4b5e8e-7c1a-4c67-9d5e-2a6f0b1c3d4e";
     let s = setup_with(|mut sc| {
         // Alone at 127.0.0.1 in the pool, so that discovery by address finds only us.
         sc.member.retain(|m| m.id.as_deref() != Some(OTHER));
@@ -522,7 +524,7 @@ async fn a_membership_found_after_start_is_remembered_and_registered_back() {
                 weight: 3,
                 instance_id: None,
                 name: String::new(),
-                subnet_cidr_id: None,
+                subnet_cidr_id: Some(SUBNET.into()),
             })
             .unwrap()
     });
@@ -566,4 +568,23 @@ async fn a_membership_found_after_start_is_remembered_and_registered_back() {
     let mut want = vec![u64::from(port), u64::from(second_port)];
     want.sort_unstable();
     assert_eq!(ports, want, "both put back, once each");
+    // Put back as it was, not at the default weight: read back through the API, as a console would.
+    let api = simkit::login(&s.sim, "alice", "acme", "correct horse", PROJECT).await;
+    let listed = api
+        .get(&format!("/v3/{PROJECT}/elb/pools/{POOL}/members"))
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.raw);
+    let back = listed.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["protocol_port"] == second_port)
+        .cloned()
+        .unwrap();
+    assert_ne!(back["id"], added.as_str(), "recreated: a new membership");
+    assert_eq!(
+        (&back["weight"], &back["subnet_cidr_id"]),
+        (&serde_json::json!(3), &serde_json::json!(SUBNET)),
+        "{back}"
+    );
 }

@@ -15,10 +15,17 @@ async fn exec_setup() -> (Setup, u16) {
 }
 
 fn spawn_exec(s: &Setup, port: u16) -> ProcGuard {
+    spawn_exec_with(s, port, &[])
+}
+
+/// [`spawn_exec`] with more options for `exec` before the `--`.
+fn spawn_exec_with(s: &Setup, port: u16, options: &[&str]) -> ProcGuard {
     let config = s.config(&format!(
         "settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"20s\"\nports = [{port}]"
     ));
-    let mut args = vec!["exec", "--grace", "2s", "--"];
+    let mut args = vec!["exec", "--grace", "2s"];
+    args.extend(options);
+    args.push("--");
     let cmd = python_echo_app(port, 0.0);
     args.extend(cmd.iter().map(String::as_str));
     ProcGuard::spawn(agent(&config, &args))
@@ -140,4 +147,106 @@ async fn a_child_that_dies_while_the_agent_starts_is_deregistered_too() {
         agent.stderr()
     );
     assert_eq!(deletes(&s.sim).len(), 1);
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// SIGHUP is the application's reload signal: `exec` passes it on, while serving and while draining,
+/// and never takes it for a stop (no drain starts: the only DELETE follows the SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_forwarded_to_the_child_and_starts_no_drain() {
+    let (s, port) = exec_setup().await;
+    let mut agent = spawn_exec(&s, port);
+    let _pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let mut held = s.connections_to_us(1);
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .stdout()
+            .contains("got HUP")),
+        "the child got it:\n{}\n{}",
+        agent.stdout(),
+        agent.stderr()
+    );
+    assert!(agent.is_running(), "{}", agent.stderr());
+    assert!(s.sim.member_exists(POOL, MEMBER), "{}", agent.stderr());
+    assert_eq!(echo(&mut held[0], "after HUP").unwrap(), "after HUP");
+
+    let term = mono_ns();
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait_stderr("drain: draining", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    // Draining: the child still serves, and still gets its reload signal.
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&agent.stdout(), "got HUP")
+            == 2),
+        "{}\n{}",
+        agent.stdout(),
+        agent.stderr()
+    );
+    assert!(!agent.stdout().contains("got TERM"), "{}", agent.stdout());
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(3), "{}", agent.stderr());
+    let del = deletes(&s.sim);
+    assert_eq!(del.len(), 1, "one drain: {}", agent.stderr());
+    assert!(
+        del[0].mono_ns > term,
+        "the drain began at the SIGTERM, not at the SIGHUP"
+    );
+    assert!(
+        !agent.stderr().contains("SIGHUP received"),
+        "not ignored as in run: {}",
+        agent.stderr()
+    );
+}
+
+/// `--stop-signal SIGQUIT`: after the drain the child gets SIGQUIT (never SIGTERM), and the status it
+/// exits with on it (4) is the agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_stop_signal_reaches_the_child_after_the_drain() {
+    let (s, port) = exec_setup().await;
+    let mut agent = spawn_exec_with(&s, port, &["--stop-signal", "SIGQUIT"]);
+    let _pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let mut held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait_stderr("drain: draining", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    assert!(!s.sim.member_exists(POOL, MEMBER));
+    assert_eq!(echo(&mut held[0], "draining").unwrap(), "draining");
+    assert!(
+        !agent.stdout().contains("got "),
+        "nothing for the child while its connections drain: {}",
+        agent.stdout()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        exit.code(),
+        Some(4),
+        "the child's status on SIGQUIT: {}",
+        agent.stderr()
+    );
+    let out = agent.stdout();
+    assert_eq!(count(&out, "got QUIT"), 1, "{out}");
+    assert!(!out.contains("got TERM"), "{out}");
 }

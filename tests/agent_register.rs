@@ -126,30 +126,118 @@ async fn weight0_mode_keeps_the_membership_and_register_restores_the_weight() {
     assert_eq!(s.ours()[0]["id"], MEMBER, "one UPDATE, same membership");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_on_start_reports_ready_only_once_the_member_is_online() {
+/// elb-sim without our membership, health-checking every 100 ms, and a config that registers us on
+/// `port` (where nothing listens until the test starts the application there), with `register` lines.
+async fn unregistered_on(port: u16, register: &str) -> (Setup, std::path::PathBuf) {
     let s = setup_with(|mut sc| {
         sc.member.retain(|m| m.id.as_deref() != Some(MEMBER));
         sc.settings(|st| st.health_interval = Duration::from_millis(100))
     })
     .await;
-    let port = s.app.addr.port();
     let config = s.config_by_address(
         &format!("settle = \"100ms\"\npoll_interval = \"20ms\"\nports = [{port}]"),
-        "[register]\non_start = true\nhealthy_timeout = \"10s\"\n",
+        &format!("[register]\n{register}\n"),
     );
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("protocol_port = {}\n", s.app.addr.port()),
+        &format!("protocol_port = {port}\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    (s, config)
+}
+
+/// The members at `port`.
+fn at_port(s: &Setup, port: u16) -> Vec<serde_json::Value> {
+    s.sim
+        .members(POOL)
+        .into_iter()
+        .filter(|m| m["protocol_port"] == port)
+        .collect()
+}
+
+/// The agent's ShowMember requests for `member`, as elb-sim logged them.
+fn shows(s: &Setup, member: &str) -> Vec<elb_sim::LoggedRequest> {
+    s.sim
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/members/{member}")))
+        .collect()
+}
+
+/// `[register] on_start` with a real NOTIFY_SOCKET: the membership is created while the application is
+/// still down, so elb-sim reports it OFFLINE and the agent keeps asking, without READY; READY=1 comes
+/// only after the application listens and elb-sim's health check has made the member ONLINE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_on_start_reports_ready_only_once_the_member_is_online() {
+    let port = unclaimed_port();
+    let (s, config) = unregistered_on(
+        port,
+        "on_start = true\nwait_listening = false\nhealthy_timeout = \"20s\"",
+    )
+    .await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
     assert!(
-        agent.wait_stderr("ready", Duration::from_secs(15)),
+        wait_until(Duration::from_secs(15), || at_port(&s, port).len() == 1),
         "{}",
         agent.stderr()
+    );
+    let member = at_port(&s, port)[0]["id"].as_str().unwrap().to_owned();
+    // Health-checked (OFFLINE: nothing listens), and asked about again after that: still no READY.
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || at_port(&s, port)[0]["operating_status"] == "OFFLINE"
+        ),
+        "{:?}",
+        at_port(&s, port)
+    );
+    let asked = shows(&s, &member).len();
+    assert!(
+        wait_until(Duration::from_secs(10), || shows(&s, &member).len() > asked),
+        "{}",
+        agent.stderr()
+    );
+    assert_eq!(at_port(&s, port)[0]["operating_status"], "OFFLINE");
+    assert!(!notify.has("READY=1"), "{:?}", notify.all());
+
+    let listening = mono_ns();
+    let _app = EchoServer::start_at("127.0.0.1", port);
+    assert!(
+        wait_until(Duration::from_secs(15), || notify.has("READY=1")),
+        "{:?}\n{}",
+        notify.all(),
+        agent.stderr()
+    );
+    let ready = notify.received("READY=1").unwrap();
+    assert_eq!(at_port(&s, port)[0]["operating_status"], "ONLINE");
+    // The answer READY followed was to a ShowMember asked after the application listened: none before
+    // could have said ONLINE.
+    let last_show = shows(&s, &member)
+        .into_iter()
+        .filter(|r| r.mono_ns < ready)
+        .map(|r| r.mono_ns)
+        .max()
+        .unwrap();
+    assert!(
+        listening < last_show && last_show < ready,
+        "listening at {listening}, last ShowMember at {last_show}, READY at {ready} (ns)"
+    );
+    assert_eq!(
+        notify.all(),
+        [
+            "STATUS=starting: resolving memberships\n",
+            "STATUS=starting: registering\n",
+            "READY=1\nSTATUS=serving; 1 memberships\n",
+        ]
     );
     let err = agent.stderr();
     assert!(
         err.find("member is healthy").unwrap() < err.find("ready: waiting").unwrap(),
         "{err}"
     );
-    assert_eq!(s.ours()[0]["operating_status"], "ONLINE");
     agent.signal(libc::SIGTERM);
     assert_eq!(
         agent
@@ -161,8 +249,84 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
         agent.stderr()
     );
     assert!(
-        s.ours().is_empty(),
+        at_port(&s, port).is_empty(),
         "the registered member is the one drained"
+    );
+}
+
+/// `[register] wait_listening` (the default): the CreateMember reaches the API only once the
+/// application listens on its port; none is sent while it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_creates_the_member_only_once_the_application_listens() {
+    let port = unclaimed_port();
+    let (s, config) = unregistered_on(port, "healthy_timeout = \"10s\"").await;
+    let mut reg = ProcGuard::spawn(agent(&config, &["register", "--json"]));
+    assert!(
+        reg.wait_stderr(
+            "waiting for the application to listen",
+            Duration::from_secs(15)
+        ),
+        "{}",
+        reg.stderr()
+    );
+    let creates = || -> Vec<elb_sim::LoggedRequest> {
+        s.sim
+            .request_log()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.service == "elb")
+            .collect()
+    };
+    // Nothing listens: nothing is created, however long it waits.
+    assert!(
+        !wait_until(Duration::from_millis(1500), || !creates().is_empty()),
+        "created before the application listened: {}",
+        reg.stderr()
+    );
+    assert!(reg.is_running(), "{}", reg.stderr());
+
+    let listening = mono_ns();
+    let _app = EchoServer::start_at("127.0.0.1", port);
+    assert_eq!(
+        reg.wait_timeout(Duration::from_secs(15))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        reg.stderr()
+    );
+    let created = creates();
+    assert_eq!(created.len(), 1, "{}", reg.stderr());
+    assert!(
+        created[0].mono_ns > listening,
+        "CreateMember after the listen"
+    );
+    let out: serde_json::Value = serde_json::from_str(&reg.stdout()).unwrap();
+    assert_eq!(out["registered"][0]["action"], "created", "{out}");
+    assert_eq!(at_port(&s, port)[0]["operating_status"], "ONLINE");
+}
+
+/// A member that never gets healthy: `register` gives up after `healthy_timeout`, exits 75 and says
+/// which member did not come ONLINE. The membership it made stays (the next `register` reuses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_gets_healthy_fails_register_with_75_naming_it() {
+    let port = unclaimed_port();
+    let (s, config) =
+        unregistered_on(port, "wait_listening = false\nhealthy_timeout = \"2s\"").await;
+    let mut reg = ProcGuard::spawn(agent(&config, &["register"]));
+    let exit = reg.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(exit.code(), Some(75), "{}", reg.stderr());
+    let members = at_port(&s, port);
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_ne!(members[0]["operating_status"], "ONLINE");
+    let id = members[0]["id"].as_str().unwrap();
+    let err = reg.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("elb-drain: register:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        line.contains(&format!("member {id} ONLINE not within 2s")),
+        "{line}"
     );
 }
 

@@ -3,49 +3,76 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use elb_sim::{Fault, FaultAction};
 
-struct NotifySocket {
-    path: std::path::PathBuf,
-    messages: Arc<Mutex<Vec<String>>>,
-}
-
-impl NotifySocket {
-    fn bind(dir: &std::path::Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let into = messages.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                into.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+/// The messages with the seconds of `N s left` replaced by `#`, and a STATUS dropped when it says
+/// nothing the previous STATUS did not (only the seconds ticked on): what is left is the sequence of
+/// things the agent told systemd, which is the same on every run.
+fn normalised(all: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last_status = String::new();
+    for m in all {
+        let m = m.trim_end();
+        let m = match m.find(" s left") {
+            Some(end) => {
+                let start = m[..end].rfind(' ').map_or(0, |i| i + 1);
+                format!("{}#{}", &m[..start], &m[end..])
             }
-        });
-        NotifySocket { path, messages }
+            None => m.to_owned(),
+        };
+        if m.starts_with("STATUS=") {
+            if m == last_status {
+                continue;
+            }
+            last_status.clone_from(&m);
+        }
+        out.push(m);
     }
-
-    fn all(&self) -> Vec<String> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    fn has(&self, needle: &str) -> bool {
-        self.all().iter().any(|m| m.contains(needle))
-    }
+    out
 }
 
+/// Health checks only at the simulator's start: a probe's short connection to the application would be
+/// counted by a census that happens to catch it, and change what the agent reports.
+fn no_health_probes(sc: elb_sim::Scenario) -> elb_sim::Scenario {
+    sc.settings(|st| st.health_interval = Duration::from_secs(3600))
+}
+
+fn extends(notify: &NotifySocket) -> usize {
+    notify
+        .all()
+        .iter()
+        .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .count()
+}
+
+/// The whole conversation with systemd, start to exit. The IAM token is answered late (800 ms), so
+/// READY=1 can be seen to wait for the credential; the DELETE is answered 300 ms late, so the census
+/// runs while deregistering and the sequence is the same on every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_status_stopping_extend_and_the_final_status() {
-    let s = setup().await;
+    let s = setup_with(no_health_probes).await;
     let notify = NotifySocket::bind(s.dir.path());
-    let config = s.config("settle = \"200ms\"\npoll_interval = \"20ms\"\ntimeout = \"30s\"");
-    let held = s.connections_to_us(2);
+    let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"30s\"");
+    // The token's answer is held longer than the default request timeout of these tests.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("request_timeout = \"1s\"", "request_timeout = \"3s\"");
+    std::fs::write(&config, text).unwrap();
+    const IAM_DELAY_MS: u64 = 800;
+    s.sim.inject_fault(Fault::new(
+        "POST",
+        "/v3/auth/tokens",
+        vec![FaultAction::Delay { ms: IAM_DELAY_MS }],
+    ));
+    s.sim.inject_fault(Fault::new(
+        "DELETE",
+        "/v3/*/elb/pools/*/members/*",
+        vec![FaultAction::Delay { ms: 300 }],
+    ));
+    let mut held = s.connections_to_us(2);
     let mut cmd = agent(&config, &["run"]);
     cmd.env("NOTIFY_SOCKET", &notify.path);
     let mut agent = ProcGuard::spawn(cmd);
@@ -55,30 +82,37 @@ async fn ready_status_stopping_extend_and_the_final_status() {
         notify.all(),
         agent.stderr()
     );
-    let ready = notify
-        .all()
+    // READY only once the credential is in hand: after the token request was answered, never during
+    // the delay (while the starting STATUS was already out).
+    let token = s
+        .sim
+        .request_log()
         .into_iter()
-        .find(|m| m.contains("READY=1"))
-        .unwrap();
-    assert!(ready.contains("STATUS=serving; 1 memberships"), "{ready}");
-    assert!(!notify.has("STOPPING=1"));
-    // READY only once memberships and the credential are in hand: the token was fetched before it.
+        .find(|r| r.service == "iam" && r.status == 201)
+        .expect("the token was fetched");
+    let answered = token.mono_ns + IAM_DELAY_MS * 1_000_000;
+    let starting = notify.received("STATUS=starting").expect("starting STATUS");
+    let ready = notify.received("READY=1").unwrap();
     assert!(
-        s.sim
-            .request_log()
-            .iter()
-            .any(|r| r.service == "iam" && r.status == 201)
+        starting < answered && answered <= ready,
+        "starting at {starting}, token answered at {answered}, READY at {ready} (ns)"
     );
 
     agent.signal(libc::SIGTERM);
-    assert!(wait_until(Duration::from_secs(5), || notify.has("STOPPING=1")));
+    // Progress earns the renewals: the phase change to draining earns the second EXTEND (due a second
+    // after the first), a closed connection the third; the last close comes right after it, so no
+    // fourth is due before the end.
     assert!(
         wait_until(Duration::from_secs(5), || notify
             .has("draining: 2 connections")),
         "{:?}",
         notify.all()
     );
-    let mut held = held;
+    assert!(
+        wait_until(Duration::from_secs(5), || extends(&notify) == 2),
+        "{:?}",
+        notify.all()
+    );
     held.pop();
     assert!(
         wait_until(Duration::from_secs(5), || notify
@@ -86,8 +120,11 @@ async fn ready_status_stopping_extend_and_the_final_status() {
         "{:?}",
         notify.all()
     );
-    // Keep the last connection a little over a second, so the extension is renewed while progressing.
-    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        wait_until(Duration::from_secs(5), || extends(&notify) == 3),
+        "{:?}",
+        notify.all()
+    );
     drop(held);
     assert_eq!(
         agent
@@ -100,33 +137,156 @@ async fn ready_status_stopping_extend_and_the_final_status() {
     );
 
     let all = notify.all();
-    let pos = |needle: &str| {
-        all.iter()
-            .position(|m| m.contains(needle))
-            .unwrap_or_else(|| panic!("no {needle}: {all:?}"))
-    };
-    assert!(pos("READY=1") < pos("STOPPING=1"));
-    assert!(pos("STOPPING=1") < pos("EXTEND_TIMEOUT_USEC="));
-    assert!(pos("STATUS=deregistered 1/1") > pos("STOPPING=1"));
-    assert!(pos("draining: 2 connections") < pos("draining: 1 connections"));
-    assert_eq!(all.last().unwrap().trim_end(), "STATUS=drained", "{all:?}");
+    let extend = "EXTEND_TIMEOUT_USEC=30000000";
+    assert_eq!(
+        normalised(&all),
+        [
+            "STATUS=starting: resolving memberships",
+            "READY=1\nSTATUS=serving; 1 memberships",
+            "STOPPING=1\nSTATUS=stopping: deregistering",
+            extend,
+            "STATUS=deregistered 0/1, deregistering",
+            "STATUS=deregistered 0/1, deregistering: 2 connections, # s left",
+            "STATUS=deregistered 1/1, deregistering: 2 connections, # s left",
+            "STATUS=deregistered 1/1, settling: 2 connections, # s left",
+            "STATUS=deregistered 1/1, draining: 2 connections, # s left",
+            extend,
+            "STATUS=deregistered 1/1, draining: 1 connections, # s left",
+            extend,
+            "STATUS=deregistered 1/1, draining: 0 connections, # s left",
+            "STATUS=deregistered 1/1, drained: 0 connections, # s left",
+            "STATUS=drained",
+        ],
+        "{all:#?}"
+    );
     let statuses: Vec<&String> = all.iter().filter(|m| m.starts_with("STATUS=")).collect();
     assert!(
         statuses.windows(2).all(|w| w[0] != w[1]),
         "an unchanged STATUS is not repeated: {all:?}"
     );
-    let extend: Vec<u64> = all
-        .iter()
-        .filter_map(|m| m.strip_prefix("EXTEND_TIMEOUT_USEC="))
-        .map(|v| v.trim().parse().unwrap())
-        .collect();
-    assert!(extend.len() >= 2, "renewed while progressing: {all:?}");
+    // The seconds left count down from the 30 s deadline.
+    let left: Vec<u64> = all.iter().filter_map(|m| seconds_left(m)).collect();
     assert!(
-        extend.iter().all(|us| *us > 0 && *us <= 30_000_000),
-        "{extend:?}"
+        !left.is_empty() && left.windows(2).all(|w| w[0] >= w[1]) && left[0] <= 30,
+        "{left:?}"
     );
-    let status = all.iter().find(|m| m.contains("left")).unwrap();
-    assert!(status.contains("s left"), "{status}");
+}
+
+/// The seconds of a `... N s left` STATUS.
+fn seconds_left(m: &str) -> Option<u64> {
+    m.trim_end()
+        .strip_suffix(" s left")?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `drain.stall_timeout = "2s"`: with two connections held open and nothing closing, the agent stops
+/// asking systemd for time (its last extension reaches 2 s, so the unit's own timeout takes over 2 s
+/// after the last progress), although it keeps reporting; a connection closing renews it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_drain_stops_asking_for_time_and_progress_resumes_it() {
+    let s = setup_with(no_health_probes).await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config(
+        "settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"30s\"\nstall_timeout = \"2s\"",
+    );
+    let mut held = s.connections_to_us(2);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || notify
+            .has("draining: 2 connections")),
+        "{:?}",
+        notify.all()
+    );
+    let first = seconds_left(
+        &notify
+            .all()
+            .into_iter()
+            .find(|m| m.contains("draining: 2 connections"))
+            .unwrap(),
+    )
+    .unwrap();
+    // Stalled for twice the window, by the agent's own count of the seconds left.
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.all().iter().any(|m| {
+            m.contains("draining: 2 connections") && seconds_left(m).is_some_and(|n| n + 4 <= first)
+        })),
+        "{:?}",
+        notify.all()
+    );
+    let stalled = notify.timed();
+    let draining = stalled
+        .iter()
+        .position(|(_, m)| m.contains("draining: 2 connections"))
+        .unwrap();
+    let extends: Vec<&(u64, String)> = stalled
+        .iter()
+        .filter(|(_, m)| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .collect();
+    let since_draining = stalled[draining..]
+        .iter()
+        .filter(|(_, m)| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .count();
+    assert!(
+        since_draining <= 1,
+        "at most the one the phase change earned: {stalled:#?}"
+    );
+    let (last_extend, value) = extends.last().expect("extended at the stop");
+    assert_eq!(
+        value.trim_end(),
+        "EXTEND_TIMEOUT_USEC=2000000",
+        "reaches the stall window"
+    );
+    let latest = stalled.last().unwrap().0;
+    assert!(
+        latest - last_extend > 2_000_000_000,
+        "silent for longer than the stall window while still reporting: {stalled:#?}"
+    );
+
+    // Progress: one connection closes, and the next extension follows.
+    let before = extends.len();
+    held.pop();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let all = notify.all();
+            let closed = all
+                .iter()
+                .position(|m| m.contains("draining: 1 connections"));
+            closed.is_some_and(|i| {
+                all[i..]
+                    .iter()
+                    .any(|m| m.trim_end() == "EXTEND_TIMEOUT_USEC=2000000")
+            })
+        }),
+        "{:?}",
+        notify.all()
+    );
+    let renewed = notify
+        .all()
+        .iter()
+        .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .count();
+    assert_eq!(renewed, before + 1, "{:?}", notify.all());
+    drop(held);
+    assert_eq!(
+        agent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("exits")
+            .code(),
+        Some(0),
+        "{}",
+        agent.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,7 @@ pub struct Found {
     pub address: IpAddr,
     pub protocol_port: u16,
     pub weight: Option<u32>,
+    pub subnet_cidr_id: Option<String>,
     pub health: String,
 }
 
@@ -599,6 +600,7 @@ pub fn membership(pool: &PoolId, op: &str, m: &Member) -> Result<Found, CloudErr
             .map_err(|_| decode(format!("member address {:?}", m.address)))?,
         protocol_port: m.protocol_port,
         weight: m.weight,
+        subnet_cidr_id: m.subnet_cidr_id.clone().filter(|s| !s.is_empty()),
         health: m.health(),
     })
 }

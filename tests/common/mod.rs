@@ -287,7 +287,12 @@ impl EchoServer {
 
     /// On another loopback address (127.0.0.2, ...), to stand for another server.
     pub fn start_on(ip: &str) -> EchoServer {
-        let listener = TcpListener::bind((ip, 0)).expect("bind");
+        Self::start_at(ip, 0)
+    }
+
+    /// On a given port: an application that starts listening when the test says so.
+    pub fn start_at(ip: &str, port: u16) -> EchoServer {
+        let listener = TcpListener::bind((ip, port)).expect("bind");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(0));
         let count = accepted.clone();
@@ -345,14 +350,18 @@ pub async fn setup_on_port(port: u16) -> Setup {
 }
 
 /// A Python echo server on `port`, the application an `exec` test supervises. It prints `pid N` once
-/// it listens, `got USR1` on SIGUSR1, and `got TERM` on SIGTERM, then exits 3 after `exit_after`
-/// seconds (an application finishing its own shutdown; 0 for at once).
+/// it listens, and `got NAME` for each SIGTERM, SIGQUIT, SIGUSR1 and SIGHUP it gets; after a SIGTERM it
+/// exits 3, after a SIGQUIT 4, `exit_after` seconds later (an application finishing its own shutdown;
+/// 0 for at once).
 pub fn python_echo_app(port: u16, exit_after: f64) -> Vec<String> {
     let script = format!(
         "import os,signal,socket,threading\n\
-         def term(*a):\n    print('got TERM', flush=True)\n    threading.Timer({exit_after}, lambda: os._exit(3)).start()\n\
-         signal.signal(signal.SIGTERM, term)\n\
-         signal.signal(signal.SIGUSR1, lambda *a: print('got USR1', flush=True))\n\
+         def note(n, *a):\n    print('got', signal.Signals(n).name[3:], flush=True)\n\
+         def stop(code):\n    def h(n, *a):\n        note(n)\n        threading.Timer({exit_after}, lambda: os._exit(code)).start()\n    return h\n\
+         signal.signal(signal.SIGTERM, stop(3))\n\
+         signal.signal(signal.SIGQUIT, stop(4))\n\
+         signal.signal(signal.SIGUSR1, note)\n\
+         signal.signal(signal.SIGHUP, note)\n\
          s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',{port})); s.listen(64)\n\
          print('pid', os.getpid(), flush=True)\n\
          def serve(c):\n    while True:\n        d=c.recv(4096)\n        if not d: return\n        c.sendall(d)\n\
@@ -457,4 +466,58 @@ pub fn assert_renewed_ahead(
         smallest = smallest.min(left);
     }
     smallest
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock elb-sim's request log stamps arrivals with, so a
+/// moment seen here and a request seen there can be ordered.
+pub fn mono_ns() -> u64 {
+    elb_sim::state::monotonic_ns()
+}
+
+/// A systemd notify socket the test binds (`NOTIFY_SOCKET` for the agent): every datagram, with the
+/// monotonic time it was received at.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let into = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let at = mono_ns();
+                into.lock()
+                    .unwrap()
+                    .push((at, String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    /// The messages so far, in the order received.
+    pub fn all(&self) -> Vec<String> {
+        self.timed().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The messages so far with their receipt times ([`mono_ns`]).
+    pub fn timed(&self) -> Vec<(u64, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn has(&self, needle: &str) -> bool {
+        self.all().iter().any(|m| m.contains(needle))
+    }
+
+    /// When the first message containing `needle` was received.
+    pub fn received(&self, needle: &str) -> Option<u64> {
+        self.timed()
+            .into_iter()
+            .find(|(_, m)| m.contains(needle))
+            .map(|(t, _)| t)
+    }
 }
