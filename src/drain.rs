@@ -327,6 +327,20 @@ impl Engine {
         self.tick(now)
     }
 
+    /// Between censuses, socket-destroy notifications counted the connections down to `established`:
+    /// reported like a census' count (status line, progress, systemd's extension), but it says nothing
+    /// of arrivals and ends nothing: a census confirms zero.
+    pub fn counted_down(&mut self, established: usize, now: Instant) {
+        if self.phase != Phase::Draining || self.established == Some(established) {
+            return;
+        }
+        self.established = Some(established);
+        self.events.push(Event::Progress {
+            established,
+            deadline_in: self.give_up().saturating_duration_since(now),
+        });
+    }
+
     /// Time passed without a census (or a census failed): checks the deadline.
     pub fn tick(&mut self, now: Instant) -> Step {
         if let Some(verdict) = self.finished() {
@@ -468,6 +482,10 @@ pub async fn drive(
     let mut said_interval = plan.poll_interval;
     // Count-down state: remaining sockets according to destroy notifications since the last census.
     let mut estimate: Option<usize> = None;
+    // A counted-down estimate not yet reported: reported at most once a poll interval, so a burst of
+    // closes is one status line, not thousands.
+    let mut unreported: Option<usize> = None;
+    let mut report_at = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -496,6 +514,8 @@ pub async fn drive(
                         estimate = Some(left);
                         if left == 0 {
                             next = Instant::now();
+                        } else {
+                            unreported = Some(left);
                         }
                     }
                     // The watch died: fall back to polling.
@@ -505,6 +525,14 @@ pub async fn drive(
                         next = Instant::now();
                     }
                 }
+            }
+            _ = tokio::time::sleep_until(report_at), if unreported.is_some() => {
+                let now = Instant::now();
+                if let Some(left) = unreported.take() {
+                    engine.counted_down(left, now);
+                    flush(&mut engine, sink);
+                }
+                report_at = now + plan.poll_interval;
             }
             _ = tokio::time::sleep_until(next), if census.is_some() => {
                 let mut counting = census.take().expect("guarded");
@@ -516,6 +544,8 @@ pub async fn drive(
                 .await
                 .expect("census thread panicked");
                 census = Some(back);
+                // The census reports the count itself.
+                unreported = None;
                 let now = Instant::now();
                 let step = match result {
                     Ok(count) => {
@@ -951,6 +981,70 @@ mod tests {
         assert_eq!(verdict, Verdict::Drained);
         // Without the notifications the next census would only come 10 poll intervals later.
         assert!(t0.elapsed() < ms(1100), "took {:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_down_is_reported_between_censuses_at_most_once_a_poll_interval() {
+        // The census says 10 (and would until the very end); notifications close them one by one, 25 ms
+        // apart. The status line, progress bar and systemd's extension must see the count fall between
+        // the (rare, confirming) censuses, without an event per notification.
+        let script = std::sync::Arc::new(std::sync::Mutex::new(vec![count(10, 0)]));
+        let census = Box::new(Scripted(script.clone()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = Timed(Default::default());
+        let plan = Plan {
+            settle: ms(100),
+            timeout: Duration::from_secs(600),
+            poll_interval: ms(100),
+        };
+        let t0 = Instant::now();
+        let closer = async {
+            tokio::time::sleep(ms(1000)).await;
+            for _ in 0..9 {
+                tx.send(1).unwrap();
+                tokio::time::sleep(ms(25)).await;
+            }
+            *script.lock().unwrap() = vec![count(0, 0)];
+            tx.send(1).unwrap();
+            std::future::pending::<()>().await
+        };
+        let dereg = async {
+            Deregistration {
+                failed: false,
+                lb_drain: vec![],
+            }
+        };
+        let verdict = tokio::select! {
+            v = drive(plan, t0, dereg, move || (census as Box<dyn Census>, Some(rx)), &sink) => v,
+            _ = closer => unreachable!(),
+        };
+        assert_eq!(verdict, Verdict::Drained);
+        let counts: Vec<(Duration, usize)> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Progress { established, .. } if *t >= t0 + ms(1000) => {
+                    Some((*t - t0, *established))
+                }
+                _ => None,
+            })
+            .collect();
+        let between: Vec<usize> = counts
+            .iter()
+            .map(|c| c.1)
+            .filter(|n| (1..10).contains(n))
+            .collect();
+        assert!(
+            between.len() >= 2 && between.windows(2).all(|w| w[0] > w[1]),
+            "the count falls between censuses: {counts:?}"
+        );
+        assert!(
+            between.len() <= 4,
+            "nine notifications over 225 ms, at most one report per 100 ms: {counts:?}"
+        );
+        assert_eq!(counts.last().map(|c| c.1), Some(0), "{counts:?}");
     }
 
     /// A census whose every call burns a scripted amount of CPU (what [`drive`] measures), counting 1
