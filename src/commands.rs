@@ -265,6 +265,7 @@ pub async fn exec(
                     }
                 };
                 tracing::info!(?verdict, "drain over; stopping the child");
+                notifier.stopping_child(child.pid(), signals::name(stop_signal), grace);
                 // Stop signals now only concern the child's stop: SIGTERMs are ignored, so a storm
                 // cannot stop it twice; a SIGINT cuts its grace period short. Signals to forward wait
                 // (and end with the process): the child is on its way out.

@@ -99,6 +99,18 @@ impl Notifier {
         self.deliver(extend);
     }
 
+    /// `exec`: the drain is over and the supervised application is being stopped. Its grace period is
+    /// stop time the unit must allow too, or a short `TimeoutStopSec` would SIGKILL it mid-shutdown.
+    pub fn stopping_child(&self, pid: i32, signal: &str, grace: Duration) {
+        let line = format!(
+            "stopping the application (pid {pid}, {signal}, grace {} s)",
+            grace.as_secs()
+        );
+        self.lock().last_status.clone_from(&line);
+        self.status(&line);
+        self.deliver(vec![Message::Extend(grace + PAST_DEADLINE)]);
+    }
+
     /// One more membership is out of its pool.
     pub fn deregistered(&self, done: usize) {
         let messages = self.lock().deregistered(done);

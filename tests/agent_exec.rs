@@ -20,6 +20,10 @@ fn spawn_exec(s: &Setup, port: u16) -> ProcGuard {
 
 /// [`spawn_exec`] with more options for `exec` before the `--`.
 fn spawn_exec_with(s: &Setup, port: u16, options: &[&str]) -> ProcGuard {
+    ProcGuard::spawn(exec_command(s, port, options))
+}
+
+fn exec_command(s: &Setup, port: u16, options: &[&str]) -> std::process::Command {
     let config = s.config(&format!(
         "settle = \"100ms\"\npoll_interval = \"20ms\"\ntimeout = \"20s\"\nports = [{port}]"
     ));
@@ -28,7 +32,7 @@ fn spawn_exec_with(s: &Setup, port: u16, options: &[&str]) -> ProcGuard {
     args.push("--");
     let cmd = python_echo_app(port, 0.0);
     args.extend(cmd.iter().map(String::as_str));
-    ProcGuard::spawn(agent(&config, &args))
+    agent(&config, &args)
 }
 
 fn child_pid(agent: &ProcGuard) -> i32 {
@@ -89,6 +93,48 @@ async fn sigterm_drains_first_then_stops_the_child_and_passes_its_status_through
         Some(3),
         "the child's status: {}",
         agent.stderr()
+    );
+}
+
+/// Under systemd (`ExecStart=elb-drain exec -- app`), stopping the application after the drain is
+/// stop time too: the agent says so and asks for the grace period, so a short `TimeoutStopSec` does not
+/// SIGKILL the application in the middle of its own shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_childs_grace_period_is_asked_for() {
+    let (s, port) = exec_setup().await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let mut agent = ProcGuard::spawn({
+        let mut cmd = exec_command(&s, port, &[]);
+        cmd.env("NOTIFY_SOCKET", &notify.path);
+        cmd
+    });
+    let pid = child_pid(&agent);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(3), "{}", agent.stderr());
+    let all: Vec<String> = notify
+        .all()
+        .iter()
+        .map(|m| m.trim_end().to_owned())
+        .collect();
+    let stopping = format!("STATUS=stopping the application (pid {pid}, SIGTERM, grace 2 s)");
+    let at = all
+        .iter()
+        .position(|m| m == &stopping)
+        .unwrap_or_else(|| panic!("no {stopping:?} in {all:?}"));
+    assert!(
+        all[..at].iter().any(|m| m == "STATUS=drained"),
+        "after the drain: {all:?}"
+    );
+    assert_eq!(
+        all.get(at + 1).map(String::as_str),
+        Some("EXTEND_TIMEOUT_USEC=7000000"),
+        "the grace (2 s) and a margin: {all:?}"
     );
 }
 
