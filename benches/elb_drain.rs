@@ -672,10 +672,10 @@ async fn footprint() {
 
 /// 5. Zero loss under load: the demo's two acts (short requests + long streams through the LB).
 async fn loss() {
-    let with = elb_sim::demo::act(Path::new(agent_bin()), true)
+    let with = elb_sim::demo::act(Path::new(agent_bin()), elb_sim::demo::Stop::ElbDrain, true)
         .await
         .unwrap();
-    let naive = elb_sim::demo::act(Path::new(agent_bin()), false)
+    let naive = elb_sim::demo::act(Path::new(agent_bin()), elb_sim::demo::Stop::Naive, true)
         .await
         .unwrap();
     println!(
@@ -686,7 +686,7 @@ async fn loss() {
     );
     println!(
         "| stop with elb-drain | {} | {} | {} | {} |",
-        with.served, with.failed, with.streams_cut, with.late_on_a
+        with.served, with.failed, with.streams_cut, with.after_stop[0]
     );
     println!(
         "| naive stop (app killed) | {} | {} | {} | - |",
