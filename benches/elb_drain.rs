@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{ProcGuard, wait_until};
@@ -111,8 +111,35 @@ impl Knobs {
     }
 }
 
-fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_elb-drain")
+/// The agent under test, built once at the start by [`build_agent`].
+static AGENT: OnceLock<PathBuf> = OnceLock::new();
+
+fn agent_bin() -> &'static Path {
+    AGENT
+        .get()
+        .expect("the agent is built before any benchmark")
+}
+
+/// `cargo build --release -p elb-drain`: the binary a user installs. The one cargo built for this bench
+/// (`CARGO_BIN_EXE_elb-drain`) has the features of the tests' dependencies unified in (reqwest's JSON,
+/// tokio's test-util), and it shares its path with whatever variant was built last, so its size and
+/// memory would depend on what ran before. Cheap when up to date.
+fn build_agent() -> PathBuf {
+    let mut cmd = elb_sim::demo::cargo();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--release", "-p", "elb-drain", "--bin", "elb-drain"]);
+    let mut cargo = ProcGuard::spawn(cmd);
+    let status = cargo
+        .wait_timeout(Duration::from_secs(1800))
+        .expect("cargo build of the agent finishes");
+    assert!(status.success(), "cargo build: {}", cargo.stderr());
+    elb_sim::demo::built_executable(&cargo.stdout(), "elb-drain")
+        .expect("cargo names the elb-drain executable")
 }
 
 fn mono_ns() -> u64 {
@@ -976,7 +1003,7 @@ async fn footprint(knobs: &Knobs) {
         each(&threads, 0)
     );
     println!(
-        "\nbinary size (the bench build of the release profile: lto, strip, opt-level s, panic abort): {:.2} MiB",
+        "\nbinary size (`cargo build --release -p elb-drain`: lto, strip, opt-level s, panic abort): {:.2} MiB",
         size as f64 / 1048576.0
     );
 }
@@ -987,7 +1014,7 @@ async fn loss(knobs: &Knobs) {
     let mut with: Vec<Summary> = Vec::new();
     let mut naive: Vec<Summary> = Vec::new();
     for _ in 0..knobs.loss_runs {
-        let bin = Path::new(agent_bin());
+        let bin = agent_bin();
         with.push(
             elb_sim::demo::act(bin, Stop::ElbDrain, false)
                 .await
@@ -1172,14 +1199,16 @@ fn main() {
         .collect();
     let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name || a == "all");
     let knobs = Knobs::from_env();
+    let agent = AGENT.get_or_init(build_agent);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     println!(
-        "elb-drain benchmarks ({} cores; loopback only)\n\n{knobs:?}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "elb-drain benchmarks ({} cores; loopback only)\n\nagent: {}\n{knobs:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        agent.display()
     );
     if want("footprint") {
         rt.block_on(footprint(&knobs));
