@@ -1,21 +1,31 @@
 //! Benchmarks of elb-drain, each side by side with its peer in the same run, on loopback only.
 //!
 //! ```text
-//! cargo bench --bench elb_drain -- all              # everything (a few minutes, ~250k sockets at peak)
+//! cargo bench --bench elb_drain -- all              # everything at full size (~20 minutes, ~250k sockets)
 //! cargo bench --bench elb_drain -- reaction census detect footprint loss fleet
+//! ELB_BENCH_QUICK=1 cargo bench --bench elb_drain -- all    # small sizes, short windows: checks the harness
 //! ```
 //!
-//! Prints Markdown tables (the numbers in BENCHMARKS.md come from here). Every loop is bounded in count
-//! and time; every process started is killed by PID when done.
+//! Sizes, repetitions and windows come from environment variables (see [`Knobs`]), so the harness can be
+//! checked in a minute or two on a busy machine and run at full size on a quiet one; the output names the
+//! values it ran with. It prints Markdown tables (the numbers in BENCHMARKS.md come from here). Every loop
+//! is bounded in count and time; every process started is killed by PID when done, through a guard.
 
-use std::io::{BufRead, BufReader, Write};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use common::{ProcGuard, wait_until};
 use elb_drain::census::{Census, CensusSpec, NetlinkCensus, ProcCensus};
+use elb_sim::demo::{Stop, Summary};
 use elb_sim::{Scenario, Sim};
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
@@ -24,21 +34,120 @@ const MEMBER: &str = "1923923e-fe8a-484f-bdbc-e11559b1f48f";
 const AK: &str = "AKBENCH0000000000000";
 const SK: &str = "bench-secret-key";
 
-fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_elb-drain")
+/// What to measure how often and how long. Each field has an environment variable; `ELB_BENCH_QUICK=1`
+/// changes the defaults to small sizes and short windows (a harness check, not numbers to record).
+#[derive(Debug)]
+struct Knobs {
+    /// `ELB_BENCH_SIZES`: connections on the port for the census table (default 1000,10000,100000).
+    census_sizes: Vec<usize>,
+    /// `ELB_BENCH_NOISE`: connections on another port while census and detect run (default 20000).
+    noise: usize,
+    /// `ELB_BENCH_DETECT_SIZES`: connections the agent drains in the detection benchmark
+    /// (default 1000,100000).
+    detect_sizes: Vec<usize>,
+    /// `ELB_BENCH_DETECT_RUNS`: drains per size, for median and max of last close -> exit (default 5).
+    detect_runs: usize,
+    /// `ELB_BENCH_CPU_SECS`: how long the agent's CPU is measured while it waits on the largest detect
+    /// size (default 60).
+    cpu: Duration,
+    /// `ELB_BENCH_IDLE_SECS`: how long idle wake-ups are counted (default 60).
+    idle: Duration,
+    /// `ELB_BENCH_FOOTPRINT_RUNS`: agents measured for the footprint, side by side (default 5).
+    footprint_runs: usize,
+    /// `ELB_BENCH_LOSS_RUNS`: runs of each stop in the zero-loss benchmark (default 3).
+    loss_runs: usize,
+    /// `ELB_BENCH_FLEET_AGENTS`: agents in the fleet stop (default 200).
+    fleet_agents: usize,
+    /// `ELB_BENCH_FLEET_RUNS`: fleet stops per retry variant (default 3).
+    fleet_runs: usize,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let quick = std::env::var("ELB_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let list = |name: &str, full: &[usize], small: &[usize]| -> Vec<usize> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse()
+                            .unwrap_or_else(|_| panic!("{name}: {s:?} is not a count"))
+                    })
+                    .collect(),
+                Err(_) => if quick { small } else { full }.to_vec(),
+            }
+        };
+        let one = |name: &str, full: usize, small: usize| -> usize {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: {v:?} is not a count")),
+                Err(_) if quick => small,
+                Err(_) => full,
+            }
+        };
+        let secs = |name: &str, full: u64, small: u64| {
+            Duration::from_secs(one(name, full as usize, small as usize) as u64)
+        };
+        let knobs = Knobs {
+            census_sizes: list("ELB_BENCH_SIZES", &[1_000, 10_000, 100_000], &[1_000]),
+            noise: one("ELB_BENCH_NOISE", 20_000, 2_000),
+            detect_sizes: list("ELB_BENCH_DETECT_SIZES", &[1_000, 100_000], &[1_000]),
+            detect_runs: one("ELB_BENCH_DETECT_RUNS", 5, 5),
+            cpu: secs("ELB_BENCH_CPU_SECS", 60, 5),
+            idle: secs("ELB_BENCH_IDLE_SECS", 60, 5),
+            footprint_runs: one("ELB_BENCH_FOOTPRINT_RUNS", 5, 5),
+            loss_runs: one("ELB_BENCH_LOSS_RUNS", 3, 3),
+            fleet_agents: one("ELB_BENCH_FLEET_AGENTS", 200, 80),
+            fleet_runs: one("ELB_BENCH_FLEET_RUNS", 3, 3),
+        };
+        assert!(
+            knobs.detect_runs > 0 && knobs.footprint_runs > 0 && knobs.loss_runs > 0,
+            "repetition counts must be at least 1: {knobs:?}"
+        );
+        knobs
+    }
+}
+
+/// The agent under test, built once at the start by [`build_agent`].
+static AGENT: OnceLock<PathBuf> = OnceLock::new();
+
+fn agent_bin() -> &'static Path {
+    AGENT
+        .get()
+        .expect("the agent is built before any benchmark")
+}
+
+/// `cargo build --release -p elb-drain`: the binary a user installs. The one cargo built for this bench
+/// (`CARGO_BIN_EXE_elb-drain`) has the features of the tests' dependencies unified in (reqwest's JSON,
+/// tokio's test-util), and it shares its path with whatever variant was built last, so its size and
+/// memory would depend on what ran before. Cheap when up to date.
+fn build_agent() -> PathBuf {
+    let mut cmd = elb_sim::demo::cargo();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--release", "-p", "elb-drain", "--bin", "elb-drain"]);
+    let mut cargo = ProcGuard::spawn(cmd);
+    let status = cargo
+        .wait_timeout(Duration::from_secs(1800))
+        .expect("cargo build of the agent finishes");
+    assert!(status.success(), "cargo build: {}", cargo.stderr());
+    elb_sim::demo::built_executable(&cargo.stdout(), "elb-drain")
+        .expect("cargo names the elb-drain executable")
 }
 
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills our timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    elb_sim::state::monotonic_ns()
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         f64::NAN
@@ -47,7 +156,8 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn p90(v: &mut [f64]) -> f64 {
+fn p90(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         f64::NAN
@@ -56,90 +166,157 @@ fn p90(v: &mut [f64]) -> f64 {
     }
 }
 
-/// A child process killed by PID when dropped.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::max)
 }
 
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let into = stderr.clone();
-        let pipe = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { return };
-                let mut s = into.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc { child, stderr }
-    }
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::min)
+}
 
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
+/// The values of one column, for a table cell: "1.2 / 1.5 / 1.1".
+fn each(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
 
-    fn wait_for(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+/// `key` of /proc/PID/status (kB or a count), 0 when gone.
+fn status_field(pid: i32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of the whole process (every thread, live or exited), in seconds.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// Context switches (voluntary, involuntary) of each live thread of `pid`, by thread ID.
+fn switches(pid: i32) -> HashMap<i32, (u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .map(|tid| {
+            let path = format!("{pid}/task/{tid}");
+            let field = |k: &str| status_field_at(&path, k);
+            (
+                tid,
+                (
+                    field("voluntary_ctxt_switches:"),
+                    field("nonvoluntary_ctxt_switches:"),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn status_field_at(proc_path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{proc_path}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A thread that records CLOCK_MONOTONIC the moment child `pid` exits. `waitid` with `WNOWAIT` leaves
+/// the child for its guard to reap.
+fn exit_clock(pid: i32) -> mpsc::Receiver<u64> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: a zeroed siginfo_t is valid; waitid on our own child, without reaping it.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        let at = mono_ns();
+        if rc == 0 {
+            let _ = tx.send(at);
         }
-        false
-    }
+    });
+    rx
+}
 
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        None
-    }
-
-    /// utime + stime in clock ticks, from /proc/PID/stat.
-    fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-    }
-
-    fn status_field(&self, key: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+/// Whether child `pid` has exited (still unreaped).
+fn has_exited(pid: i32) -> bool {
+    // SAFETY: as in `exit_clock`, without blocking.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0
+            && info.si_pid() != 0
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Runs `cmd` with its output discarded (as `ss` would be by a script counting lines into /dev/null) until
+/// it exits, killed by PID after `limit`; whether it succeeded. Waits by blocking, not polling, so the
+/// time around it is the command's own.
+fn run_quiet(mut cmd: Command, limit: Duration) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    if exit_clock(child.id() as i32).recv_timeout(limit).is_err() {
+        let _ = child.kill();
     }
+    child.wait().is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` to its end (killed by PID after `limit`) and returns its stdout and its peak RSS in KiB:
+/// the kernel's `ru_maxrss` from wait4, which is VmHWM at exit.
+fn run_for_peak_rss(mut cmd: Command, limit: Duration) -> (String, u64) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id() as i32;
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let ended = wait_until(limit, || has_exited(pid));
+    if !ended {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // SAFETY: wait4 reaps our own child and fills the rusage we own.
+    let (rc, ru) = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        let mut status = 0;
+        (libc::wait4(pid, &mut status, 0, &mut ru), ru)
+    };
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child); // reaped above; dropping a Child neither waits nor kills
+    let out = reader.join().unwrap_or_default();
+    assert!(ended, "{cmd:?} did not finish within {limit:?}");
+    (out, ru.ru_maxrss as u64)
 }
 
 fn scenario(app_port: u16) -> Scenario {
@@ -211,7 +388,8 @@ fn last_delete_ns(sim: &Sim, after: usize) -> Option<u64> {
         .map(|r| r.mono_ns)
 }
 
-/// 1. SIGTERM -> DELETE at elb-sim: elb-drain `run` vs a one-shot script with the official Python SDK.
+/// Benchmark 1: SIGTERM -> DELETE at elb-sim, elb-drain `run` vs a one-shot script with the official
+/// Python SDK.
 async fn reaction() {
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = app.local_addr().unwrap().port();
@@ -227,17 +405,17 @@ async fn reaction() {
     for _ in 0..15 {
         restore_member(&sim, port);
         let _ = std::fs::remove_file(dir.path().join("state.json"));
-        let mut a = Proc::spawn(agent(&cfg, dir.path(), &["run"]));
+        let mut a = ProcGuard::spawn(agent(&cfg, dir.path(), &["run"]));
         assert!(
-            a.wait_for("ready", Duration::from_secs(10)),
+            a.wait_stderr("ready", Duration::from_secs(10)),
             "{}",
-            a.stderr.lock().unwrap()
+            a.stderr()
         );
         std::thread::sleep(Duration::from_millis(100)); // let it go idle, as a real daemon would be
         let before = sim.request_log().len();
         let t = mono_ns();
         a.signal(libc::SIGTERM);
-        a.wait_exit(Duration::from_secs(10));
+        a.wait_timeout(Duration::from_secs(10));
         if let Some(d) = last_delete_ns(&sim, before) {
             ours.push((d - t) as f64 / 1e6);
         }
@@ -256,20 +434,19 @@ async fn reaction() {
             restore_member(&sim, port);
             let before = sim.request_log().len();
             let t = mono_ns();
-            let status = Command::new(&python)
-                .args(["-c", &script])
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            if status.success()
+            let mut cmd = Command::new(&python);
+            cmd.args(["-c", &script]);
+            let mut p = ProcGuard::spawn(cmd);
+            let status = p.wait_timeout(Duration::from_secs(60));
+            if status.is_some_and(|s| s.success())
                 && let Some(d) = last_delete_ns(&sim, before)
             {
                 sdk.push((d - t) as f64 / 1e6);
             }
         }
     }
-    let (m, p) = (median(&mut ours.clone()), p90(&mut ours));
-    let s = median(&mut sdk);
+    let (m, p) = (median(&ours), p90(&ours));
+    let s = median(&sdk);
     println!("\n### 1. Reaction: stop signal -> DELETE arriving at elb-sim\n");
     println!("| | median | p90 | runs |\n|---|---|---|---|");
     println!(
@@ -278,7 +455,7 @@ async fn reaction() {
     );
     println!(
         "| Python SDK one-shot (`huaweicloudsdkelb`, process start) | {s:.1} ms | {:.1} ms | {} |",
-        p90(&mut sdk),
+        p90(&sdk),
         sdk.len()
     );
     println!("\nratio: elb-drain is {:.0}x faster", s / m);
@@ -294,11 +471,19 @@ struct Pile {
     total: usize,
 }
 
-struct Holder(Child);
+/// One helper process, spoken to by lines on its stdin and stdout; killed by PID when dropped.
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+/// How long a holder may take to answer (connecting 15k sockets included).
+const HOLDER_ANSWER: Duration = Duration::from_secs(120);
 
 impl Holder {
     fn spawn(env: &[(&str, String)]) -> Holder {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let mut cmd = Command::new(std::env::current_exe().expect("own executable"));
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -306,34 +491,65 @@ impl Holder {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("holder");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "holder failed to start");
-        Holder(child)
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let holder = Holder {
+            child,
+            stdin,
+            lines,
+        };
+        assert_eq!(holder.reply(), "ready", "holder failed to start");
+        holder
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}")
+            .and_then(|()| self.stdin.flush())
+            .expect("holder's stdin");
+    }
+
+    fn reply(&self) -> String {
+        self.lines
+            .recv_timeout(HOLDER_ANSWER)
+            .unwrap_or_else(|e| panic!("holder {} did not answer: {e}", self.child.id()))
+    }
+
+    /// Sends `command` to every holder at once, then collects the answers.
+    fn ask_all<'a>(holders: impl Iterator<Item = &'a mut Holder>, command: &str) -> Vec<String> {
+        let holders: Vec<&mut Holder> = holders.collect();
+        let mut asked = Vec::new();
+        for h in holders {
+            h.send(command);
+            asked.push(h);
+        }
+        asked.iter().map(|h| h.reply()).collect()
     }
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
+/// Accepted connections per server holder at most (the descriptor limit is 20k).
 const SERVER_CAP: usize = 18_000;
 const PER_SERVER: usize = 12_000;
 const PER_CLIENT: usize = 15_000;
 
 impl Pile {
-    fn new(holder_base: u8) -> Pile {
-        // Find a free port, then let the first server holder take it.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    fn new() -> Pile {
+        let port = common::unclaimed_port();
         let mut pile = Pile {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             servers: Vec::new(),
@@ -341,8 +557,6 @@ impl Pile {
             total: 0,
         };
         pile.add_server();
-        pile.total = 0;
-        let _ = holder_base;
         pile
     }
 
@@ -353,13 +567,15 @@ impl Pile {
         ]));
     }
 
+    /// Opens connections until `n` are established and accepted. `octet` is the next free second
+    /// octet of the 127.x.y.z client sources (shared by every pile, so no two piles share a source).
     fn grow_to(&mut self, n: usize, octet: &mut u8) {
         while self.servers.len() * PER_SERVER < n {
             self.add_server();
         }
         while self.total < n {
             let count = PER_CLIENT.min(n - self.total);
-            *octet += 1;
+            *octet = octet.checked_add(1).expect("out of 127.x source addresses");
             self.clients.push(Holder::spawn(&[
                 ("ELB_BENCH_HOLDER", "client".into()),
                 ("ELB_BENCH_CONNECT", self.addr.to_string()),
@@ -368,46 +584,63 @@ impl Pile {
             ]));
             self.total += count;
         }
+        // Connected is not accepted yet: wait until the servers hold every connection.
+        let mut accepted = 0;
+        let all = wait_until(Duration::from_secs(120), || {
+            accepted = Holder::ask_all(self.servers.iter_mut(), "count")
+                .iter()
+                .map(|a| a.parse::<usize>().expect("a count"))
+                .sum();
+            accepted == self.total
+        });
+        assert!(all, "servers accepted {accepted} of {}", self.total);
     }
 
-    fn close_all(&mut self) {
-        // SIGKILL every holder at once: the kernel closes all their sockets.
-        for h in self.clients.iter().chain(&self.servers) {
-            // SAFETY: kill(2) on our own children.
-            unsafe { libc::kill(h.0.id() as i32, libc::SIGKILL) };
-        }
-        self.clients.clear();
-        self.servers.clear();
+    /// Closes every connection gracefully, the way a drain ends: the clients hang up first, then the
+    /// servers close their ends (an application closing on EOF). Returns CLOCK_MONOTONIC after the last
+    /// close(2) of all: the moment the last counted connection was closed.
+    fn close_gracefully(&mut self) -> u64 {
+        let closed = |answers: Vec<String>| -> u64 {
+            answers
+                .iter()
+                .map(|a| {
+                    a.strip_prefix("closed ")
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .unwrap_or_else(|| panic!("holder answered {a:?}"))
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let clients = closed(Holder::ask_all(self.clients.iter_mut(), "close"));
+        let servers = closed(Holder::ask_all(self.servers.iter_mut(), "close"));
         self.total = 0;
+        clients.max(servers)
     }
 }
 
-/// The helper-process side of [`Pile`]: hold sockets until the parent closes our stdin.
+/// The helper-process side of [`Pile`]: hold sockets; answer `count` with how many, and `close` by
+/// closing them all and answering `closed NS`, CLOCK_MONOTONIC after the last close(2). Ends when
+/// stdin closes (or when killed).
 fn holder(mode: &str) {
-    let env = |k: &str| std::env::var(k).unwrap();
-    let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("holder: {k} not set"));
+    let held: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();
     match mode {
         "server" => {
             use std::os::fd::FromRawFd;
-            let port: u16 = env("ELB_BENCH_PORT").parse().unwrap();
+            let port: u16 = env("ELB_BENCH_PORT").parse().expect("ELB_BENCH_PORT");
             // SAFETY: a listening socket with SO_REUSEPORT, built by hand (std has no reuseport).
             let fd = unsafe {
                 let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                 let one: libc::c_int = 1;
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_REUSEADDR,
-                    (&one as *const libc::c_int).cast(),
-                    4,
-                );
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_REUSEPORT,
-                    (&one as *const libc::c_int).cast(),
-                    4,
-                );
+                for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        opt,
+                        (&one as *const libc::c_int).cast(),
+                        4,
+                    );
+                }
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: port.to_be(),
@@ -419,46 +652,58 @@ fn holder(mode: &str) {
                 assert_eq!(
                     libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), 16),
                     0,
-                    "bind"
+                    "bind: {}",
+                    std::io::Error::last_os_error()
                 );
                 assert_eq!(libc::listen(fd, 4096), 0, "listen");
                 fd
             };
-            println!("ready");
-            let _ = std::io::stdout().flush();
+            // SAFETY: fd is a fresh listening socket that nothing else owns.
             let listener = unsafe { TcpListener::from_raw_fd(fd) };
+            let into = held.clone();
             std::thread::spawn(move || {
-                let mut sink = Vec::new();
                 for c in listener.incoming().take(SERVER_CAP) {
                     match c {
-                        Ok(c) => sink.push(c),
-                        Err(_) => break,
+                        Ok(c) => into.lock().unwrap().push(c.into()),
+                        Err(_) => return,
                     }
                 }
-                std::mem::forget(sink);
-                std::thread::park();
             });
         }
         _ => {
-            let to: SocketAddr = env("ELB_BENCH_CONNECT").parse().unwrap();
-            let count: usize = env("ELB_BENCH_COUNT").parse().unwrap();
-            let second: u8 = env("ELB_BENCH_SRC").parse().unwrap();
+            let to: SocketAddr = env("ELB_BENCH_CONNECT").parse().expect("address");
+            let count: usize = env("ELB_BENCH_COUNT").parse().expect("count");
+            let second: u8 = env("ELB_BENCH_SRC").parse().expect("octet");
+            let mut held = held.lock().unwrap();
             for i in 0..count {
                 let src = Ipv4Addr::new(127, second, (i / 250) as u8, 1 + (i % 250) as u8);
-                held.push(socket2_connect(src, to).into());
+                held.push(connect_from(src, to).into());
             }
-            println!("ready");
-            let _ = std::io::stdout().flush();
         }
     }
-    // Hold until the parent goes away.
-    let mut buf = String::new();
-    let _ = std::io::stdin().read_line(&mut buf);
-    drop(held);
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { return };
+        match line.as_str() {
+            "count" => {
+                let n = held.lock().unwrap().len();
+                let _ = writeln!(out, "{n}");
+            }
+            "close" => {
+                let all = std::mem::take(&mut *held.lock().unwrap());
+                drop(all);
+                let _ = writeln!(out, "closed {}", mono_ns());
+            }
+            _ => {}
+        }
+        let _ = out.flush();
+    }
 }
 
 /// connect(2) from a chosen source address (bind with port 0 first).
-fn socket2_connect(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
+fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
     use std::os::fd::FromRawFd;
     // SAFETY: plain socket/bind/connect on a fresh fd we own; sockaddr_in built field by field.
     unsafe {
@@ -494,208 +739,350 @@ fn socket2_connect(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
 }
 
 fn time_ms(mut f: impl FnMut(), runs: usize) -> f64 {
-    let mut v: Vec<f64> = (0..runs)
+    let v: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    median(&mut v)
+    median(&v)
 }
 
 fn ss_ms(port: u16) -> f64 {
     time_ms(
         || {
-            Command::new("ss")
-                .args([
-                    "-Htn",
-                    "state",
-                    "established",
-                    &format!("( sport = :{port} )"),
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
+            let mut cmd = Command::new("ss");
+            cmd.args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( sport = :{port} )"),
+            ]);
+            assert!(run_quiet(cmd, Duration::from_secs(60)), "ss failed");
         },
         5,
     )
 }
 
-/// 2. One census at 1k / 10k / 100k sockets on the port (plus 20k noise): ours vs ss vs /proc.
-fn census(target: &mut Pile, sizes: &[usize], octet: &mut u8) {
-    let mut noise = Pile::new(0);
-    noise.grow_to(20_000, octet);
+/// Benchmark 2: one census at each size (plus the noise pile on another port), ours vs ss vs /proc, and
+/// the peak memory of `elb-drain connections` doing one. Leaves `target` grown to the largest size.
+fn census(target: &mut Pile, knobs: &Knobs, octet: &mut u8) {
     println!(
-        "\n### 2. Census cost (one count; 20k noise connections on another port; medians of 5)\n"
+        "\n### 2. Census cost (one count; {} noise connections on another port; medians of 5, /proc of 3)\n",
+        knobs.noise
     );
     println!(
-        "| sockets on the port | elb-drain netlink | `ss -Htn state established '( sport = :P )'` | /proc fallback | netlink / ss |"
+        "| sockets on the port | elb-drain netlink | `ss -Htn state established '( sport = :P )'` | /proc fallback | netlink / ss | peak RSS of `elb-drain connections` |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let port = target.addr.port();
     let spec = CensusSpec {
         ports: vec![port],
         exclude_peers: vec![],
     };
-    for &n in sizes {
+    for &n in &knobs.census_sizes {
         target.grow_to(n, octet);
-        let settle = Instant::now();
-        let mut probe = NetlinkCensus::new(spec.clone()).unwrap();
-        while probe.count().unwrap().established != n && settle.elapsed() < Duration::from_secs(60)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let mut nl = NetlinkCensus::new(spec.clone()).unwrap();
         assert_eq!(nl.count().unwrap().established, n, "netlink counts exactly");
         let nl_ms = time_ms(|| assert_eq!(nl.count().unwrap().established, n), 5);
+        // /proc/net/tcp is read in pages, resuming by position: while other sockets come and go (TIME_WAIT
+        // entries expiring, another program's connections) it can repeat or skip entries. What it
+        // counted is shown when it is not exact, rather than failing the run.
         let mut pc = ProcCensus::new(spec.clone());
-        assert_eq!(pc.count().unwrap().established, n, "/proc counts exactly");
-        let pc_ms = time_ms(|| assert_eq!(pc.count().unwrap().established, n), 3);
+        let mut pc_counts = vec![pc.count().unwrap().established];
+        let pc_ms = time_ms(|| pc_counts.push(pc.count().unwrap().established), 3);
+        let pc_note = if pc_counts.iter().all(|&c| c == n) {
+            String::new()
+        } else {
+            format!(
+                " (counted {})",
+                each(&pc_counts.iter().map(|&c| c as f64).collect::<Vec<_>>(), 0)
+            )
+        };
         let ss = ss_ms(port);
+        // The agent's own census, as a process: its peak memory shows whether memory grows with N.
+        let mut peaks = Vec::new();
+        for _ in 0..3 {
+            let mut cmd = Command::new(agent_bin());
+            cmd.env_clear()
+                .args(["connections", "--json", "--ports", &port.to_string()]);
+            let (out, peak) = run_for_peak_rss(cmd, Duration::from_secs(60));
+            let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+            assert_eq!(v["established"], n, "elb-drain connections counts exactly");
+            assert_eq!(v["backend"], "netlink", "{v}");
+            peaks.push(peak as f64 / 1024.0);
+        }
         println!(
-            "| {n} | {nl_ms:.1} ms | {ss:.1} ms | {pc_ms:.1} ms | {:.2} |",
-            nl_ms / ss
+            "| {n} | {nl_ms:.1} ms | {ss:.1} ms | {pc_ms:.1} ms{pc_note} | {:.2} | {:.1} MiB |",
+            nl_ms / ss,
+            median(&peaks)
         );
     }
-    std::mem::forget(noise); // kept open for the detection benchmark; freed at exit
 }
 
-/// 3. Last close -> agent exit, and the agent's CPU while it waits on `n` connections.
-fn detect(target: &mut Pile, wait: Duration) {
-    let n = target.total;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt
-        .block_on(Sim::start(scenario(target.addr.port()).build()))
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &sim,
-        target.addr.port(),
-        "settle = \"100ms\"\npoll_interval = \"200ms\"\ntimeout = \"10m\"",
-    );
-    let mut a = Proc::spawn(agent(&cfg, dir.path(), &["drain"]));
-    assert!(
-        a.wait_for("drain: draining", Duration::from_secs(60)),
-        "{}",
-        a.stderr.lock().unwrap()
-    );
-    let t0 = (Instant::now(), a.cpu_ticks());
-    std::thread::sleep(wait);
-    let ticks = a.cpu_ticks() - t0.1;
-    let hz = 100.0; // USER_HZ
-    let cpu = ticks as f64 / hz / t0.0.elapsed().as_secs_f64() * 100.0;
-    let rss = a.status_field("VmRSS:");
-    let closed = Instant::now();
-    target.close_all();
-    // The kernel closes the killed holders' sockets asynchronously: the last close is when the census
-    // of the port first reads zero.
-    let spec = CensusSpec {
-        ports: vec![target.addr.port()],
-        exclude_peers: vec![],
-    };
-    let mut census = NetlinkCensus::new(spec).unwrap();
-    while census.count().unwrap().established > 0 && closed.elapsed() < Duration::from_secs(60) {}
-    let close_ms = closed.elapsed().as_secs_f64() * 1e3;
-    let last_close = Instant::now();
-    let code = a.wait_exit(Duration::from_secs(120));
-    let exit_ms = closed.elapsed().as_secs_f64() * 1e3;
-    let after_last_ms = last_close.elapsed().as_secs_f64() * 1e3;
-    let log = a.stderr.lock().unwrap().clone();
-    let countdown = !log.contains("destroy notifications unavailable");
+/// Benchmark 3: last close -> agent exit over `detect_runs` drains at each size, and the agent's CPU
+/// while it waits on the largest. `census_pile` (already grown by the census benchmark) serves as the
+/// first drain of its size.
+fn detect(
+    knobs: &Knobs,
+    rt: &tokio::runtime::Runtime,
+    octet: &mut u8,
+    mut census_pile: Option<Pile>,
+) {
+    let largest = knobs.detect_sizes.iter().copied().max().unwrap_or(0);
     println!(
-        "\n### 3. Drain detection with {n} connections (+20k noise), agent `drain`, poll_interval 200 ms\n"
-    );
-    println!("| | value |\n|---|---|");
-    println!(
-        "| CPU of the agent while waiting ({:.0} s) | {cpu:.2} % of one core |",
-        wait.as_secs_f64()
+        "\n### 3. Drain detection (+{} noise connections), agent `drain`, poll_interval 200 ms\n",
+        knobs.noise
     );
     println!(
-        "| agent RSS while draining | {:.1} MiB |",
-        rss as f64 / 1024.0
+        "Last close: the holders report CLOCK_MONOTONIC after their last close(2) (clients hang up first, \
+         then the servers close their ends); agent exit: waitid on the same clock.\n"
     );
     println!(
-        "| killing the holders until the port's census reads 0 (the last close) | {close_ms:.0} ms |"
+        "| connections | last close -> agent exited: median | max | min | runs | each (ms) | closing took (median) | count-down on destroy events |"
     );
-    println!(
-        "| last close -> agent exited | {after_last_ms:.0} ms (upper bound: includes one census) |"
-    );
-    println!("| start of the close -> agent exited (code {code:?}) | {exit_ms:.0} ms |");
-    println!(
-        "| count-down on socket-destroy events | {} |",
-        if countdown { "yes" } else { "no (polling)" }
-    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut cpu_row = None;
+    for &n in &knobs.detect_sizes {
+        let mut after_last = Vec::new();
+        let mut closing = Vec::new();
+        let mut countdown = true;
+        for run in 0..knobs.detect_runs {
+            let mut pile = match census_pile.take() {
+                Some(p) if p.total == n => p,
+                other => {
+                    census_pile = other;
+                    let mut p = Pile::new();
+                    p.grow_to(n, octet);
+                    p
+                }
+            };
+            let port = pile.addr.port();
+            let sim = rt.block_on(Sim::start(scenario(port).build())).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = config(
+                dir.path(),
+                &sim,
+                port,
+                "settle = \"100ms\"\npoll_interval = \"200ms\"\ntimeout = \"10m\"",
+            );
+            let mut a = ProcGuard::spawn(agent(&cfg, dir.path(), &["drain"]));
+            let exited = exit_clock(a.pid());
+            // Counting down: the census that moved the drain to its draining phase saw all `n` (a
+            // count is logged when it changes).
+            let counted = format!("draining: {n} connections open");
+            assert!(
+                a.wait_stderr("drain: draining", Duration::from_secs(120)),
+                "{}",
+                a.stderr()
+            );
+            let log = a.stderr();
+            assert!(
+                log.contains(&counted) && log.matches(" connections open").count() == 1,
+                "{log}"
+            );
+            if run == 0 && n == largest {
+                let (t, cpu) = (Instant::now(), cpu_secs(a.pid()));
+                std::thread::sleep(knobs.cpu);
+                let used = cpu_secs(a.pid()) - cpu;
+                cpu_row = Some((
+                    n,
+                    used / t.elapsed().as_secs_f64() * 100.0,
+                    status_field(a.pid(), "VmRSS:"),
+                    status_field(a.pid(), "VmHWM:"),
+                ));
+            }
+            let begun = mono_ns();
+            let last_close = pile.close_gracefully();
+            let exit_ns = exited
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the agent exits after the last close");
+            let status = a.wait_timeout(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{status:?}: {}",
+                a.stderr()
+            );
+            countdown &= !a.stderr().contains("the drain polls");
+            after_last.push((exit_ns as f64 - last_close as f64) / 1e6);
+            closing.push(last_close.saturating_sub(begun) as f64 / 1e6);
+        }
+        println!(
+            "| {n} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.0} ms | {} |",
+            median(&after_last),
+            max(&after_last),
+            min(&after_last),
+            after_last.len(),
+            each(&after_last, 1),
+            median(&closing),
+            if countdown { "yes" } else { "no (polling)" }
+        );
+    }
+    if let Some((n, cpu, rss, hwm)) = cpu_row {
+        println!(
+            "\n| agent while {n} connections wait to drain | value |\n|---|---|\n\
+             | CPU over {} s | {cpu:.2} % of one core |\n| RSS / peak RSS (VmHWM) | {:.1} / {:.1} MiB |",
+            knobs.cpu.as_secs(),
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+    }
 }
 
-/// 4. Idle RSS, wakeups while idle, binary size.
-async fn footprint() {
+/// Benchmark 4: idle RSS and wake-ups of `run` (credentials fetched, memberships resolved, API
+/// connection warm), `footprint_runs` agents side by side (each idle on its own, so they do not disturb
+/// each other), and the binary size.
+async fn footprint(knobs: &Knobs) {
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = app.local_addr().unwrap().port();
     let sim = Sim::start(scenario(port).build()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &sim, port, "");
-    let a = Proc::spawn(agent(&cfg, dir.path(), &["run"]));
-    assert!(a.wait_for("ready", Duration::from_secs(10)));
+    let mut agents = Vec::new();
+    for i in 0..knobs.footprint_runs {
+        let d = dir.path().join(format!("a{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = config(&d, &sim, port, "");
+        agents.push(ProcGuard::spawn(agent(&cfg, &d, &["run"])));
+    }
+    for a in &agents {
+        assert!(
+            a.wait_stderr("ready", Duration::from_secs(30)),
+            "{}",
+            a.stderr()
+        );
+    }
     std::thread::sleep(Duration::from_secs(1));
-    let rss = a.status_field("VmRSS:");
-    let (v0, n0) = (
-        a.status_field("voluntary_ctxt_switches:"),
-        a.status_field("nonvoluntary_ctxt_switches:"),
-    );
-    let idle = Duration::from_secs(10);
-    std::thread::sleep(idle);
-    let (v1, n1) = (
-        a.status_field("voluntary_ctxt_switches:"),
-        a.status_field("nonvoluntary_ctxt_switches:"),
-    );
-    let threads = a.status_field("Threads:");
-    let size = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
+    let before: Vec<_> = agents.iter().map(|a| switches(a.pid())).collect();
+    let rss: Vec<f64> = agents
+        .iter()
+        .map(|a| status_field(a.pid(), "VmRSS:") as f64 / 1024.0)
+        .collect();
+    std::thread::sleep(knobs.idle);
+    let mut woke = Vec::new();
+    let mut exited_threads = 0;
+    let mut threads = Vec::new();
+    for (a, before) in agents.iter_mut().zip(&before) {
+        assert!(a.is_running(), "{}", a.stderr());
+        let after = switches(a.pid());
+        threads.push(after.len() as f64);
+        exited_threads += before.keys().filter(|t| !after.contains_key(t)).count();
+        // A thread that is new counts in full; one that exited counted at least its last wake-up.
+        let n: u64 = after
+            .iter()
+            .map(|(tid, (v, i))| {
+                let (v0, i0) = before.get(tid).copied().unwrap_or((0, 0));
+                (v - v0) + (i - i0)
+            })
+            .sum();
+        woke.push(n as f64);
+    }
+    let size = std::fs::metadata(agent_bin()).map_or(0, |m| m.len());
     println!(
-        "\n### 4. Footprint of `run` (credentials fetched, memberships resolved, API connection warm)\n"
+        "\n### 4. Footprint of `run` (credentials fetched, memberships resolved, API connection warm; {} agents side by side)\n",
+        agents.len()
     );
-    println!("| | value |\n|---|---|");
-    println!("| idle RSS | {:.1} MiB |", rss as f64 / 1024.0);
+    println!("| | median | max | each |\n|---|---|---|---|");
     println!(
-        "| context switches while idle for {} s | {} voluntary, {} involuntary |",
-        idle.as_secs(),
-        v1 - v0,
-        n1 - n0
+        "| idle RSS | {:.1} MiB | {:.1} MiB | {} |",
+        median(&rss),
+        max(&rss),
+        each(&rss, 1)
     );
-    println!("| threads | {threads} |");
     println!(
-        "| binary size (release profile: lto, strip, opt-level s, panic abort) | {:.2} MiB |",
+        "| context switches while idle for {} s | {} | {} | {} |",
+        knobs.idle.as_secs(),
+        median(&woke),
+        max(&woke),
+        each(&woke, 0)
+    );
+    println!(
+        "| threads | {} | {} | {} (threads that exited while idle: {exited_threads}) |",
+        median(&threads),
+        max(&threads),
+        each(&threads, 0)
+    );
+    println!(
+        "\nbinary size (`cargo build --release -p elb-drain`: lto, strip, opt-level s, panic abort): {:.2} MiB",
         size as f64 / 1048576.0
     );
 }
 
-/// 5. Zero loss under load: the demo's two acts (short requests + long streams through the LB).
-async fn loss() {
-    let with = elb_sim::demo::act(Path::new(agent_bin()), true)
-        .await
-        .unwrap();
-    let naive = elb_sim::demo::act(Path::new(agent_bin()), false)
-        .await
-        .unwrap();
+/// Benchmark 5: zero loss under load, the demo's two acts (short requests + long streams through the
+/// LB), each `loss_runs` times, alternating.
+async fn loss(knobs: &Knobs) {
+    let mut with: Vec<Summary> = Vec::new();
+    let mut naive: Vec<Summary> = Vec::new();
+    for _ in 0..knobs.loss_runs {
+        let bin = agent_bin();
+        with.push(
+            elb_sim::demo::act(bin, Stop::ElbDrain, false)
+                .await
+                .unwrap(),
+        );
+        naive.push(elb_sim::demo::act(bin, Stop::Naive, false).await.unwrap());
+    }
+    let col = |v: &[Summary], f: &dyn Fn(&Summary) -> Option<f64>| -> Vec<f64> {
+        v.iter().filter_map(f).collect()
+    };
+    let counts = |v: &[Summary], f: &dyn Fn(&Summary) -> u64| -> String {
+        each(&v.iter().map(|s| f(s) as f64).collect::<Vec<_>>(), 0)
+    };
     println!(
-        "\n### 5. Zero loss under load (elb-sim data plane; ~50 req/s + 4 long streams over two members)\n"
+        "\n### 5. Zero loss under load (elb-sim data plane; ~50 req/s + 4 long streams over two members; {} runs of each stop)\n",
+        knobs.loss_runs
     );
     println!(
-        "| | served | failed | long streams cut | requests to A after its DELETE |\n|---|---|---|---|---|"
+        "| stop of A | served | failed | resets | long streams cut | new connections to A after the stop |\n|---|---|---|---|---|---|"
     );
+    for (name, v) in [
+        ("with elb-drain", &with),
+        ("naive (app killed, no elb-drain)", &naive),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            counts(v, &|s| s.served),
+            counts(v, &|s| s.failed),
+            counts(v, &|s| s.resets),
+            counts(v, &|s| s.streams_cut),
+            counts(v, &|s| s.after_stop[0]),
+        );
+    }
+    let deleted = col(&with, &|s| s.delete_after_ms);
+    let drain = col(&with, &|s| s.drain_ms);
+    let longest = col(&with, &|s| s.longest_on_a_ms);
+    let overhead = col(&with, &|s| s.drain_overhead_ms());
     println!(
-        "| stop with elb-drain | {} | {} | {} | {} |",
-        with.served, with.failed, with.streams_cut, with.late_on_a
-    );
-    println!(
-        "| naive stop (app killed) | {} | {} | {} | - |",
-        naive.served, naive.failed, naive.streams_cut
+        "\n| with elb-drain | median | max | each |\n|---|---|---|---|\n\
+         | SIGTERM -> DELETE at the API | {:.2} ms | {:.2} ms | {} |\n\
+         | SIGTERM -> agent exit (total drain time) | {:.0} ms | {:.0} ms | {} |\n\
+         | SIGTERM -> A's longest stream closed by its client | {:.0} ms | {:.0} ms | {} |\n\
+         | total drain time - longest stream (target <= 100 ms) | {:.1} ms | {:.1} ms | {} |",
+        median(&deleted),
+        max(&deleted),
+        each(&deleted, 2),
+        median(&drain),
+        max(&drain),
+        each(&drain, 0),
+        median(&longest),
+        max(&longest),
+        each(&longest, 0),
+        median(&overhead),
+        max(&overhead),
+        each(&overhead, 1),
     );
 }
 
-/// 6. 200 agents stopped at once against a per-project rate limit of 50 req/s.
-async fn fleet(agents: usize, jitter: bool) -> (f64, f64, usize, usize) {
+/// What one fleet stop measured.
+struct FleetRun {
+    all_gone_s: f64,
+    attempts_per_member: f64,
+    throttled: usize,
+    not_exiting_0: usize,
+}
+
+/// Benchmark 6: `agents` agents stopped at once against a per-project rate limit of 50 req/s.
+async fn fleet(agents: usize, jitter: bool) -> FleetRun {
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = app.local_addr().unwrap().port();
     let mut sc = Scenario::builder()
@@ -729,13 +1116,13 @@ async fn fleet(agents: usize, jitter: bool) -> (f64, f64, usize, usize) {
         let mut cmd = agent(&cfg, &d, &["run"]);
         cmd.env("HUAWEICLOUD_SDK_SK", SK)
             .env("ELB_DRAIN_LOG", "warn,elb_drain=info");
-        procs.push(Proc::spawn(cmd));
+        procs.push(ProcGuard::spawn(cmd));
     }
     for p in &procs {
         assert!(
-            p.wait_for("ready", Duration::from_secs(60)),
+            p.wait_stderr("ready", Duration::from_secs(60)),
             "{}",
-            p.stderr.lock().unwrap()
+            p.stderr()
         );
     }
     sim.set_rate_limit(PROJECT, 50.0, 50);
@@ -744,26 +1131,62 @@ async fn fleet(agents: usize, jitter: bool) -> (f64, f64, usize, usize) {
     for p in &procs {
         p.signal(libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ids.iter().any(|id| sim.member_exists(POOL, id)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let all_gone = t.elapsed().as_secs_f64();
-    let mut bad = 0;
+    wait_until(Duration::from_secs(120), || {
+        !ids.iter().any(|id| sim.member_exists(POOL, id))
+    });
+    let all_gone_s = t.elapsed().as_secs_f64();
+    let mut not_exiting_0 = 0;
     for p in &mut procs {
-        if p.wait_exit(Duration::from_secs(120)) != Some(0) {
-            bad += 1;
+        if !p
+            .wait_timeout(Duration::from_secs(120))
+            .is_some_and(|s| s.success())
+        {
+            not_exiting_0 += 1;
         }
     }
-    let deletes = sim.request_log()[before..]
+    let log = sim.request_log();
+    let deletes = log[before..]
         .iter()
         .filter(|r| r.method == "DELETE")
         .count();
-    let throttled = sim.request_log()[before..]
-        .iter()
-        .filter(|r| r.status == 429)
-        .count();
-    (all_gone, deletes as f64 / agents as f64, bad, throttled)
+    FleetRun {
+        all_gone_s,
+        attempts_per_member: deletes as f64 / agents as f64,
+        throttled: log[before..].iter().filter(|r| r.status == 429).count(),
+        not_exiting_0,
+    }
+}
+
+fn fleet_table(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
+    let (mut jittered, mut lockstep) = (Vec::new(), Vec::new());
+    // Alternating, so a drift of the machine during the runs weighs on both variants alike.
+    for _ in 0..knobs.fleet_runs {
+        jittered.push(rt.block_on(fleet(knobs.fleet_agents, true)));
+        lockstep.push(rt.block_on(fleet(knobs.fleet_agents, false)));
+    }
+    println!(
+        "\n### 6. Fleet stop: {} agents, SIGTERM at once, API rate limit 50 req/s (burst 50); medians of {} runs\n",
+        knobs.fleet_agents, knobs.fleet_runs
+    );
+    println!(
+        "| retries | all members gone after | each run | DELETE attempts per member | 429 answers | agents not exiting 0 (all runs) |\n|---|---|---|---|---|---|"
+    );
+    for (name, runs) in [
+        ("exponential backoff with full jitter", &jittered),
+        ("exponential backoff, no jitter", &lockstep),
+    ] {
+        let gone: Vec<f64> = runs.iter().map(|r| r.all_gone_s).collect();
+        let per: Vec<f64> = runs.iter().map(|r| r.attempts_per_member).collect();
+        let thr: Vec<f64> = runs.iter().map(|r| r.throttled as f64).collect();
+        let bad: usize = runs.iter().map(|r| r.not_exiting_0).sum();
+        println!(
+            "| {name} | {:.2} s | {} s | {:.2} | {:.0} | {bad} |",
+            median(&gone),
+            each(&gone, 2),
+            median(&per),
+            median(&thr)
+        );
+    }
 }
 
 fn main() {
@@ -775,51 +1198,45 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let want = |name: &str| args.is_empty() || args.iter().any(|a| a == name || a == "all");
+    let knobs = Knobs::from_env();
+    let agent = AGENT.get_or_init(build_agent);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     println!(
-        "elb-drain benchmarks ({} cores; loopback only)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "elb-drain benchmarks ({} cores; loopback only)\n\nagent: {}\n{knobs:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        agent.display()
     );
     if want("footprint") {
-        rt.block_on(footprint());
+        rt.block_on(footprint(&knobs));
     }
     if want("reaction") {
         rt.block_on(reaction());
     }
     if want("loss") {
-        rt.block_on(loss());
+        rt.block_on(loss(&knobs));
     }
     if want("census") || want("detect") {
-        let max = 100_000;
         let mut octet = 0u8;
-        let mut target = Pile::new(0);
-        let sizes = [1_000, 10_000, 100_000];
+        // Held until both are done; its holders are killed by PID when it is dropped.
+        let mut noise = Pile::new();
+        noise.grow_to(knobs.noise, &mut octet);
+        let mut target = None;
         if want("census") {
-            census(&mut target, &sizes, &mut octet);
-        } else {
-            target.grow_to(max, &mut octet);
+            let mut pile = Pile::new();
+            census(&mut pile, &knobs, &mut octet);
+            target = Some(pile);
         }
         if want("detect") {
-            detect(&mut target, Duration::from_secs(30));
+            detect(&knobs, &rt, &mut octet, target.take());
         }
+        drop(noise);
     }
     if want("fleet") {
-        let (t1, per1, bad1, thr1) = rt.block_on(fleet(200, true));
-        let (t2, per2, bad2, thr2) = rt.block_on(fleet(200, false));
-        println!(
-            "\n### 6. Fleet stop: 200 agents, SIGTERM at once, API rate limit 50 req/s (burst 50)\n"
-        );
-        println!(
-            "| retries | all members gone after | DELETE attempts per member | 429 answers | agents not exiting 0 |\n|---|---|---|---|---|"
-        );
-        println!(
-            "| exponential backoff with full jitter | {t1:.2} s | {per1:.2} | {thr1} | {bad1} |"
-        );
-        println!("| exponential backoff, no jitter | {t2:.2} s | {per2:.2} | {thr2} | {bad2} |");
+        fleet_table(&knobs, &rt);
     }
     let _ = std::io::stdout().flush();
 }

@@ -3,20 +3,27 @@
 //! elb-sim with a load balancer and two backend servers (small echo servers that say who served a
 //! request), one `elb-drain run` per server, client traffic through the load balancer (short requests
 //! and a few long streams), then server A is stopped the way systemd would stop it: SIGTERM to its
-//! agent. The timeline shows the DELETE, new connections moving to B, the long streams draining, the
-//! agent's exit, and the totals. Then the same with a naive stop (the application killed without
-//! elb-drain), so the difference is visible.
+//! agent. The timeline shows the DELETE, new connections going to B only (counted), the long streams
+//! draining, the agent's exit, and the totals the client side counted: served, failed, resets. Then the
+//! same with a naive stop (the application killed without elb-drain), so the difference is visible.
+//!
+//! The demo runs the agent it finds built from this workspace, and rebuilds it first when the workspace
+//! is still there: a demo of a stale agent would show the wrong program.
 
+use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::state::monotonic_ns;
 use crate::{Scenario, Sim};
 
 const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
@@ -27,6 +34,19 @@ const MEMBERS: [(&str, &str, &str); 2] = [
     ("B", "127.0.0.3", "5d0b7f53-2c3e-4d61-9a8e-0d9d4b1c2a77"),
 ];
 const LONG_STREAMS: usize = 4;
+/// How many short requests after the stop the timeline waits for before it says where they went.
+const AFTER_STOP_SAMPLE: u64 = 10;
+/// An act ends at the latest this long after the stop (the longest stream ends 4.5 s after it).
+const ACT_LIMIT: Duration = Duration::from_secs(8);
+
+/// How server A is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM to A's `elb-drain run`; A's application is stopped once the agent has exited.
+    ElbDrain,
+    /// A's application is killed, with no elb-drain at all.
+    Naive,
+}
 
 /// An application server: answers every line with "NAME <line>". Cancelling it kills it abruptly.
 async fn app(name: &'static str, ip: &str, kill: CancellationToken) -> std::io::Result<u16> {
@@ -65,85 +85,236 @@ async fn app(name: &'static str, ip: &str, kill: CancellationToken) -> std::io::
     Ok(port)
 }
 
+/// What the clients counted, updated as the act runs.
 #[derive(Default)]
 struct Totals {
     served: [AtomicU64; 2],
     failed: AtomicU64,
-    streams_cut: AtomicU64,
-    /// Short requests that reached A after its DELETE was answered.
-    late_on_a: AtomicU64,
+    resets: AtomicU64,
+    /// Short requests begun after the stop took effect (the DELETE answered, or A killed), by server.
+    after_stop: [AtomicU64; 2],
 }
 
-/// One request-response over a fresh connection; which server answered.
-async fn request(lb: std::net::SocketAddr, n: u64) -> Option<usize> {
-    let mut c = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(lb))
-        .await
-        .ok()?
-        .ok()?;
-    c.write_all(format!("req {n}\n").as_bytes()).await.ok()?;
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        BufReader::new(&mut c).read_line(&mut line),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    match line.split(' ').next() {
-        Some("A") => Some(0),
-        Some("B") => Some(1),
-        _ => None,
+impl Totals {
+    fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
     }
 }
 
-/// A long stream: a message every 100 ms until `until`; false if it was cut before.
-async fn stream(lb: std::net::SocketAddr, until: Instant) -> (bool, Option<usize>) {
+/// Whether an I/O error is the peer resetting the connection (as opposed to a timeout or a clean EOF).
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+/// How one short request ended.
+enum Outcome {
+    Served(usize),
+    Failed { reset: bool },
+}
+
+/// One request-response over a fresh connection: which server answered.
+async fn request(lb: SocketAddr, n: u64) -> Outcome {
+    let failed = |e: std::io::Error| Outcome::Failed {
+        reset: is_reset(&e),
+    };
+    let exchange = async {
+        let mut c = TcpStream::connect(lb).await?;
+        c.write_all(format!("req {n}\n").as_bytes()).await?;
+        let mut line = String::new();
+        BufReader::new(&mut c).read_line(&mut line).await?;
+        Ok::<_, std::io::Error>(line)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+        Ok(Ok(line)) => match line.split(' ').next() {
+            Some("A") => Outcome::Served(0),
+            Some("B") => Outcome::Served(1),
+            // EOF without an answer: the load balancer had no member to give us.
+            _ => Outcome::Failed { reset: false },
+        },
+        Ok(Err(e)) => failed(e),
+        Err(_) => Outcome::Failed { reset: false },
+    }
+}
+
+/// How one long stream ended.
+#[derive(Debug, Clone, Copy)]
+struct StreamEnd {
+    /// It ran until its planned end.
+    complete: bool,
+    /// It ended with a reset.
+    reset: bool,
+    /// The server that answered it.
+    server: Option<usize>,
+    /// CLOCK_MONOTONIC just after the client closed its socket.
+    closed_ns: u64,
+}
+
+/// The server of each long stream, once it answered: 0 unknown, 1 for A, 2 for B.
+type StreamServers = Arc<[AtomicUsize; LONG_STREAMS]>;
+
+/// Long stream `k`: a message every 100 ms until `until`, then the client closes. Its end goes to
+/// `ended` as well, for the timeline.
+async fn stream(
+    lb: SocketAddr,
+    until: Instant,
+    k: usize,
+    servers: StreamServers,
+    ended: mpsc::UnboundedSender<StreamEnd>,
+) -> StreamEnd {
+    let end = stream_until(lb, until, |i| servers[k].store(i + 1, Ordering::Relaxed)).await;
+    let _ = ended.send(end);
+    end
+}
+
+async fn stream_until(lb: SocketAddr, until: Instant, answered_by: impl Fn(usize)) -> StreamEnd {
+    let mut end = StreamEnd {
+        complete: false,
+        reset: false,
+        server: None,
+        closed_ns: 0,
+    };
     let Ok(c) = TcpStream::connect(lb).await else {
-        return (false, None);
+        end.closed_ns = monotonic_ns();
+        return end;
     };
     let (r, mut w) = c.into_split();
     let mut lines = BufReader::new(r).lines();
-    let mut server = None;
-    while Instant::now() < until {
-        if w.write_all(b"tick\n").await.is_err() {
-            return (false, server);
+    end.complete = loop {
+        if Instant::now() >= until {
+            break true;
+        }
+        if let Err(e) = w.write_all(b"tick\n").await {
+            end.reset = is_reset(&e);
+            break false;
         }
         match tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await {
             Ok(Ok(Some(l))) => {
-                server = server.or(if l.starts_with('A') { Some(0) } else { Some(1) })
+                if end.server.is_none() {
+                    let i = usize::from(!l.starts_with('A'));
+                    end.server = Some(i);
+                    answered_by(i);
+                }
             }
-            _ => return (false, server),
+            Ok(Err(e)) => {
+                end.reset = is_reset(&e);
+                break false;
+            }
+            // EOF (the server went away) or silence.
+            _ => break false,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (true, server)
+    };
+    drop((lines, w));
+    end.closed_ns = monotonic_ns();
+    end
 }
 
+/// The agent to run. Built from this binary's workspace with its profile when the workspace is still on
+/// disk (cargo finds it up to date in a fraction of a second), so `cargo run --release --bin elb-sim --
+/// demo` from a fresh clone builds it and a later run never uses a stale one; without a workspace or
+/// cargo, the `elb-drain` beside this executable.
 fn agent_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let beside = exe.with_file_name("elb-drain");
-    if beside.exists() {
-        return Ok(beside);
-    }
-    let release = exe.parent().is_some_and(|d| d.ends_with("release"));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("Cargo.toml"))
+        .filter(|m| m.is_file());
+    let Some(manifest) = workspace else {
+        return found(beside);
+    };
+    // `target/debug` holds the dev profile; everything else here is built with release.
+    let profile = match exe.parent().and_then(Path::file_name) {
+        Some(d) if d == "debug" => "dev",
+        _ => "release",
+    };
     println!(
-        "building elb-drain (cargo build{} --bin elb-drain) ...",
-        if release { " --release" } else { "" }
+        "elb-drain: cargo build --profile {profile} --bin elb-drain (up to date after the first run)"
     );
-    let mut cmd =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--quiet", "--bin", "elb-drain"]);
-    if release {
-        cmd.arg("--release");
+    let mut build = cargo();
+    build
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args([
+            "--profile",
+            profile,
+            "--bin",
+            "elb-drain",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    let out = match build.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            println!("(no cargo to build with: using {})", beside.display());
+            return found(beside);
+        }
+        Err(e) => return Err(format!("cannot run {:?}: {e}", build.get_program())),
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build of elb-drain failed ({}): see above",
+            out.status
+        ));
     }
-    let ok = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?
-        .success();
-    if ok && beside.exists() {
-        Ok(beside)
+    built_executable(&String::from_utf8_lossy(&out.stdout), "elb-drain")
+        .ok_or_else(|| "cargo built elb-drain but named no executable".into())
+}
+
+/// `cargo` (the one running this program under `cargo run`, else the one on PATH), without the
+/// variables cargo sets for a program it runs. A build script that tracks one of them (ring tracks
+/// `CARGO_MANIFEST_DIR`) would otherwise be rebuilt by this nested build and again by the next plain
+/// one, every time.
+pub fn cargo() -> std::process::Command {
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name);
+        if set_by_cargo {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// The executable cargo built (or found fresh) for binary `bin`, from the compiler-artifact messages
+/// of its `--message-format=json` output.
+pub fn built_executable(json_lines: &str, bin: &str) -> Option<PathBuf> {
+    json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+}
+
+fn found(path: PathBuf) -> Result<PathBuf, String> {
+    if path.is_file() {
+        Ok(path)
     } else {
-        Err("could not build elb-drain".into())
+        Err(format!(
+            "no elb-drain at {}: build it with `cargo build --release --bin elb-drain`",
+            path.display()
+        ))
     }
 }
 
@@ -172,34 +343,100 @@ fn write_config(
     Ok(path)
 }
 
-struct Agent(tokio::process::Child);
+/// The demo's temporary directory (configs, state files, status sockets), removed when dropped.
+struct TempDir(PathBuf);
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
+impl TempDir {
+    fn new() -> Result<TempDir, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "elb-sim-demo-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
     }
 }
 
-fn ms(since: Instant) -> u128 {
-    since.elapsed().as_millis()
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills (SIGKILL, by PID) and reaps every agent still running: the demo leaves no process behind.
+/// `kill_on_drop` covers an early return; this is the orderly end.
+async fn reap(agents: &mut [tokio::process::Child]) {
+    for child in agents {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
+}
+
+/// Waits for the first agent (server A's) to exit; never, without agents.
+async fn first_exit(
+    agents: &mut [tokio::process::Child],
+) -> std::io::Result<std::process::ExitStatus> {
+    match agents.first_mut() {
+        Some(a) => a.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Prints timeline lines, or nothing when the act runs inside a benchmark.
+struct Timeline {
+    start: Instant,
+    show: bool,
+}
+
+impl Timeline {
+    fn at(&self, ms: f64, what: &str) {
+        if self.show {
+            println!("t={ms:>7.1} ms  {what}");
+        }
+    }
+
+    fn now(&self, what: &str) {
+        self.at(self.start.elapsed().as_secs_f64() * 1e3, what);
+    }
 }
 
 /// What one act of the demo counted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
+    pub stop: Stop,
+    /// Short requests answered.
     pub served: u64,
+    /// Short requests that got no answer (a reset, a timeout, or no member to go to).
     pub failed: u64,
+    /// Connections, short or long, that the client saw reset.
+    pub resets: u64,
+    /// Long streams that ended before their planned end.
     pub streams_cut: u64,
-    /// Short requests that reached A after its DELETE was answered (must be 0).
-    pub late_on_a: u64,
+    /// Short requests begun after the stop took effect (A's DELETE answered, or A killed), by server:
+    /// `[A, B]`. With elb-drain, A's count must be 0.
+    pub after_stop: [u64; 2],
     /// Milliseconds from SIGTERM to the DELETE arriving at the API.
     pub delete_after_ms: Option<f64>,
     /// Server A's agent: exit code.
     pub agent_exit: Option<i32>,
+    /// Milliseconds from SIGTERM to A's agent exiting (reaped): the total drain time.
+    pub drain_ms: Option<f64>,
+    /// Milliseconds from SIGTERM to the client closing the last long stream that A served: what the
+    /// drain had to wait for.
+    pub longest_on_a_ms: Option<f64>,
 }
 
-/// Runs one act of the demo; `with_agent` false is the naive stop.
-pub async fn act(agent_bin: &Path, with_agent: bool) -> Result<Summary, String> {
+impl Summary {
+    /// The drain's own share of the stop: total drain time minus the longest stream's remaining time
+    /// (the agent exit after A's last stream closed, in ms; the target is at most 100).
+    pub fn drain_overhead_ms(&self) -> Option<f64> {
+        Some(self.drain_ms? - self.longest_on_a_ms?)
+    }
+}
+
+/// Runs one act of the demo and, when `show`, prints its timeline and totals.
+pub async fn act(agent_bin: &Path, stop: Stop, show: bool) -> Result<Summary, String> {
     let e = |e: std::io::Error| e.to_string();
     let kills = [CancellationToken::new(), CancellationToken::new()];
     let mut ports = [0u16; 2];
@@ -219,26 +456,26 @@ pub async fn act(agent_bin: &Path, with_agent: bool) -> Result<Summary, String> 
         .await
         .map_err(|e| e.to_string())?;
     let lb = sim.listener_addr(LISTENER).ok_or("no listener")?;
-    let dir = tempfile_dir()?;
+    let dir = TempDir::new()?;
     let mut agents = Vec::new();
-    if with_agent {
+    if stop == Stop::ElbDrain {
         for (i, (name, _, id)) in MEMBERS.iter().enumerate() {
-            let config = write_config(&dir, &sim, name, id, ports[i]).map_err(e)?;
+            let config = write_config(&dir.0, &sim, name, id, ports[i]).map_err(e)?;
             let child = tokio::process::Command::new(agent_bin)
                 .arg("--config")
                 .arg(&config)
                 .arg("run")
                 .env("ELB_DRAIN_LOG", "warn")
                 // The demo keeps everything in its own temporary directory: state file, status socket.
-                .env("STATE_DIRECTORY", dir.join(name))
-                .env("RUNTIME_DIRECTORY", dir.join(name))
+                .env("STATE_DIRECTORY", dir.0.join(name))
+                .env("RUNTIME_DIRECTORY", dir.0.join(name))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(e)?;
-            agents.push(Agent(child));
+                .map_err(|e| format!("{}: {e}", agent_bin.display()))?;
+            agents.push(child);
         }
         // Ready when both have fetched their token (the agents log only warnings here).
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -250,157 +487,238 @@ pub async fn act(agent_bin: &Path, with_agent: bool) -> Result<Summary, String> 
             < 2
         {
             if Instant::now() > deadline {
+                reap(&mut agents).await;
                 return Err("agents did not get ready".into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Long streams first (so round robin puts half of them on A), opened before the stop, ending 1.5 to 4.5 s after it.
+    // Long streams first (so round robin puts half of them on A), opened before the stop, ending 1.5 to
+    // 4.5 s after it.
     let t0 = Instant::now() + Duration::from_millis(1500);
     let mut streams = Vec::new();
+    let servers: StreamServers = Arc::new(Default::default());
+    let (ended, mut ends) = mpsc::unbounded_channel();
     for k in 0..LONG_STREAMS {
         let until = t0 + Duration::from_millis(1500 + 1000 * k as u64);
-        streams.push(tokio::spawn(stream(lb, until)));
+        let (servers, ended) = (servers.clone(), ended.clone());
+        streams.push(tokio::spawn(stream(lb, until, k, servers, ended)));
     }
     let totals = Arc::new(Totals::default());
-    let stop = CancellationToken::new();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let quit = CancellationToken::new();
     // Short requests, about 50 per second, until the act ends.
     let short = {
-        let (totals, stop) = (totals.clone(), stop.clone());
-        let sim_deleted = Arc::new(AtomicU64::new(0));
-        let flag = sim_deleted.clone();
-        let handle = tokio::spawn(async move {
+        let (totals, stopped, quit) = (totals.clone(), stopped.clone(), quit.clone());
+        tokio::spawn(async move {
             let mut n = 0;
-            while !stop.is_cancelled() {
+            while !quit.is_cancelled() {
                 n += 1;
+                // Read before connecting: a request begun after the stop took effect.
+                let after = stopped.load(Ordering::Acquire);
                 match request(lb, n).await {
-                    Some(i) => {
+                    Outcome::Served(i) => {
                         totals.served[i].fetch_add(1, Ordering::Relaxed);
-                        if i == 0 && flag.load(Ordering::Relaxed) == 1 {
-                            totals.late_on_a.fetch_add(1, Ordering::Relaxed);
+                        if after {
+                            totals.after_stop[i].fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    None => {
+                    Outcome::Failed { reset } => {
                         totals.failed.fetch_add(1, Ordering::Relaxed);
+                        if reset {
+                            totals.resets.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        });
-        (handle, sim_deleted)
+        })
     };
     tokio::time::sleep_until(t0.into()).await;
-    let on_a = sim.live_connections(MEMBERS[0].2);
-    let title = if with_agent {
-        "with elb-drain"
-    } else {
-        "naive stop (no elb-drain)"
+    // Each stream has had about 15 answers by now.
+    let mut open_on_a = servers
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) == 1)
+        .count();
+    if show {
+        let title = match stop {
+            Stop::ElbDrain => "stop with elb-drain",
+            Stop::Naive => "naive stop (no elb-drain)",
+        };
+        println!("\n== {title}: {LONG_STREAMS} long streams open, {open_on_a} of them on server A");
+    }
+    let timeline = Timeline {
+        start: Instant::now(),
+        show,
     };
-    println!(
-        "\n== {title}: {} long streams open, {on_a} of them on server A",
-        LONG_STREAMS
-    );
-    let start = Instant::now();
-    let mono_start = crate::state::monotonic_ns();
-    if with_agent {
-        let pid = agents[0].0.id().ok_or("agent gone")? as i32;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        println!("t=0 ms      SIGTERM to server A's elb-drain");
-    } else {
-        kills[0].cancel();
-        println!("t=0 ms      server A's application killed (no elb-drain)");
+    let stop_ns = monotonic_ns();
+    let ms_since_stop = |ns: u64| ns.saturating_sub(stop_ns) as f64 / 1e6;
+    match stop {
+        Stop::ElbDrain => {
+            let pid = agents[0]
+                .id()
+                .ok_or("server A's agent exited before the stop")?;
+            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            timeline.at(0.0, "SIGTERM to server A's elb-drain");
+        }
+        Stop::Naive => {
+            kills[0].cancel();
+            stopped.store(true, Ordering::Release);
+            timeline.at(0.0, "server A's application killed (no elb-drain)");
+        }
     }
     let mut deleted_at = None;
-    let mut last_live = usize::MAX;
+    let mut sampled = false;
+    let mut streams_ended = 0;
     let mut agent_exit = None;
-    let end = start + Duration::from_secs(8);
+    let end = timeline.start + ACT_LIMIT;
     while Instant::now() < end {
-        if deleted_at.is_none()
+        if stop == Stop::ElbDrain
+            && deleted_at.is_none()
             && let Some(d) = sim
                 .request_log()
                 .iter()
                 .find(|r| r.method == "DELETE" && r.status == 204)
         {
-            let after = d.mono_ns.saturating_sub(mono_start) as f64 / 1e6;
+            // Logged with its answer, so the data plane has already dropped A from the pool.
+            stopped.store(true, Ordering::Release);
+            let after = ms_since_stop(d.mono_ns);
             deleted_at = Some(after);
-            short.1.store(1, Ordering::Relaxed);
-            println!(
-                "t={after:<8.2}ms DELETE of member A arrived at the API: no new connections to A from here on"
-            );
+            timeline.at(after, "DELETE of member A arrived at the API");
         }
-        let live = sim.live_connections(MEMBERS[0].2);
-        if live != last_live {
-            println!("t={:<8} ms connections still open on A: {live}", ms(start));
-            last_live = live;
+        let after = [0, 1].map(|i| Totals::get(&totals.after_stop[i]));
+        if !sampled && after[0] + after[1] >= AFTER_STOP_SAMPLE {
+            sampled = true;
+            let since = match stop {
+                Stop::ElbDrain => "the DELETE",
+                Stop::Naive => "the kill",
+            };
+            timeline.now(&if after[0] == 0 {
+                format!(
+                    "new connections since {since}: all {} on B, 0 on A",
+                    after[1]
+                )
+            } else {
+                format!(
+                    "new connections since {since}: {} on A, {} on B",
+                    after[0], after[1]
+                )
+            });
         }
-        if with_agent
-            && agent_exit.is_none()
-            && let Ok(Some(status)) = agents[0].0.try_wait()
-        {
-            agent_exit = Some((ms(start), status.code()));
-            println!(
-                "t={:<8} ms server A's elb-drain exited with {:?}: A may stop now",
-                ms(start),
-                status.code()
-            );
-            kills[0].cancel();
-        }
-        if streams.iter().all(|s| s.is_finished()) && (!with_agent || agent_exit.is_some()) {
+        if streams_ended == LONG_STREAMS && (stop == Stop::Naive || agent_exit.is_some()) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    let _ = short.0.await;
-    for s in streams {
-        if let Ok((complete, _)) = s.await
-            && !complete
-        {
-            totals.streams_cut.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            // Stream ends first: each happened before anything this loop learns in the same round.
+            biased;
+            Some(end) = ends.recv() => {
+                streams_ended += 1;
+                if end.server == Some(0) {
+                    open_on_a = open_on_a.saturating_sub(1);
+                    let how = if end.complete {
+                        "closed by its client"
+                    } else if end.reset {
+                        "cut by a reset"
+                    } else {
+                        "cut (the server closed it)"
+                    };
+                    let at = ms_since_stop(end.closed_ns);
+                    if open_on_a == 0 {
+                        timeline.at(at, &format!("last long stream on A {how}"));
+                    } else {
+                        timeline.at(at, &format!("a long stream on A {how}, {open_on_a} still open on A"));
+                    }
+                }
+            }
+            status = first_exit(&mut agents), if agent_exit.is_none() => {
+                let at = ms_since_stop(monotonic_ns());
+                let code = status.ok().and_then(|s| s.code());
+                agent_exit = Some((at, code));
+                timeline.at(at, &format!(
+                    "server A's elb-drain exited ({}): A may stop now",
+                    code.map_or("killed".into(), |c| format!("code {c}"))
+                ));
+                kills[0].cancel();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
-    println!(
-        "totals: requests served {} (A {}, B {}), failed {}, long streams cut {}, requests to A after its DELETE {}",
-        totals.served[0].load(Ordering::Relaxed) + totals.served[1].load(Ordering::Relaxed),
-        totals.served[0].load(Ordering::Relaxed),
-        totals.served[1].load(Ordering::Relaxed),
-        totals.failed.load(Ordering::Relaxed),
-        totals.streams_cut.load(Ordering::Relaxed),
-        totals.late_on_a.load(Ordering::Relaxed),
-    );
+    quit.cancel();
+    let _ = short.await;
+    let mut cut = 0;
+    let mut longest_on_a = None;
+    for s in streams {
+        let Ok(end) = s.await else { continue };
+        if !end.complete {
+            cut += 1;
+        }
+        if end.reset {
+            totals.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        if end.complete && end.server == Some(0) {
+            let closed = ms_since_stop(end.closed_ns);
+            longest_on_a = Some(longest_on_a.map_or(closed, |l: f64| l.max(closed)));
+        }
+    }
     for k in &kills {
         k.cancel();
     }
-    drop(agents);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Summary {
-        served: totals.served[0].load(Ordering::Relaxed) + totals.served[1].load(Ordering::Relaxed),
-        failed: totals.failed.load(Ordering::Relaxed),
-        streams_cut: totals.streams_cut.load(Ordering::Relaxed),
-        late_on_a: totals.late_on_a.load(Ordering::Relaxed),
+    reap(&mut agents).await;
+    let served = [0, 1].map(|i| Totals::get(&totals.served[i]));
+    let summary = Summary {
+        stop,
+        served: served[0] + served[1],
+        failed: Totals::get(&totals.failed),
+        resets: Totals::get(&totals.resets),
+        streams_cut: cut,
+        after_stop: [0, 1].map(|i| Totals::get(&totals.after_stop[i])),
         delete_after_ms: deleted_at,
         agent_exit: agent_exit.and_then(|(_, code)| code),
-    })
+        drain_ms: agent_exit.map(|(at, _)| at),
+        longest_on_a_ms: longest_on_a,
+    };
+    if show {
+        if let (Some(total), Some(longest), Some(overhead)) = (
+            summary.drain_ms,
+            summary.longest_on_a_ms,
+            summary.drain_overhead_ms(),
+        ) {
+            println!(
+                "drain: {total:.0} ms in all = A's longest stream ({longest:.0} ms after SIGTERM) + {overhead:.1} ms"
+            );
+        }
+        println!(
+            "totals: requests served {} (A {}, B {}), failed {}, resets {}, long streams cut {}, \
+             new connections after the stop: A {}, B {}",
+            summary.served,
+            served[0],
+            served[1],
+            summary.failed,
+            summary.resets,
+            summary.streams_cut,
+            summary.after_stop[0],
+            summary.after_stop[1],
+        );
+    }
+    Ok(summary)
 }
 
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "elb-sim-demo-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    Ok(dir)
-}
-
-/// The demo: both acts. Returns an error line for the binary to print.
+/// The demo: both acts, then the two side by side. Returns an error line for the binary to print.
 pub async fn run() -> Result<(), String> {
     let agent = agent_binary()?;
     println!(
         "elb-sim demo: a load balancer, servers A and B behind it, each with its own elb-drain (all on loopback)"
     );
-    act(&agent, true).await?;
-    act(&agent, false).await?;
+    let with = act(&agent, Stop::ElbDrain, true).await?;
+    let naive = act(&agent, Stop::Naive, true).await?;
+    println!("\n| stop of server A | requests served | failed | resets | long streams cut |");
+    println!("|---|---|---|---|---|");
+    for (name, s) in [("with elb-drain", &with), ("naive (no elb-drain)", &naive)] {
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            s.served, s.failed, s.resets, s.streams_cut
+        );
+    }
     Ok(())
 }
