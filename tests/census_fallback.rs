@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::confine::{Confine, can_confine, confine};
 use common::*;
 
 /// `poll_interval` of the drain below.
@@ -19,76 +18,16 @@ const POLL: Duration = Duration::from_millis(50);
 /// stretched to 62-72 ms by the census cost, so at most 9 ms beyond it.
 const EXIT_MARGIN: Duration = Duration::from_millis(100);
 
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 0xC000_003E;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 0xC000_00B7;
-
-/// `socket(AF_NETLINK, _, NETLINK_SOCK_DIAG)` fails with EPERM in the command's process; nothing else
-/// changes. `None` on an architecture this filter is not written for.
-fn without_sock_diag(mut cmd: Command) -> Option<Command> {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    {
-        const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
-        const JEQ_K: u16 = 0x15; // BPF_JMP (5) | BPF_JEQ (0x10) | BPF_K (0)
-        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-        const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
-        // struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low word first here).
-        const ARG0: u32 = 16;
-        const ARG2: u32 = 32;
-        let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-        let program = [
-            op(LD_W_ABS, 0, 0, 4),
-            op(JEQ_K, 1, 0, AUDIT_ARCH),
-            op(RET_K, 0, 0, ALLOW),
-            op(LD_W_ABS, 0, 0, 0),
-            op(JEQ_K, 0, 4, libc::SYS_socket as u32),
-            op(LD_W_ABS, 0, 0, ARG0),
-            op(JEQ_K, 0, 2, libc::AF_NETLINK as u32),
-            op(LD_W_ABS, 0, 0, ARG2),
-            op(JEQ_K, 1, 0, libc::NETLINK_SOCK_DIAG as u32),
-            op(RET_K, 0, 0, ALLOW),
-            op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
-        ];
-        // SAFETY: between fork and exec only prctl(2) runs (async-signal-safe); the program lives in
-        // the closure, which the child owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let prog = libc::sock_fprog {
-                    len: program.len() as u16,
-                    filter: program.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                    || libc::prctl(
-                        libc::PR_SET_SECCOMP,
-                        libc::SECCOMP_MODE_FILTER,
-                        &prog as *const libc::sock_fprog,
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Some(cmd)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = cmd;
-        None
-    }
-}
-
+/// `cmd` with `socket(AF_NETLINK, _, NETLINK_SOCK_DIAG)` refused; nothing else changes.
 macro_rules! filtered_or_skip {
-    ($cmd:expr) => {
-        match without_sock_diag($cmd) {
-            Some(c) => c,
-            None => {
-                eprintln!("SKIP: no seccomp filter for this architecture");
-                return;
-            }
+    ($cmd:expr) => {{
+        if !can_confine(Confine::NoNetlink) {
+            return;
         }
-    };
+        let mut cmd = $cmd;
+        confine(&mut cmd, Confine::NoNetlink);
+        cmd
+    }};
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +79,7 @@ async fn without_sock_diag_the_census_falls_back_to_proc_and_says_so() {
         err.contains("netlink census unavailable; falling back to /proc/net/tcp"),
         "{err}"
     );
-    assert!(err.contains("Operation not permitted"), "the reason: {err}");
+    assert!(err.contains("Permission denied"), "the reason: {err}");
     assert!(!err.contains("connection census: netlink"), "{err}");
 }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use elb_sim::{Scenario, Sim};
 
+pub mod confine;
+
 pub const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 
 pub const POOL: &str = "36ce7086-a496-4666-9064-5ba0e6840c75";
