@@ -96,6 +96,19 @@ fn exits_130(agent: &mut ProcGuard, since: Instant) -> Duration {
     since.elapsed()
 }
 
+/// The first SIGINT, and the line that says the agent took it as a stop.
+fn first_sigint(agent: &ProcGuard, says: &str) {
+    agent.signal(libc::SIGINT);
+    assert!(agent.wait_stderr(says, LIMIT), "{}", agent.stderr());
+}
+
+/// The second SIGINT: the agent exits 130 at once (no panic); how long it took.
+fn second_sigint_exits_130(agent: &mut ProcGuard) -> Duration {
+    let second = Instant::now();
+    agent.signal(libc::SIGINT);
+    exits_130(agent, second)
+}
+
 /// `run` held in start-up: the handlers are installed and the IAM token request is delayed.
 async fn starting(s: &Setup) -> ProcGuard {
     s.sim
@@ -166,15 +179,8 @@ async fn a_sigterm_before_the_handlers_are_installed_is_a_stop_not_a_kill() {
 async fn sigint_twice_while_starting_exits_130_at_once_without_deregistering() {
     let s = setup().await;
     let mut agent = starting(&s).await;
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("stop signal while starting", LIMIT),
-        "{}",
-        agent.stderr()
-    );
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    first_sigint(&agent, "stop signal while starting");
+    let took = second_sigint_exits_130(&mut agent);
     assert!(
         took < Duration::from_millis(HELD_MS),
         "did not wait for start-up: {took:?}"
@@ -247,15 +253,8 @@ async fn sigint_twice_while_registering_on_start_exits_130_at_once() {
         "{}",
         agent.stderr()
     );
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("stop signal while registering", LIMIT),
-        "{}",
-        agent.stderr()
-    );
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    first_sigint(&agent, "stop signal while registering");
+    let took = second_sigint_exits_130(&mut agent);
     assert!(
         took < Duration::from_secs(2),
         "did not wait for the drain: {took:?}"
@@ -320,15 +319,8 @@ async fn sigint_twice_from_serving_exits_130_at_once() {
     let s = setup().await;
     let _held = s.connections_to_us(1);
     let mut agent = serving(&s).await;
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("stop signal received", LIMIT),
-        "{}",
-        agent.stderr()
-    );
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    first_sigint(&agent, "stop signal received");
+    let took = second_sigint_exits_130(&mut agent);
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(
         !agent.stderr().contains("drained: no connections left"),
@@ -365,9 +357,7 @@ async fn sigint_twice_while_the_delete_is_in_flight_exits_130_at_once() {
         "{}",
         agent.stderr()
     );
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    let took = second_sigint_exits_130(&mut agent);
     assert!(
         took < Duration::from_millis(HELD_MS),
         "did not wait for the DELETE: {took:?}"
@@ -396,16 +386,9 @@ async fn sigint_twice_while_draining_exits_130_at_once() {
     let s = setup().await;
     let _held = s.connections_to_us(1);
     let mut agent = serving(&s).await;
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("drain: draining", LIMIT),
-        "{}",
-        agent.stderr()
-    );
+    first_sigint(&agent, "drain: draining");
     storm(&agent, STORM);
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    let took = second_sigint_exits_130(&mut agent);
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_eq!(deletes(&s.sim).len(), 1);
 }
@@ -425,15 +408,8 @@ async fn sigint_twice_while_settling_exits_130_at_once() {
         "{}",
         agent.stderr()
     );
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("drain: settling", LIMIT),
-        "{}",
-        agent.stderr()
-    );
-    let second = Instant::now();
-    agent.signal(libc::SIGINT);
-    let took = exits_130(&mut agent, second);
+    first_sigint(&agent, "drain: settling");
+    let took = second_sigint_exits_130(&mut agent);
     assert!(
         took < Duration::from_secs(2),
         "did not wait out the {SETTLE_S} s settle window: {took:?}"
@@ -500,12 +476,7 @@ async fn exec_a_storm_while_the_child_is_stopping_stops_it_once_and_passes_its_s
 async fn exec_sigint_twice_while_draining_abandons_the_drain_and_stops_the_child() {
     let (s, mut agent) = exec_ready().await;
     let _held = s.connections_to_us(1);
-    agent.signal(libc::SIGINT);
-    assert!(
-        agent.wait_stderr("drain: draining", LIMIT),
-        "{}",
-        agent.stderr()
-    );
+    first_sigint(&agent, "drain: draining");
     assert!(
         !agent.stdout().contains("got TERM"),
         "the child runs while the drain lasts"
