@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use elb_sim::scenario::Instance;
@@ -22,67 +22,13 @@ async fn password_tokens_are_renewed_in_the_background_ahead_of_expiry() {
     let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
 
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
-    let ready = SystemTime::now();
     let tokens = || issued_tokens(&s.sim, LIFETIME);
-    let first = tokens().first().copied().expect("a token at start-up");
-    // Serve until the token of two lifetimes after the first one's expiry has expired too.
-    let outlived = || {
-        tokens()
-            .iter()
-            .any(|t| t.until >= first.until + 2 * LIFETIME && t.until <= SystemTime::now())
-    };
-    assert!(
-        wait_until(LIFETIME * 6 + Duration::from_secs(10), outlived),
-        "tokens: {:?}\n{}",
-        tokens(),
-        agent.stderr()
-    );
-    // Stop just after a renewal, so the next one is half a lifetime away from the DELETE.
-    let fetched = || {
-        s.sim
-            .request_log()
-            .iter()
-            .filter(|r| r.path.ends_with("/auth/tokens"))
-            .count()
-    };
-    let before = fetched();
-    assert!(
-        wait_until(LIFETIME, || fetched() > before),
-        "renewals stopped"
-    );
-    let stop = SystemTime::now();
-    agent.signal(libc::SIGTERM);
-    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
-    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
-
-    let log = s.sim.request_log();
-    assert!(
-        log.iter().all(|r| r.status != 401 && r.status != 403),
-        "no request refused: {log:?}"
-    );
-    let fetches: Vec<SystemTime> = log
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/auth/tokens"))
-        .inspect(|r| assert_eq!(r.status, 201, "{r:?}"))
-        .map(|r| r.at)
-        .collect();
-    assert_eq!(fetches.len(), tokens().len(), "one token per request");
-    // The refresher aims at half the lifetime; a quarter is room for a slow scheduler.
-    let lead = assert_renewed_ahead(&fetches, &tokens(), LIFETIME / 4);
-    eprintln!("{} token requests, smallest lead {lead:?}", fetches.len());
-    let serving = |t: SystemTime| t > ready && t < stop;
-    assert!(
-        fetches.iter().filter(|t| serving(**t)).count() >= 3,
-        "{fetches:?}"
-    );
+    let run = serve_across_lifetimes(&mut agent, &s.sim, LIFETIME, tokens, "/auth/tokens", 201);
+    let (log, stop) = (s.sim.request_log(), run.stop);
+    assert_eq!(run.fetches.len(), tokens().len(), "one token per request");
     let calls: Vec<_> = log
         .iter()
-        .filter(|r| r.service == "elb" && serving(r.at))
+        .filter(|r| r.service == "elb" && run.serving(r.at))
         .collect();
     assert!(calls.is_empty(), "ELB calls while serving: {calls:?}");
     let after: Vec<_> = log.iter().filter(|r| r.at > stop).collect();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use elb_sim::scenario::Instance;
@@ -198,68 +198,13 @@ async fn agency_keys_are_renewed_in_the_background_ahead_of_expiry() {
     let config = config(dir.path(), &sim, port, "1h");
 
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
-    let ready = SystemTime::now();
     let keys = || issued_temp_keys(&sim, LIFETIME);
-    let first = keys().first().copied().expect("a key at start-up");
-    // Serve until the key of two lifetimes after the first one's expiry has expired too: a key that
-    // is only issued if renewal went on all along.
-    let outlived = || {
-        keys()
-            .iter()
-            .any(|k| k.until >= first.until + 2 * LIFETIME && k.until <= SystemTime::now())
-    };
-    assert!(
-        wait_until(LIFETIME * 6 + Duration::from_secs(10), outlived),
-        "keys: {:?}\n{}",
-        keys(),
-        agent.stderr()
-    );
-    // Keys expire just as the refresher renews (half-way through the next one's life): stop just after
-    // a renewal instead, so the next one is half a lifetime away and cannot mingle with the DELETEs.
-    let fetched = || {
-        sim.request_log()
-            .iter()
-            .filter(|r| r.path.ends_with("/securitykey"))
-            .count()
-    };
-    let before = fetched();
-    assert!(
-        wait_until(LIFETIME, || fetched() > before),
-        "renewals stopped"
-    );
-    let stop = SystemTime::now();
-    agent.signal(libc::SIGTERM);
-    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
-    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
-
-    let log = sim.request_log();
-    assert!(
-        log.iter().all(|r| r.status != 401 && r.status != 403),
-        "no request refused: {log:?}"
-    );
-    let fetches: Vec<SystemTime> = log
-        .iter()
-        .filter(|r| r.path.ends_with("/securitykey"))
-        .inspect(|r| assert_eq!(r.status, 200, "{r:?}"))
-        .map(|r| r.at)
-        .collect();
-    // The refresher aims at half the lifetime; a quarter is room for a slow scheduler.
-    let lead = assert_renewed_ahead(&fetches, &keys(), LIFETIME / 4);
-    eprintln!("{} key fetches, smallest lead {lead:?}", fetches.len());
-    // In the background: several fetches while serving, and no API call at all meanwhile.
-    let serving = |t: SystemTime| t > ready && t < stop;
-    assert!(
-        fetches.iter().filter(|t| serving(**t)).count() >= 3,
-        "{fetches:?}"
-    );
+    let run = serve_across_lifetimes(&mut agent, &sim, LIFETIME, keys, "/securitykey", 200);
+    let (log, stop) = (sim.request_log(), run.stop);
+    // In the background: no API call at all while serving.
     let calls: Vec<_> = log
         .iter()
-        .filter(|r| r.service != "metadata" && serving(r.at))
+        .filter(|r| r.service != "metadata" && run.serving(r.at))
         .collect();
     assert!(calls.is_empty(), "API calls while serving: {calls:?}");
     // At the stop the key was already in hand: the DELETEs came first, signed with a live key.

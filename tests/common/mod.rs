@@ -470,6 +470,106 @@ pub fn assert_renewed_ahead(
     smallest
 }
 
+/// What [`serve_across_lifetimes`] saw: when the agent was ready, when it was stopped, and every
+/// request for a credential (its arrival) in between and after.
+pub struct Renewals {
+    pub ready: std::time::SystemTime,
+    pub stop: std::time::SystemTime,
+    pub fetches: Vec<std::time::SystemTime>,
+}
+
+impl Renewals {
+    /// Whether `t` fell while the agent was serving.
+    pub fn serving(&self, t: std::time::SystemTime) -> bool {
+        t > self.ready && t < self.stop
+    }
+}
+
+/// A `run` agent that is ready serves across several lifetimes of a credential elb-sim issues
+/// (`issued`; requested at paths ending in `fetch_path`, answered `ok`), is stopped with SIGTERM just
+/// after a renewal (so the next one is half a lifetime away from the stop's requests) and exits 0.
+/// Asserts what renewal ahead of need means: no request was ever refused (401/403), every fetch after
+/// the first came at least a quarter of a lifetime before the credential then held expired, and at
+/// least three came while serving (the refresher's, in the background).
+pub fn serve_across_lifetimes(
+    agent: &mut ProcGuard,
+    sim: &Sim,
+    lifetime: Duration,
+    issued: impl Fn() -> Vec<Issued>,
+    fetch_path: &str,
+    ok: u16,
+) -> Renewals {
+    use std::time::SystemTime;
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let ready = SystemTime::now();
+    let first = issued().first().copied().expect("a credential at start-up");
+    // Serve until the credential of two lifetimes after the first one's expiry has expired too: one
+    // that is only issued if renewal went on all along.
+    let outlived = || {
+        issued()
+            .iter()
+            .any(|c| c.until >= first.until + 2 * lifetime && c.until <= SystemTime::now())
+    };
+    assert!(
+        wait_until(lifetime * 6 + Duration::from_secs(10), outlived),
+        "issued: {:?}\n{}",
+        issued(),
+        agent.stderr()
+    );
+    // Credentials expire just as the refresher renews (half-way through the next one's life): stop
+    // just after a renewal instead, so the next one cannot mingle with the stop's requests.
+    let fetched = || {
+        sim.request_log()
+            .iter()
+            .filter(|r| r.path.ends_with(fetch_path))
+            .count()
+    };
+    let before = fetched();
+    assert!(
+        wait_until(lifetime, || fetched() > before),
+        "renewals stopped"
+    );
+    let stop = SystemTime::now();
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+
+    let log = sim.request_log();
+    assert!(
+        log.iter().all(|r| r.status != 401 && r.status != 403),
+        "no request refused: {log:?}"
+    );
+    let fetches: Vec<SystemTime> = log
+        .iter()
+        .filter(|r| r.path.ends_with(fetch_path))
+        .inspect(|r| assert_eq!(r.status, ok, "{r:?}"))
+        .map(|r| r.at)
+        .collect();
+    // The refresher aims at half the lifetime; a quarter is room for a slow scheduler.
+    let lead = assert_renewed_ahead(&fetches, &issued(), lifetime / 4);
+    eprintln!("{} fetches, smallest lead {lead:?}", fetches.len());
+    let renewals = Renewals {
+        ready,
+        stop,
+        fetches,
+    };
+    assert!(
+        renewals
+            .fetches
+            .iter()
+            .filter(|t| renewals.serving(**t))
+            .count()
+            >= 3,
+        "{:?}",
+        renewals.fetches
+    );
+    renewals
+}
+
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock elb-sim's request log stamps arrivals with, so a
 /// moment seen here and a request seen there can be ordered.
 pub fn mono_ns() -> u64 {
