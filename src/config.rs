@@ -677,6 +677,10 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
     })
 }
 
+/// The most a secret file may hold. The largest secret, an IAM token, is a few KiB; a path to a device
+/// such as `/dev/zero` or to a runaway log would otherwise be read until memory runs out.
+const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
 /// Reads a secret file: whole content, surrounding white space trimmed, must not be empty. A file that
 /// group or others may read is accepted with a warning naming it.
 fn secret_file(
@@ -684,8 +688,21 @@ fn secret_file(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_string(&mut text))
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(invalid(
+            field,
+            format!(
+                "{} holds more than {} KiB: not a secret file",
+                path.display(),
+                MAX_SECRET_FILE / 1024
+            ),
+        ));
+    }
     let value = text.trim();
     if value.is_empty() {
         return Err(invalid(field, format!("{} is empty", path.display())));

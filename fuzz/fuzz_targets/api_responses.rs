@@ -40,21 +40,21 @@ fuzz_target!(|body: &[u8]| {
         let _ = m.health();
         let _ = names_op(elb::membership(&pool, "ShowMember", &m), "ShowMember");
     }
-    if let Some(p) = names_op(elb::parse_pool("ShowPool", body), "ShowPool") {
-        if let Some(t) = p.connection_drain_timeout() {
-            assert!(!t.is_zero());
-            // As the agent does after ShowPool: the timeout may lower the drain deadline, never panic.
-            let plan = Plan {
-                settle: Duration::from_secs(2),
-                timeout: Duration::from_secs(300),
-                poll_interval: Duration::from_millis(200),
-            };
-            let t0 = tokio::time::Instant::now();
-            let mut engine = Engine::new(plan, t0);
-            engine.deregistered(t0, false);
-            engine.lb_connection_drain(POOL, t, t0);
-            assert!(engine.deadline() <= t0 + plan.timeout);
-        }
+    if let Some(p) = names_op(elb::parse_pool("ShowPool", body), "ShowPool")
+        && let Some(t) = p.connection_drain_timeout()
+    {
+        assert!(!t.is_zero());
+        // As the agent does after ShowPool: the timeout may lower the drain deadline, never panic.
+        let plan = Plan {
+            settle: Duration::from_secs(2),
+            timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(200),
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut engine = Engine::new(plan, t0);
+        engine.deregistered(t0, false);
+        engine.lb_connection_drain(POOL, t, t0);
+        assert!(engine.deadline() <= t0 + plan.timeout);
     }
     for limit in [1, 2, 2000] {
         if let Some((members, next)) = names_op(
