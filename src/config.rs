@@ -370,9 +370,11 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::files::read_small_text(path, MAX_CONFIG_FILE).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Self::parse(&text, path, env)
     }
@@ -677,9 +679,13 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
     })
 }
 
+/// The most a configuration file may hold: a documented example is 6 KiB, a thousand `[[member]]`s
+/// are 150 KiB.
+const MAX_CONFIG_FILE: u64 = 4 * 1024 * 1024;
+
 /// The most a secret file may hold. The largest secret, an IAM token, is a few KiB; a path to a device
 /// such as `/dev/zero` or to a runaway log would otherwise be read until memory runs out.
-const MAX_SECRET_FILE: u64 = 1024 * 1024;
+pub(crate) const MAX_SECRET_FILE: u64 = 1024 * 1024;
 
 /// Reads a secret file: whole content, surrounding white space trimmed, must not be empty. A file that
 /// group or others may read is accepted with a warning naming it.
@@ -688,21 +694,13 @@ fn secret_file(
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<Secret, ConfigError> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_string(&mut text))
-        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
-    if text.len() as u64 > MAX_SECRET_FILE {
-        return Err(invalid(
-            field,
-            format!(
-                "{} holds more than {} KiB: not a secret file",
-                path.display(),
-                MAX_SECRET_FILE / 1024
-            ),
-        ));
-    }
+    let text =
+        crate::files::read_small_text(path, MAX_SECRET_FILE).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                invalid(field, format!("{} {e}: not a secret file", path.display()))
+            }
+            _ => invalid(field, format!("cannot read {}: {e}", path.display())),
+        })?;
     let value = text.trim();
     if value.is_empty() {
         return Err(invalid(field, format!("{} is empty", path.display())));

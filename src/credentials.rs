@@ -91,7 +91,13 @@ impl Credential for StaticToken {
             let Some(file) = &self.file else {
                 return Ok(());
             };
-            let text = tokio::fs::read_to_string(file).await.map_err(|e| {
+            let path = file.clone();
+            let text = tokio::task::spawn_blocking(move || {
+                crate::files::read_small_text(&path, crate::config::MAX_SECRET_FILE)
+            })
+            .await
+            .map_err(|e| CloudError::Setup(format!("auth.token_file: {e}")))?
+            .map_err(|e| {
                 CloudError::Setup(format!(
                     "auth.token_file: cannot read {}: {e}",
                     file.display()

@@ -13,6 +13,7 @@
 //!
 //! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
+//! * [`files`]: bounded reads of the local files the agent is pointed at.
 
 pub mod agent;
 pub mod census;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod credentials;
 pub mod drain;
 pub mod exit;
+pub mod files;
 pub mod hook;
 pub mod ids;
 pub mod logging;

@@ -38,6 +38,9 @@ pub struct State {
     pub memberships: Vec<Record>,
 }
 
+/// The most a state file may hold: a record is about 300 bytes, so this is thousands of memberships.
+const MAX_STATE_FILE: u64 = 4 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state file {path}: {reason}")]
@@ -51,7 +54,7 @@ impl State {
             path: path.display().to_string(),
             reason,
         };
-        match std::fs::read(path) {
+        match crate::files::read_small(path, MAX_STATE_FILE) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| err(format!("not valid JSON ({e})")))
             }
