@@ -92,9 +92,10 @@ impl Sink for Board {
 /// Reads the daemon's board from its socket.
 pub async fn read(path: &Path) -> std::io::Result<Value> {
     use tokio::io::AsyncReadExt;
-    let mut conn = tokio::net::UnixStream::connect(path).await?;
+    let conn = tokio::net::UnixStream::connect(path).await?;
     let mut text = String::new();
-    conn.read_to_string(&mut text).await?;
+    // The daemon's answer is a few KiB; whatever else listens there is not read without bound.
+    conn.take(1024 * 1024).read_to_string(&mut text).await?;
     serde_json::from_str(&text).map_err(std::io::Error::other)
 }
 
