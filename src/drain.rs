@@ -538,9 +538,11 @@ pub async fn drive(
                 let mut counting = census.take().expect("guarded");
                 // A census reads the socket table in pieces (a netlink dump, /proc/net/tcp), which the
                 // kernel resumes by position, so a table changing meanwhile can make it skip a socket.
-                // A zero ends the drain: unless the count-down from destroy notifications agrees with
-                // it, it is confirmed by a second read at once.
-                let confirm_zero = engine.phase() == Phase::Draining && estimate != Some(0);
+                // A zero ends the drain (the census that ends settling may end it too): unless the
+                // count-down from destroy notifications agrees with it, it is confirmed by a second
+                // read at once.
+                let confirm_zero = matches!(engine.phase(), Phase::Settling | Phase::Draining)
+                    && estimate != Some(0);
                 let (back, result, cost) = tokio::task::spawn_blocking(move || {
                     let begun = thread_cpu_time();
                     let mut r = counting.count();
@@ -561,7 +563,13 @@ pub async fn drive(
                 let step = match result {
                     Ok(count) => {
                         let step = engine.observe(count, now);
-                        if engine.phase() == Phase::Draining && destroyed.is_some() {
+                        if engine.phase() == Phase::Draining
+                            && let Some(rx) = destroyed.as_mut()
+                        {
+                            // The count-down starts again from this census. What was queued before
+                            // it is dropped: sockets it no longer counted, or (closed while it ran)
+                            // still counted, which only makes the estimate high, the safe side.
+                            while rx.try_recv().is_ok() {}
                             estimate = Some(count.established);
                         }
                         step
@@ -998,6 +1006,47 @@ mod tests {
             .filter(|e| matches!(e, Event::Progress { established: 1, .. }))
             .count();
         assert!(ones_after_the_lone_zero >= 8, "{events:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_that_would_end_settling_and_the_drain_at_once_is_confirmed_too() {
+        // The census that completes the settle window may also end the drain: a lone zero there (the
+        // table changed under the dump) must be read again like one while draining.
+        let script = vec![
+            count(1, 0),
+            count(0, 0),
+            count(1, 0),
+            count(1, 0),
+            count(0, 0),
+        ];
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(script));
+        let census = Box::new(Scripted(calls.clone()));
+        let sink = Collect(Default::default());
+        let plan = Plan {
+            settle: ms(100),
+            timeout: Duration::from_secs(60),
+            poll_interval: ms(100),
+        };
+        let dereg = async {
+            Deregistration {
+                failed: false,
+                lb_drain: vec![],
+            }
+        };
+        let verdict = drive(
+            plan,
+            Instant::now(),
+            dereg,
+            move || (census as Box<dyn Census>, None),
+            &sink,
+        )
+        .await;
+        assert_eq!(verdict, Verdict::Drained);
+        assert_eq!(
+            calls.lock().unwrap().len(),
+            1,
+            "read to the end: the lone zero ended nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -439,7 +439,7 @@ async fn destroy_notifications_ignore_excluded_peers_and_other_ports() {
 }
 
 #[tokio::test]
-async fn the_destroy_channel_and_open_with_destroy_count_down() {
+async fn open_with_destroy_counts_down_the_counted_sockets() {
     let mut server = Server::bind("127.0.0.1:0");
     let port = server.addr().port();
     let spec = spec(&[port], &[]);

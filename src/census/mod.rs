@@ -109,39 +109,33 @@ pub trait Census: Send {
 /// profile, an LSM or a kernel without `inet_diag` refuses the sock_diag socket or its dump). The
 /// choice is logged either way: an operator reading a slow drain wants to know which one counted.
 pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
+    let (census, refused) = choose(spec);
+    match refused {
+        None => tracing::info!(
+            backend = "netlink",
+            "connection census: netlink sock_diag, states and ports filtered in the kernel"
+        ),
+        Some(e) => {
+            tracing::warn!(backend = "procfs", error = %e, "netlink census unavailable; falling back to /proc/net/tcp")
+        }
+    }
+    census
+}
+
+/// The choice [`open`] makes, silently: netlink if a probe count works, else /proc with the reason
+/// netlink was refused (for `check` to show).
+pub fn choose(spec: &CensusSpec) -> (Box<dyn Census>, Option<CensusError>) {
     match NetlinkCensus::new(spec.clone()).and_then(|mut n| n.probe().map(|()| n)) {
-        Ok(n) => {
-            tracing::info!(
-                backend = "netlink",
-                "connection census: netlink sock_diag, states and ports filtered in the kernel"
-            );
-            Box::new(n)
-        }
-        Err(e) => {
-            tracing::warn!(backend = "procfs", error = %e, "netlink census unavailable; falling back to /proc/net/tcp");
-            Box::new(ProcCensus::new(spec.clone()))
-        }
+        Ok(n) => (Box::new(n), None),
+        Err(e) => (Box::new(ProcCensus::new(spec.clone())), Some(e)),
     }
 }
 
-/// Socket-destroy notifications as a channel of "this many counted sockets went away", or `None` when
-/// the kernel does not allow the subscription (see [`destroy`]); the drain then polls.
-///
-/// Not tied to a census, so it cannot tell counted sockets from ones that arrived later: prefer
-/// [`open_with_destroy`], which also subscribes before the first census.
-pub fn destroy_channel(spec: &CensusSpec) -> Option<tokio::sync::mpsc::UnboundedReceiver<usize>> {
-    match DestroyWatch::subscribe(spec) {
-        Ok(watch) => Some(watch.spawn()),
-        Err(e) => {
-            tracing::info!(error = %e, "socket-destroy notifications unavailable; the drain polls the census");
-            None
-        }
-    }
-}
-
-/// [`open`] plus a destroy channel that counts only sockets the latest census counted (by cookie). The
-/// subscription comes first, so no destroy between it and the first census is missed. The channel is
-/// `None` where the subscription is refused. Needs a tokio runtime (the watch runs as a task).
+/// [`open`] plus socket-destroy notifications as a channel of "this many counted sockets went away",
+/// counting only sockets the latest census counted (by cookie). The subscription comes first, so no
+/// destroy between it and the first census is missed. The channel is `None` where the kernel refuses
+/// the subscription (see [`destroy`]); the drain then polls. Needs a tokio runtime (the watch runs as a
+/// task).
 pub fn open_with_destroy(
     spec: &CensusSpec,
 ) -> (
