@@ -43,23 +43,32 @@ const MAX_STATE_FILE: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// It cannot be read or written (permissions, not a regular file, a full disk).
     #[error("state file {path}: {reason}")]
     Io { path: String, reason: String },
+    /// It was read, and is not a state file (not valid JSON, or far too large to be one).
+    #[error("state file {path}: {reason}")]
+    Corrupt { path: String, reason: String },
 }
 
 impl State {
     /// The state at `path`; an absent file is an empty state.
     pub fn load(path: &Path) -> Result<State, StateError> {
-        let err = |reason: String| StateError::Io {
-            path: path.display().to_string(),
+        let path_text = || path.display().to_string();
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path_text(),
             reason,
         };
         match crate::files::read_small(path, MAX_STATE_FILE) {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| err(format!("not valid JSON ({e})")))
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(err(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(corrupt(e.to_string())),
+            Err(e) => Err(StateError::Io {
+                path: path_text(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -73,12 +82,11 @@ impl State {
     pub fn load_or_warn(path: &Path) -> State {
         match State::load(path) {
             Ok(state) => state,
-            Err(e) => {
-                let unreadable = std::fs::read(path).is_err();
-                if unreadable {
-                    tracing::warn!(error = %e, "state file ignored: asking the API instead");
-                    return State::default();
-                }
+            Err(e @ StateError::Io { .. }) => {
+                tracing::warn!(error = %e, "state file ignored: asking the API instead");
+                State::default()
+            }
+            Err(e @ StateError::Corrupt { .. }) => {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(".corrupt");
                 let aside = std::path::PathBuf::from(aside);
@@ -240,6 +248,29 @@ mod tests {
                 .to_string()
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn a_state_file_that_is_not_a_regular_file_is_left_alone_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("state.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a path in our own temporary directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: reading it would block for ever. It is ignored at once, and not moved aside.
+        assert_eq!(State::load_or_warn(&fifo), State::default());
+        assert!(std::fs::symlink_metadata(&fifo).is_ok());
+        assert!(!dir.path().join("state.json.corrupt").exists());
+        assert_eq!(
+            State::load_or_warn(Path::new("/dev/zero")),
+            State::default()
+        );
+
+        // Not JSON: moved aside for a person to look at.
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{broken").unwrap();
+        assert_eq!(State::load_or_warn(&bad), State::default());
+        assert!(!bad.exists() && dir.path().join("bad.json.corrupt").exists());
     }
 
     #[test]
