@@ -5,6 +5,7 @@
 //! pools' `connection_drain`. After that, [`Agent::drain`] puts nothing on the wire but the DELETEs
 //! themselves, all memberships in parallel, and hands the rest to the drain engine.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use crate::census::{self, CensusSpec};
+use crate::cloud::elb::Member;
 use crate::cloud::metadata::Metadata;
 use crate::cloud::{self, CloudError, DeleteOutcome, Elb};
 use crate::config::{Config, Mode};
@@ -72,6 +74,9 @@ pub struct Agent {
     /// The scale-in hook watch, with `[autoscaling]` configured.
     pub hooks: Option<crate::hook::HookWatch>,
     state: std::sync::Mutex<State>,
+    /// ShowMember answers start-up already had (`learn_ports`; `None`: 404), for the state snapshot to
+    /// use instead of asking again before a stop's DELETEs.
+    shown: std::sync::Mutex<HashMap<(PoolId, MemberId), Option<Member>>>,
 }
 
 /// Who this server is, for discovery and for `check`.
@@ -199,9 +204,11 @@ impl Agent {
             None => None,
         };
         let mut memberships = resolve(&config, &elb, identity.as_ref()).await?;
-        if config.drain.ports.is_empty() {
-            learn_ports(&elb, &mut memberships).await;
-        }
+        let shown = if config.drain.ports.is_empty() {
+            learn_ports(&elb, &mut memberships).await
+        } else {
+            HashMap::new()
+        };
         warn_if_not_local(
             identity
                 .as_ref()
@@ -222,6 +229,7 @@ impl Agent {
             metadata,
             hooks,
             state: std::sync::Mutex::new(State::load_or_warn(&config_state_file)),
+            shown: std::sync::Mutex::new(shown),
         })
     }
 
@@ -466,19 +474,14 @@ impl Agent {
         let path = &self.config.drain.state_file;
         let mut state = State::load_or_warn(path);
         let memberships = self.memberships();
-        let shown = join_all(
-            memberships
-                .iter()
-                .map(|m| self.elb.show_member(&m.pool_id, &m.member_id)),
-        )
-        .await;
-        let mut present = Vec::new();
-        let mut learned = Vec::new();
-        let records = memberships
-            .iter()
-            .zip(shown)
-            .map(|(m, shown)| {
-                let shown = match shown {
+        let mut known = std::mem::take(&mut *self.shown.lock().unwrap_or_else(|p| p.into_inner()));
+        let shown = join_all(memberships.iter().map(|m| {
+            let known = known.remove(&(m.pool_id.clone(), m.member_id.clone()));
+            async move {
+                if let Some(known) = known {
+                    return known;
+                }
+                match self.elb.show_member(&m.pool_id, &m.member_id).await {
                     Ok(shown) => Some(shown),
                     Err(CloudError::Api { status: 404, .. }) => None,
                     Err(e) => {
@@ -488,7 +491,16 @@ impl Agent {
                         );
                         None
                     }
-                };
+                }
+            }
+        }))
+        .await;
+        let mut present = Vec::new();
+        let mut learned = Vec::new();
+        let records = memberships
+            .iter()
+            .zip(shown)
+            .map(|(m, shown)| {
                 if m.address.is_none() {
                     learned.extend(
                         shown
@@ -537,13 +549,9 @@ impl Agent {
         let n = self.memberships().len();
         tracing::info!(members = n, ports = ?spec.ports, "stop: deregistering {n} memberships, then draining");
         let setup_spec = spec.clone();
-        // Subscribe to socket-destroy notifications before the first census so none is missed.
-        let setup = move || {
-            (
-                census::open(&setup_spec),
-                census::destroy_channel(&setup_spec),
-            )
-        };
+        // Socket-destroy notifications subscribed before the first census (none is missed), and
+        // counting only the sockets the latest census counted (by cookie).
+        let setup = move || census::open_with_destroy(&setup_spec);
         let deregistration = async {
             let results = self.deregister(on_deregistered).await;
             Deregistration {
@@ -563,23 +571,34 @@ impl Agent {
 /// counts, so one the API knows but the configuration does not would have its connections cut. One
 /// ShowMember each, concurrently, only for those; a failure leaves it as configured, with a line that
 /// says what that costs. (Addresses are learned later, by `snapshot_state`, where it reads them anyway.)
-async fn learn_ports(elb: &Elb, memberships: &mut [Membership]) {
+async fn learn_ports(
+    elb: &Elb,
+    memberships: &mut [Membership],
+) -> HashMap<(PoolId, MemberId), Option<Member>> {
     let unknown = memberships.iter_mut().filter(|m| m.protocol_port.is_none());
     join_all(unknown.map(|m| async move {
+        let key = (m.pool_id.clone(), m.member_id.clone());
         match elb.show_member(&m.pool_id, &m.member_id).await {
             Ok(shown) => {
                 m.address = m.address.or(shown.address.parse().ok());
                 m.protocol_port = Some(shown.protocol_port);
+                Some((key, Some(shown)))
             }
             // Already gone: nothing of it to wait for, and its DELETE will say so.
-            Err(CloudError::Api { status: 404, .. }) => {}
-            Err(e) => tracing::warn!(
-                pool = %m.pool_id, member = %m.member_id, error = %e,
-                "cannot learn this member's port; without protocol_port (or drain.ports) its connections are not counted"
-            ),
+            Err(CloudError::Api { status: 404, .. }) => Some((key, None)),
+            Err(e) => {
+                tracing::warn!(
+                    pool = %m.pool_id, member = %m.member_id, error = %e,
+                    "cannot learn this member's port; without protocol_port (or drain.ports) its connections are not counted"
+                );
+                None
+            }
         }
     }))
-    .await;
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Membership IDs from the configuration, else discovered: per pool by address (and port) or instance
@@ -744,26 +763,61 @@ async fn connection_drain(
     pools.sort();
     pools.dedup();
     let shown = join_all(pools.iter().map(|p| elb.show_pool(p))).await;
-    let mut out = Vec::new();
+    let mut cuts = Vec::new();
+    let mut all_cut = true;
     for (pool, result) in pools.into_iter().zip(shown) {
         match result {
-            Ok(p) => out.extend(p.connection_drain_timeout().map(|t| (pool.clone(), t))),
+            Ok(p) => match p.connection_drain_timeout() {
+                Some(t) => cuts.push((pool.clone(), t)),
+                None => all_cut = false,
+            },
             Err(CloudError::Api { status: 404, .. }) => {
                 return Err(PrepareError::Config(format!(
                     "config: [[member]] pool_id {pool}: no such pool in this project (ShowPool answered 404)"
                 )));
             }
             Err(e) => {
+                all_cut = false;
                 tracing::warn!(pool = %pool, error = %e, "could not read the pool's connection_drain")
             }
         }
     }
-    Ok(out)
+    Ok(binding_cut(cuts, all_cut))
+}
+
+/// The load balancers' cut that bounds the drain, if any. A connection cannot be told apart by pool
+/// (one port may serve several), so the cut binds only when every pool cuts, and then at the latest
+/// of them: a pool without `connection_drain` keeps its connections until they close.
+fn binding_cut(cuts: Vec<(PoolId, Duration)>, all_cut: bool) -> Vec<(PoolId, Duration)> {
+    if !all_cut {
+        if !cuts.is_empty() {
+            tracing::info!(
+                pools = cuts.len(),
+                "some pools cut their connections at their connection_drain timeout, not all: drain.timeout applies"
+            );
+        }
+        return Vec::new();
+    }
+    cuts.into_iter()
+        .max_by_key(|(_, t)| *t)
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_balancers_cut_binds_only_when_every_pool_cuts_and_then_the_latest() {
+        let pool =
+            |n: u8| PoolId::parse(&format!("36ce7086-a496-4666-9064-5ba0e6840c7{n}")).unwrap();
+        let s = Duration::from_secs;
+        let cuts = vec![(pool(1), s(30)), (pool(2), s(10)), (pool(3), s(20))];
+        assert_eq!(binding_cut(cuts.clone(), true), vec![(pool(1), s(30))]);
+        assert_eq!(binding_cut(cuts, false), vec![]);
+        assert_eq!(binding_cut(vec![], true), vec![]);
+    }
 
     fn local() -> LocalAddresses {
         let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();

@@ -4,7 +4,7 @@
 use tokio::time::Instant;
 
 use crate::agent::{Agent, LocalAddresses, Membership, PrepareError};
-use crate::census::{self, Backend, Census, CensusSpec, NetlinkCensus, ProcCensus};
+use crate::census::{self, Backend, CensusSpec};
 use crate::cli::{Args, load_config};
 use crate::cloud::autoscaling::Hook;
 use crate::config::Config;
@@ -231,7 +231,10 @@ pub async fn exec(
         }
     };
     // What a stop will remove, with its weight and subnet, so `register` after a crash restores it.
-    agent.snapshot_state().await;
+    // Taken while supervising: a slow API must not delay what a dying child or a signal needs.
+    let snapshot = agent.snapshot_state();
+    tokio::pin!(snapshot);
+    let mut snapshot_done = false;
     notifier.ready(&format!(
         "serving; {} memberships; supervising pid {}",
         agent.memberships().len(),
@@ -290,6 +293,7 @@ pub async fn exec(
                 return Ok(Exit::from_code(code));
             }
             sig = forwarded.next() => forward(&mut child, sig),
+            () = &mut snapshot, if !snapshot_done => snapshot_done = true,
         }
     }
 }
@@ -422,7 +426,7 @@ async fn drain_unprepared(
             lb_drain: Vec::new(),
         }
     };
-    let setup = move || (census::open(&spec), census::destroy_channel(&spec));
+    let setup = move || census::open_with_destroy(&spec);
     let sink = Fanout(vec![
         Box::new(LogSink::default()),
         Box::new(crate::status::Progress::new()),
@@ -534,7 +538,12 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     let census = CensusProbe::run(&spec);
     let own_address = agent.identity.as_ref().and_then(|i| i.address);
     let interface = |a: Option<std::net::IpAddr>| a.and_then(|a| local.interface_of(a));
-    let counted = |m: &Membership| m.protocol_port.is_none_or(|p| spec.ports.contains(&p));
+    // A port nobody knows (no protocol_port, and the API did not say) is counted only through
+    // drain.ports, which the user then vouches for.
+    let counted = |m: &Membership| {
+        m.protocol_port
+            .map_or(ports_configured, |p| spec.ports.contains(&p))
+    };
 
     let mut problems: Vec<String> = memberships
         .iter()
@@ -596,17 +605,30 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
             )
         }
     }));
+    problems.extend(
+        memberships
+            .iter()
+            .filter(|m| m.protocol_port.is_none() && !counted(m) && m.health.as_deref() != Some("MISSING"))
+            .map(|m| {
+                format!(
+                    "pool {} member {}: its port is unknown (no protocol_port, and the API did not say): \
+                     its connections would not be counted; set protocol_port there, or drain.ports",
+                    m.pool_id, m.member_id
+                )
+            }),
+    );
     if spec.ports.is_empty() {
         problems.push(
             "drain.ports: nothing to count (no ports configured or known from members)".into(),
         );
     }
-    if let (None, Some(netlink), Some(procfs)) =
-        (census.backend, &census.netlink_error, &census.procfs_error)
-    {
+    if census.backend.is_none() {
+        let none = || "-".to_owned();
         problems.push(format!(
-            "census: neither netlink sock_diag ({netlink}) nor /proc/net/tcp ({procfs}) can be read \
-             here: a drain could not count connections"
+            "census: neither netlink sock_diag ({}) nor /proc/net/tcp ({}) can be read here: a drain \
+             could not count connections",
+            census.netlink_error.clone().unwrap_or_else(none),
+            census.procfs_error.clone().unwrap_or_else(none),
         ));
     }
     if memberships.is_empty() {
@@ -735,32 +757,30 @@ struct CensusProbe {
 }
 
 impl CensusProbe {
+    /// The census a drain would use here ([`census::choose`]), and one count with it.
     fn run(spec: &CensusSpec) -> CensusProbe {
-        let netlink = NetlinkCensus::new(spec.clone()).and_then(|mut c| c.count());
-        let netlink_error = match netlink {
-            Ok(count) => {
-                return CensusProbe {
-                    backend: Some(Backend::Netlink),
-                    established: Some(count.established),
-                    netlink_error: None,
-                    procfs_error: None,
-                };
-            }
-            Err(e) => e.to_string(),
-        };
-        match ProcCensus::new(spec.clone()).count() {
+        let (mut chosen, refused) = census::choose(spec);
+        let netlink_error = refused.map(|e| e.to_string());
+        match chosen.count() {
             Ok(count) => CensusProbe {
-                backend: Some(Backend::Procfs),
+                backend: Some(chosen.backend()),
                 established: Some(count.established),
-                netlink_error: Some(netlink_error),
+                netlink_error,
                 procfs_error: None,
             },
-            Err(e) => CensusProbe {
-                backend: None,
-                established: None,
-                netlink_error: Some(netlink_error),
-                procfs_error: Some(e.to_string()),
-            },
+            Err(e) => {
+                let (netlink_error, procfs_error) = match chosen.backend() {
+                    Backend::Procfs => (netlink_error, Some(e.to_string())),
+                    // Probed fine, then failed: say so as netlink's error.
+                    Backend::Netlink => (Some(e.to_string()), None),
+                };
+                CensusProbe {
+                    backend: None,
+                    established: None,
+                    netlink_error,
+                    procfs_error,
+                }
+            }
         }
     }
 }

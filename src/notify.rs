@@ -108,7 +108,14 @@ impl Notifier {
         );
         self.lock().last_status.clone_from(&line);
         self.status(&line);
-        self.deliver(vec![Message::Extend(grace + PAST_DEADLINE)]);
+        let ask = grace + PAST_DEADLINE;
+        if ask.as_micros() > u128::from(u32::MAX) {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "the notify protocol asks for at most 71 minutes more: the unit's TimeoutStopSec must cover the rest of --grace"
+            );
+        }
+        self.deliver(vec![Message::Extend(ask)]);
     }
 
     /// One more membership is out of its pool.

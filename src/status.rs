@@ -94,8 +94,14 @@ pub async fn read(path: &Path) -> std::io::Result<Value> {
     use tokio::io::AsyncReadExt;
     let conn = tokio::net::UnixStream::connect(path).await?;
     let mut text = String::new();
-    // The daemon's answer is a few KiB; whatever else listens there is not read without bound.
-    conn.take(1024 * 1024).read_to_string(&mut text).await?;
+    // The daemon answers at once with a few KiB; whatever else listens there is not waited for, nor
+    // read, without bound.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.take(1024 * 1024).read_to_string(&mut text),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s"))??;
     serde_json::from_str(&text).map_err(std::io::Error::other)
 }
 

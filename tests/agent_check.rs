@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::confine::{Confine, can_confine, confine};
 use common::*;
-use elb_sim::{Scenario, Sim};
+use elb_sim::{Fault, FaultAction, Scenario, Sim};
 
 const LOCAL: &str = "a1a1a1a1-0000-4000-8000-000000000001";
 const PREFIX: &str = "a2a2a2a2-0000-4000-8000-000000000002";
@@ -294,6 +294,33 @@ async fn drain_ports_that_miss_a_members_port_fail_check() {
         )),
         "{}",
         text.stdout
+    );
+
+    // The API will not say either (ShowMember refused): nobody knows that member's port, so its
+    // connections would not be counted.
+    sim.inject_fault(
+        Fault::new(
+            "GET",
+            &format!("/v3/{PROJECT}/elb/pools/{POOL}/members/{LOCAL}"),
+            vec![FaultAction::Status {
+                status: 403,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+    let (text, report) = check_both(&unknown);
+    assert_eq!(text.code, Some(78), "{}", text.stderr);
+    assert_eq!(membership(&report, LOCAL)["port_counted"], false);
+    assert_eq!(
+        problem_lines(&text.stderr),
+        [format!(
+            "elb-drain: check: pool {POOL} member {LOCAL}: its port is unknown (no protocol_port, and \
+             the API did not say): its connections would not be counted; set protocol_port there, or \
+             drain.ports"
+        )],
+        "{}",
+        text.stderr
     );
 }
 

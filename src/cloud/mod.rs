@@ -55,7 +55,8 @@ pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, CloudErro
     };
     let extra = match &settings.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
+            // A system bundle is about 200 KiB.
+            let pem = crate::files::read_small(path, 16 * 1024 * 1024).map_err(|e| {
                 CloudError::Setup(format!(
                     "cloud.ca_file: cannot read {}: {e}",
                     path.display()
