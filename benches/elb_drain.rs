@@ -468,7 +468,10 @@ struct Pile {
     addr: SocketAddr,
     servers: Vec<Holder>,
     clients: Vec<Holder>,
+    /// Connections opened.
     total: usize,
+    /// Of them, those the servers accepted (see [`Pile::grow_to`]).
+    held: usize,
 }
 
 /// One helper process, spoken to by lines on its stdin and stdout; killed by PID when dropped.
@@ -555,6 +558,7 @@ impl Pile {
             servers: Vec::new(),
             clients: Vec::new(),
             total: 0,
+            held: 0,
         };
         pile.add_server();
         pile
@@ -584,16 +588,41 @@ impl Pile {
             ]));
             self.total += count;
         }
-        // Connected is not accepted yet: wait until the servers hold every connection.
+        // Connected is not accepted yet: wait until the servers hold every connection. A client can
+        // see a connection established whose last ACK the server dropped (its accept queue was full
+        // for a moment while 15k connects arrived at once): after the SYN-ACK retries that one stays
+        // half-open, never accepted and never ESTABLISHED on the server side. A handful of those
+        // (at most 1 in 1000, once the count stops moving for 10 s) are left out of the pile's count.
         let mut accepted = 0;
-        let all = wait_until(Duration::from_secs(120), || {
+        let mut last_change = (0, Instant::now());
+        let settled = wait_until(Duration::from_secs(120), || {
             accepted = Holder::ask_all(self.servers.iter_mut(), "count")
                 .iter()
                 .map(|a| a.parse::<usize>().expect("a count"))
                 .sum();
-            accepted == self.total
+            if accepted != last_change.0 {
+                last_change = (accepted, Instant::now());
+            }
+            let short = self.total - accepted.min(self.total);
+            short == 0
+                || (short * 1000 <= self.total
+                    && last_change.1.elapsed() >= Duration::from_secs(10))
         });
-        assert!(all, "servers accepted {accepted} of {}", self.total);
+        assert!(settled, "servers accepted {accepted} of {}", self.total);
+        if accepted < self.total {
+            println!(
+                "(note: {} of {} connections were left half-open by an accept-queue overflow; the pile \
+                 holds {accepted})",
+                self.total - accepted,
+                self.total
+            );
+        }
+        self.held = accepted;
+    }
+
+    /// The connections the servers really hold: what a census must count.
+    fn held(&self) -> usize {
+        self.held
     }
 
     /// Closes every connection gracefully, the way a drain ends: the clients hang up first, then the
@@ -614,6 +643,7 @@ impl Pile {
         let clients = closed(Holder::ask_all(self.clients.iter_mut(), "close"));
         let servers = closed(Holder::ask_all(self.servers.iter_mut(), "close"));
         self.total = 0;
+        self.held = 0;
         clients.max(servers)
     }
 }
@@ -783,6 +813,7 @@ fn census(target: &mut Pile, knobs: &Knobs, octet: &mut u8) {
     };
     for &n in &knobs.census_sizes {
         target.grow_to(n, octet);
+        let n = target.held();
         let mut nl = NetlinkCensus::new(spec.clone()).unwrap();
         assert_eq!(nl.count().unwrap().established, n, "netlink counts exactly");
         let nl_ms = time_ms(|| assert_eq!(nl.count().unwrap().established, n), 5);
@@ -869,9 +900,9 @@ fn detect(
             );
             let mut a = ProcGuard::spawn(agent(&cfg, dir.path(), &["drain"]));
             let exited = exit_clock(a.pid());
-            // Counting down: the census that moved the drain to its draining phase saw all `n` (a
-            // count is logged when it changes).
-            let counted = format!("draining: {n} connections open");
+            // Counting down: the census that moved the drain to its draining phase saw all the pile
+            // holds (a count is logged when it changes).
+            let counted = format!("draining: {} connections open", pile.held());
             assert!(
                 a.wait_stderr("drain: draining", Duration::from_secs(120)),
                 "{}",
