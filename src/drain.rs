@@ -909,6 +909,23 @@ mod tests {
         }
     }
 
+    /// Drives `census` by polling (no destroy notifications) after a deregistration that succeeded at
+    /// once, with no pool cutting connections, to its verdict.
+    async fn drive_polled(
+        plan: Plan,
+        started: Instant,
+        census: Box<dyn Census>,
+        sink: &dyn Sink,
+    ) -> Verdict {
+        let deregistered = async {
+            Deregistration {
+                failed: false,
+                lb_drain: vec![],
+            }
+        };
+        drive(plan, started, deregistered, move || (census, None), sink).await
+    }
+
     struct Collect(std::sync::Mutex<Vec<Event>>);
     impl Sink for Collect {
         fn emit(&self, event: &Event) {
@@ -980,20 +997,7 @@ mod tests {
             poll_interval: ms(100),
         };
         let t0 = Instant::now();
-        let dereg = async {
-            Deregistration {
-                failed: false,
-                lb_drain: vec![],
-            }
-        };
-        let verdict = drive(
-            plan,
-            t0,
-            dereg,
-            move || (census as Box<dyn Census>, None),
-            &sink,
-        )
-        .await;
+        let verdict = drive_polled(plan, t0, census, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         assert_eq!(
             calls.lock().unwrap().len(),
@@ -1027,20 +1031,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             poll_interval: ms(100),
         };
-        let dereg = async {
-            Deregistration {
-                failed: false,
-                lb_drain: vec![],
-            }
-        };
-        let verdict = drive(
-            plan,
-            Instant::now(),
-            dereg,
-            move || (census as Box<dyn Census>, None),
-            &sink,
-        )
-        .await;
+        let verdict = drive_polled(plan, Instant::now(), census, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         assert_eq!(
             calls.lock().unwrap().len(),
@@ -1224,20 +1215,7 @@ mod tests {
             timeout: Duration::from_secs(600),
             poll_interval: ms(10),
         };
-        let dereg = async {
-            Deregistration {
-                failed: false,
-                lb_drain: vec![],
-            }
-        };
-        let verdict = drive(
-            plan,
-            Instant::now(),
-            dereg,
-            move || (census as Box<dyn Census>, None),
-            &sink,
-        )
-        .await;
+        let verdict = drive_polled(plan, Instant::now(), census, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         let at: Vec<Instant> = sink
             .0
