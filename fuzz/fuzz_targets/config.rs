@@ -13,6 +13,9 @@ use std::path::Path;
 use elb_drain::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "clock.rs"]
+mod clock;
+
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
@@ -39,31 +42,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!config.drain.poll_interval.is_zero());
             assert!((1..=2000).contains(&config.cloud.page_size));
             assert!(!config.drain_ports().contains(&0));
-            // Every duration can be added to the clock: deadlines are `now + d`.
-            let now = std::time::Instant::now();
-            for d in [
-                config.cloud.connect_timeout,
-                config.cloud.request_timeout,
-                config.cloud.retry_deadline,
-                config.cloud.discovery_interval,
-                config.drain.timeout,
-                config.drain.settle,
-                config.drain.poll_interval,
-                config.drain.min_healthy_wait,
-                config.register.healthy_timeout,
-            ]
-            .into_iter()
-            .chain(
-                config
-                    .autoscaling
-                    .iter()
-                    .flat_map(|a| [a.poll_interval, a.extend_margin]),
-            ) {
-                assert!(
-                    now.checked_add(d * 4).is_some(),
-                    "{d:?} does not fit the clock"
-                );
-            }
+            clock::assert_durations_fit(&config);
         }
         Err(ConfigError::Syntax { path, message }) => {
             assert_eq!(path, Path::new("fuzz.toml"));

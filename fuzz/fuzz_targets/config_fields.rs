@@ -23,6 +23,9 @@ use arbitrary::Arbitrary;
 use elb_drain::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "clock.rs"]
+mod clock;
+
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Field {
     Region,
@@ -587,30 +590,7 @@ fuzz_target!(|input: Input| {
                     .iter()
                     .all(|m| m.weight.is_none_or(|w| w <= 100))
             );
-            let now = std::time::Instant::now();
-            for d in [
-                config.cloud.connect_timeout,
-                config.cloud.request_timeout,
-                config.cloud.retry_deadline,
-                config.cloud.discovery_interval,
-                config.drain.timeout,
-                config.drain.settle,
-                config.drain.poll_interval,
-                config.drain.min_healthy_wait,
-                config.register.healthy_timeout,
-            ]
-            .into_iter()
-            .chain(
-                config
-                    .autoscaling
-                    .iter()
-                    .flat_map(|a| [a.poll_interval, a.extend_margin]),
-            ) {
-                assert!(
-                    now.checked_add(d * 4).is_some(),
-                    "{d:?} does not fit the clock"
-                );
-            }
+            clock::assert_durations_fit(&config);
         }
         Err(ConfigError::Syntax { message, .. }) => {
             assert!(message.contains("line "), "no position: {message}");
