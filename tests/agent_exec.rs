@@ -35,6 +35,29 @@ fn exec_command(s: &Setup, port: u16, options: &[&str]) -> std::process::Command
     agent(&config, &args)
 }
 
+/// `exec` spawned and ready: the agent and its child's PID.
+fn supervising(s: &Setup, port: u16) -> (ProcGuard, i32) {
+    let agent = spawn_exec(s, port);
+    let pid = child_pid(&agent);
+    assert!(
+        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    (agent, pid)
+}
+
+/// The child says it received `sig` (the Python app prints "got NAME").
+fn child_got(agent: &ProcGuard, sig: &str) {
+    let said = format!("got {sig}");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.stdout().contains(&said)),
+        "the child got {sig}:\n{}\n{}",
+        agent.stdout(),
+        agent.stderr()
+    );
+}
+
 fn child_pid(agent: &ProcGuard) -> i32 {
     assert!(
         wait_until(Duration::from_secs(10), || agent.stdout().contains("pid ")),
@@ -54,23 +77,11 @@ fn child_pid(agent: &ProcGuard) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_first_then_stops_the_child_and_passes_its_status_through() {
     let (s, port) = exec_setup().await;
-    let mut agent = spawn_exec(&s, port);
-    let _pid = child_pid(&agent);
-    assert!(
-        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let (mut agent, _pid) = supervising(&s, port);
     let mut held = s.connections_to_us(1);
     // Signals other than the stop signals go to the child.
     agent.signal(libc::SIGUSR1);
-    assert!(
-        wait_until(Duration::from_secs(5), || agent
-            .stdout()
-            .contains("got USR1")),
-        "{}",
-        agent.stdout()
-    );
+    child_got(&agent, "USR1");
 
     agent.signal(libc::SIGTERM);
     assert!(wait_until(Duration::from_secs(5), || !s
@@ -141,13 +152,7 @@ async fn under_systemd_the_childs_grace_period_is_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_dies_is_deregistered_at_once() {
     let (s, port) = exec_setup().await;
-    let mut agent = spawn_exec(&s, port);
-    let pid = child_pid(&agent);
-    assert!(
-        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let (mut agent, pid) = supervising(&s, port);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -204,23 +209,10 @@ fn count(text: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_is_forwarded_to_the_child_and_starts_no_drain() {
     let (s, port) = exec_setup().await;
-    let mut agent = spawn_exec(&s, port);
-    let _pid = child_pid(&agent);
-    assert!(
-        agent.wait_stderr("ready: supervising", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let (mut agent, _pid) = supervising(&s, port);
     let mut held = s.connections_to_us(1);
     agent.signal(libc::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || agent
-            .stdout()
-            .contains("got HUP")),
-        "the child got it:\n{}\n{}",
-        agent.stdout(),
-        agent.stderr()
-    );
+    child_got(&agent, "HUP");
     assert!(agent.is_running(), "{}", agent.stderr());
     assert!(s.sim.member_exists(POOL, MEMBER), "{}", agent.stderr());
     assert_eq!(echo(&mut held[0], "after HUP").unwrap(), "after HUP");
