@@ -909,12 +909,13 @@ mod tests {
         }
     }
 
-    /// Drives `census` by polling (no destroy notifications) after a deregistration that succeeded at
-    /// once, with no pool cutting connections, to its verdict.
-    async fn drive_polled(
+    /// Drives `census` (counting down on `destroyed` when given, else polling) after a deregistration
+    /// that succeeded at once, with no pool cutting connections, to its verdict.
+    async fn drive_with(
         plan: Plan,
         started: Instant,
         census: Box<dyn Census>,
+        destroyed: Option<mpsc::UnboundedReceiver<usize>>,
         sink: &dyn Sink,
     ) -> Verdict {
         let deregistered = async {
@@ -923,7 +924,14 @@ mod tests {
                 lb_drain: vec![],
             }
         };
-        drive(plan, started, deregistered, move || (census, None), sink).await
+        drive(
+            plan,
+            started,
+            deregistered,
+            move || (census, destroyed),
+            sink,
+        )
+        .await
     }
 
     struct Collect(std::sync::Mutex<Vec<Event>>);
@@ -997,7 +1005,7 @@ mod tests {
             poll_interval: ms(100),
         };
         let t0 = Instant::now();
-        let verdict = drive_polled(plan, t0, census, &sink).await;
+        let verdict = drive_with(plan, t0, census, None, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         assert_eq!(
             calls.lock().unwrap().len(),
@@ -1031,7 +1039,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             poll_interval: ms(100),
         };
-        let verdict = drive_polled(plan, Instant::now(), census, &sink).await;
+        let verdict = drive_with(plan, Instant::now(), census, None, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         assert_eq!(
             calls.lock().unwrap().len(),
@@ -1062,14 +1070,8 @@ mod tests {
             tx.send(2).unwrap();
             std::future::pending::<()>().await
         };
-        let dereg = async {
-            Deregistration {
-                failed: false,
-                lb_drain: vec![],
-            }
-        };
         let verdict = tokio::select! {
-            v = drive(plan, t0, dereg, move || (census as Box<dyn Census>, Some(rx)), &sink) => v,
+            v = drive_with(plan, t0, census, Some(rx), &sink) => v,
             _ = closer => unreachable!(),
         };
         assert_eq!(verdict, Verdict::Drained);
@@ -1126,14 +1128,8 @@ mod tests {
             }
             std::future::pending::<()>().await
         };
-        let dereg = async {
-            Deregistration {
-                failed: false,
-                lb_drain: vec![],
-            }
-        };
         let verdict = tokio::select! {
-            v = drive(plan, t0, dereg, move || (census as Box<dyn Census>, Some(rx)), &sink) => v,
+            v = drive_with(plan, t0, census, Some(rx), &sink) => v,
             _ = closer => unreachable!(),
         };
         assert_eq!(verdict, Verdict::Drained);
@@ -1215,7 +1211,7 @@ mod tests {
             timeout: Duration::from_secs(600),
             poll_interval: ms(10),
         };
-        let verdict = drive_polled(plan, Instant::now(), census, &sink).await;
+        let verdict = drive_with(plan, Instant::now(), census, None, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         let at: Vec<Instant> = sink
             .0
