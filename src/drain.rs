@@ -392,7 +392,8 @@ impl Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deregistration {
     pub failed: bool,
-    /// Pools whose `connection_drain` is enabled: (pool ID, its timeout).
+    /// Pools whose load balancer cuts their remaining connections: (pool ID, its `connection_drain`
+    /// timeout). The engine binds the earliest; the agent passes only the cut that applies to all.
     pub lb_drain: Vec<(String, Duration)>,
 }
 
