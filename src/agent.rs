@@ -67,7 +67,7 @@ pub struct Agent {
     /// This server as the metadata service describes it, when it was asked.
     pub identity: Option<Identity>,
     memberships: Arc<RwLock<Vec<Membership>>>,
-    /// The load balancers' cut that bounds the drain ([`binding_cut`]): none, or the pool whose
+    /// The load balancers' cut that bounds the drain (`binding_cut`): none, or the pool whose
     /// `connection_drain` timeout is the latest, when every pool has one.
     pub lb_drain: Vec<(PoolId, Duration)>,
     pub credential: Arc<dyn credentials::Credential>,
