@@ -551,22 +551,18 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
         .map(|m| format!("pool {} member {}: not found", m.pool_id, m.member_id))
         .collect();
     // One line per address, naming everything that uses it.
-    let mut foreign: Vec<(std::net::IpAddr, Vec<String>)> = Vec::new();
-    let users = own_address
-        .map(|a| (a, "this server's address".to_owned()))
-        .into_iter()
-        .chain(memberships.iter().filter_map(|m| {
-            Some((
-                m.address?,
-                format!("pool {} member {}", m.pool_id, m.member_id),
-            ))
-        }));
-    for (address, user) in users.filter(|(a, _)| local.interface_of(*a).is_none()) {
-        match foreign.iter_mut().find(|(a, _)| *a == address) {
-            Some((_, list)) => list.push(user),
-            None => foreign.push((address, vec![user])),
-        }
-    }
+    let foreign = grouped(
+        own_address
+            .map(|a| (a, "this server's address".to_owned()))
+            .into_iter()
+            .chain(memberships.iter().filter_map(|m| {
+                Some((
+                    m.address?,
+                    format!("pool {} member {}", m.pool_id, m.member_id),
+                ))
+            }))
+            .filter(|(a, _)| local.interface_of(*a).is_none()),
+    );
     problems.extend(foreign.iter().map(|(address, users)| {
         format!(
             "address {address} ({}) is on no interface of this machine: a stop would take it out of the \
@@ -575,19 +571,12 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
         )
     }));
     // One line per port the census would not count.
-    let mut uncounted: Vec<(u16, Vec<String>)> = Vec::new();
-    for m in memberships.iter().filter(|m| !counted(m)) {
-        let (Some(port), user) = (
-            m.protocol_port,
+    let uncounted = grouped(memberships.iter().filter(|m| !counted(m)).filter_map(|m| {
+        Some((
+            m.protocol_port?,
             format!("pool {} member {}", m.pool_id, m.member_id),
-        ) else {
-            continue;
-        };
-        match uncounted.iter_mut().find(|(p, _)| *p == port) {
-            Some((_, list)) => list.push(user),
-            None => uncounted.push((port, vec![user])),
-        }
-    }
+        ))
+    }));
     let listed: Vec<String> = spec.ports.iter().map(u16::to_string).collect();
     problems.extend(uncounted.iter().map(|(port, users)| {
         if ports_configured {
@@ -745,6 +734,19 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     } else {
         Exit::Config
     })
+}
+
+/// (key, user) pairs grouped by key, in the order the keys first appear: one problem line per
+/// address or port, naming everything that uses it.
+fn grouped<K: PartialEq>(pairs: impl IntoIterator<Item = (K, String)>) -> Vec<(K, Vec<String>)> {
+    let mut out: Vec<(K, Vec<String>)> = Vec::new();
+    for (key, user) in pairs {
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, users)) => users.push(user),
+            None => out.push((key, vec![user])),
+        }
+    }
+    out
 }
 
 /// Which census works in this process, tried the way a drain tries them: netlink sock_diag, else
