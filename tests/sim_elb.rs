@@ -1006,6 +1006,66 @@ async fn page_size_cap_forces_small_pages() {
     assert_eq!(sizes, [2, 2], "the cap applies after the filters");
 }
 
+/// The cap can be set, changed and lifted on a running simulator (admin `PATCH /settings`), so a test
+/// of any client can page it below the `limit` it asks; an out-of-range cap is refused, changing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_size_cap_is_set_and_lifted_through_the_admin_api() {
+    let (sim, api) = start_with(with_members(4)).await;
+    let admin = reqwest::Client::new();
+    let patch = |body: Value| {
+        let req = admin
+            .patch(format!("{}/settings", sim.admin_url()))
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let sizes = |pages: Vec<(Vec<String>, Value)>| -> Vec<usize> {
+        pages.iter().map(|(ids, _)| ids.len()).collect()
+    };
+    assert_eq!(
+        sizes(all_pages(&api, &members(POOL), "members", 2000).await),
+        [9]
+    );
+
+    assert_eq!(patch(json!({"page_size_cap": 4})).await.0, 200);
+    assert_eq!(
+        sizes(all_pages(&api, &members(POOL), "members", 2000).await),
+        [4, 4, 1]
+    );
+    for bad in [json!({"page_size_cap": 0}), json!({"page_size_cap": 2001})] {
+        let (status, text) = patch(bad).await;
+        assert_eq!(status, 400);
+        assert!(text.contains("page_size_cap"), "{text}");
+    }
+    let (status, text) = patch(json!({"page_size_cap": "two"})).await;
+    assert_eq!(status, 400, "{text}");
+    // A patch of another setting leaves the cap as it is.
+    assert_eq!(patch(json!({"propagation_delay": "0s"})).await.0, 200);
+    assert_eq!(
+        sizes(all_pages(&api, &members(POOL), "members", 3).await),
+        [3, 3, 3],
+        "a limit below the cap is the page size"
+    );
+    assert_eq!(
+        sizes(all_pages(&api, &members(POOL), "members", 2000).await),
+        [4, 4, 1]
+    );
+    assert_eq!(patch(json!({"page_size_cap": null})).await.0, 200);
+    assert_eq!(
+        sizes(all_pages(&api, &members(POOL), "members", 2000).await),
+        [9]
+    );
+
+    let e = Sim::start(with_members(1).settings(|s| s.page_size_cap = Some(0)))
+        .await
+        .err()
+        .expect("a scenario with a cap of 0 is refused");
+    assert!(e.to_string().contains("settings.page_size_cap"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_carries_a_request_id_and_errors_their_shape() {
     let (sim, api) = start().await;

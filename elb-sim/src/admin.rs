@@ -15,7 +15,7 @@
 //! | `POST /seed` (a [`Seed`]: `project`, `user`, `access_key`, `pool`, `listener`, `member`, `instance`, `scaling_group` lists) | add to the running world, all or nothing; answers the new members' ids and listeners' addresses |
 //! | `PATCH /pools/{pool}` (a [`PoolPatch`]) | deletion protection, connection drain, health monitor, name |
 //! | `PUT /metadata` (a [`MetadataPatch`]) | which instance the metadata service describes, its token mode, its agency |
-//! | `PATCH /settings` (a [`SettingsPatch`]: `{"propagation_delay": "2s"}`) | how long a removed or weight-0 member still gets new connections |
+//! | `PATCH /settings` (a [`SettingsPatch`]: `{"propagation_delay": "2s", "page_size_cap": 2}`) | how long a removed or weight-0 member still gets new connections; the most items a list page holds, whatever `limit` asked (`null` lifts it) |
 //! | `GET /listeners` | data-plane listeners' addresses by id |
 //!
 //! Refusals are `400 {"error": "<reason>"}`.
@@ -137,7 +137,9 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         (Method::PATCH, ["settings"]) => {
             let patch: SettingsPatch =
                 serde_json::from_slice(&body).map_err(|e| bad(format!("settings: {e}")))?;
-            shared.update_settings(&patch);
+            shared
+                .update_settings(&patch)
+                .map_err(|e| bad(e.to_string()))?;
             Ok(ok(json!({})))
         }
         (Method::GET, ["listeners"]) => Ok(ok(

@@ -211,12 +211,20 @@ impl Shared {
             .map_err(SimError::Scenario)
     }
 
-    pub fn update_settings(&self, patch: &scenario::SettingsPatch) {
+    /// Applies `patch` whole, or nothing of it when a value is out of range.
+    pub fn update_settings(&self, patch: &scenario::SettingsPatch) -> Result<(), SimError> {
+        if let Some(cap) = patch.page_size_cap {
+            scenario::check_page_size_cap(cap).map_err(SimError::Scenario)?;
+        }
         let mut inner = self.lock();
         if let Some(d) = patch.propagation_delay {
             inner.settings.propagation_delay = d;
         }
+        if let Some(cap) = patch.page_size_cap {
+            inner.settings.page_size_cap = cap;
+        }
         inner.publish();
+        Ok(())
     }
 
     pub fn connection_stats(&self) -> Vec<(String, usize, u64)> {
@@ -418,8 +426,8 @@ impl Sim {
     }
 
     /// Changes how the simulator behaves from now on (the propagation delay of removals).
-    pub fn update_settings(&self, patch: SettingsPatch) {
-        self.shared.update_settings(&patch);
+    pub fn update_settings(&self, patch: SettingsPatch) -> Result<(), SimError> {
+        self.shared.update_settings(&patch)
     }
 
     /// Switches what the metadata service describes, or how it treats session tokens.

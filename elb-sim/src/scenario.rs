@@ -32,7 +32,10 @@ pub struct Settings {
     /// How far `X-Sdk-Date` may be from the sim's clock (15 minutes in the real service).
     #[serde(with = "humantime_serde_compat")]
     pub max_clock_skew: Duration,
-    /// Caps every list's page size below the API's 2000, so tests can exercise paging with few items.
+    /// Serves at most this many items a page (1-2000), whatever `limit` the client asked: a gateway or
+    /// region that caps below what it documents. The page still names its `next_marker`, so only a
+    /// client that follows markers (not one that stops at a page shorter than its `limit`) lists it all.
+    /// Also `PATCH /settings` `{"page_size_cap": 2}` (`null` lifts it).
     pub page_size_cap: Option<usize>,
     /// Lock an access key after 5 failed signatures in a row, as the real gateway does (off by
     /// default: most tests send bad signatures on purpose and want each judged on its own).
@@ -327,6 +330,31 @@ pub struct SettingsPatch {
     /// [`Settings::propagation_delay`], as `"2s"`, `"500ms"`; applies to removals from now on.
     #[serde(with = "propagation_delay_option")]
     pub propagation_delay: Option<Duration>,
+    /// [`Settings::page_size_cap`]: absent leaves it, a number (1-2000) sets it, `null` lifts it.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub page_size_cap: Option<Option<usize>>,
+}
+
+/// A field whose `null` means something: present (even as `null`) is `Some`, absent stays `None`
+/// (serde's `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A page cap is 1-2000: a cap of 0 would serve empty pages, above 2000 no page is that long.
+pub fn check_page_size_cap(cap: Option<usize>) -> Result<(), String> {
+    match cap {
+        Some(n) if !(1..=2000).contains(&n) => Err(format!("page_size_cap: {n} is not 1-2000")),
+        _ => Ok(()),
+    }
 }
 
 /// [`SettingsPatch::propagation_delay`]: an optional humantime duration, named in its error (serde's

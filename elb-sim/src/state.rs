@@ -364,6 +364,8 @@ pub struct Inner {
 
 impl Inner {
     pub fn from_scenario(s: &Scenario) -> Result<Inner, String> {
+        crate::scenario::check_page_size_cap(s.settings.page_size_cap)
+            .map_err(|e| format!("settings.{e}"))?;
         let mut inner = Inner {
             settings: s.settings.clone(),
             projects: Vec::new(),
