@@ -428,7 +428,8 @@ impl Agent {
     }
 
     /// With `min_healthy` on this pool's `[[member]]`: holds the deregistration back (at most
-    /// `drain.min_healthy_wait`) until enough *other* members are healthy, saying why.
+    /// `drain.min_healthy_wait`) until enough *other* members are healthy, saying why. This server's own
+    /// other memberships of the pool (other ports) are going down with it: they are not counted.
     async fn min_healthy_guard(&self, m: &Membership) {
         let Some(need) = self
             .config
@@ -439,12 +440,19 @@ impl Agent {
         else {
             return;
         };
+        let ours: Vec<MemberId> = self
+            .memberships()
+            .into_iter()
+            .filter(|o| o.pool_id == m.pool_id)
+            .map(|o| o.member_id)
+            .chain([m.member_id.clone()])
+            .collect();
         let deadline = Instant::now() + self.config.drain.min_healthy_wait;
         loop {
             let healthy = match self.elb.list_members(&m.pool_id, &[]).await {
                 Ok(members) => members
                     .iter()
-                    .filter(|o| o.id != m.member_id.as_str() && o.weight != Some(0))
+                    .filter(|o| !ours.iter().any(|id| id.as_str() == o.id) && o.weight != Some(0))
                     .filter(|o| matches!(o.health().as_str(), "ONLINE" | "NO_MONITOR"))
                     .count(),
                 Err(e) => {

@@ -572,48 +572,109 @@ async fn aksk_requests_carry_a_signature_computable_from_the_wire() {
     );
 }
 
+/// A ListPools page of `ids`, naming `next` as its next page.
+fn pools_page(ids: &[&str], next: Option<&str>) -> Canned {
+    let pools: Vec<String> = ids
+        .iter()
+        .map(|i| format!(r#"{{"id":"{i}","name":"","protocol":"TCP"}}"#))
+        .collect();
+    let next = next
+        .map(|n| format!(r#","next_marker":"{n}""#))
+        .unwrap_or_default();
+    json(
+        200,
+        &format!(
+            r#"{{"pools":[{}],"page_info":{{"current_count":{}{next}}}}}"#,
+            pools.join(","),
+            ids.len()
+        ),
+    )
+}
+
+fn pool_id(n: u8) -> String {
+    format!("{n}{n}{n}{n}{n}{n}{n}{n}-0000-4000-8000-000000000000")
+}
+
+async fn listed(elb: Elb) -> Result<Vec<String>, CloudError> {
+    let pools = elb
+        .list_pools(&[("member_address", "10.0.0.1".to_owned())])
+        .await?;
+    Ok(pools.into_iter().map(|p| p.id).collect())
+}
+
+/// A gateway may serve fewer items than the `limit` asked: a short page that names a next page is not
+/// the last. Only a page without `next_marker` ends the listing.
 #[tokio::test]
-async fn lists_follow_every_page_and_stop_on_a_short_one() {
-    let page = |ids: &[&str], next: Option<&str>| {
-        let pools: Vec<String> = ids
-            .iter()
-            .map(|i| format!(r#"{{"id":"{i}","name":"","protocol":"TCP"}}"#))
-            .collect();
-        let next = next
-            .map(|n| format!(r#","next_marker":"{n}""#))
-            .unwrap_or_default();
-        json(
-            200,
-            &format!(
-                r#"{{"pools":[{}],"page_info":{{"current_count":{}{next}}}}}"#,
-                pools.join(","),
-                ids.len()
-            ),
-        )
-    };
-    let p = |n: u8| format!("{n}{n}{n}{n}{n}{n}{n}{n}-0000-4000-8000-000000000000");
-    let (a, b, c) = (p(1), p(2), p(3));
+async fn lists_follow_the_marker_past_pages_shorter_than_the_limit() {
+    let (a, b, c, d) = (pool_id(1), pool_id(2), pool_id(3), pool_id(4));
     let stub = Stub::start(vec![
-        page(&[&a, &b], Some(&b)),
-        // A server that still sends a marker on a short page: the short page is the last.
-        page(&[&c], Some(&c)),
+        pools_page(&[&a, &b], Some(&b)),
+        pools_page(&[&c], Some(&c)),
+        pools_page(&[&d], None),
     ])
     .await;
-    let pools = elb(&stub)
-        .with_page_size(2)
-        .list_pools(&[("member_address", "10.0.0.1".to_owned())])
-        .await
-        .expect("listed");
     assert_eq!(
-        pools.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-        [a.as_str(), b.as_str(), c.as_str()]
+        listed(elb(&stub).with_page_size(2000))
+            .await
+            .expect("listed"),
+        [a.as_str(), b.as_str(), c.as_str(), d.as_str()]
     );
     let targets: Vec<String> = stub.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(
         targets,
         [
-            format!("/v3/{PROJECT}/elb/pools?limit=2&member_address=10.0.0.1"),
-            format!("/v3/{PROJECT}/elb/pools?limit=2&marker={b}&member_address=10.0.0.1"),
+            format!("/v3/{PROJECT}/elb/pools?limit=2000&member_address=10.0.0.1"),
+            format!("/v3/{PROJECT}/elb/pools?limit=2000&marker={b}&member_address=10.0.0.1"),
+            format!("/v3/{PROJECT}/elb/pools?limit=2000&marker={c}&member_address=10.0.0.1"),
         ]
     );
+}
+
+/// A marker seen before (a server going round in circles) and an empty page each end a listing with
+/// what was listed; neither loops.
+#[tokio::test]
+async fn a_repeated_marker_or_an_empty_page_ends_a_listing() {
+    let (a, b, c) = (pool_id(1), pool_id(2), pool_id(3));
+    let circling = Stub::start(vec![
+        pools_page(&[&a], Some("m1")),
+        pools_page(&[&b], Some("m2")),
+        pools_page(&[&c], Some("m1")),
+    ])
+    .await;
+    assert_eq!(
+        listed(elb(&circling)).await.expect("listed"),
+        [a.as_str(), b.as_str(), c.as_str()]
+    );
+    assert_eq!(
+        circling.seen().len(),
+        3,
+        "the repeated marker is not asked for"
+    );
+
+    let empty = Stub::start(vec![
+        pools_page(&[&a], Some("m1")),
+        pools_page(&[], Some("m2")),
+    ])
+    .await;
+    assert_eq!(listed(elb(&empty)).await.expect("listed"), [a.as_str()]);
+    assert_eq!(empty.seen().len(), 2);
+}
+
+/// A listing whose every page names a new next page is refused after the page bound, naming the
+/// operation, and not retried: it is an error, not a partial list taken for the whole.
+#[tokio::test]
+async fn a_listing_that_never_ends_is_refused() {
+    let ids: Vec<String> = (1..=9).map(pool_id).collect();
+    let script = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| pools_page(&[id], Some(&format!("m{i}"))))
+        .collect();
+    let stub = Stub::start(script).await;
+    let e = listed(elb(&stub).with_max_pages(5))
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, CloudError::Unending { pages: 5, .. }), "{e:?}");
+    assert!(e.to_string().starts_with("ListPools: "), "{e}");
+    assert_eq!(stub.seen().len(), 5);
 }

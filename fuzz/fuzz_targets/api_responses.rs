@@ -56,24 +56,21 @@ fuzz_target!(|body: &[u8]| {
         engine.lb_connection_drain(POOL, t, t0);
         assert!(engine.deadline() <= t0 + plan.timeout);
     }
-    for limit in [1, 2, 2000] {
-        if let Some((members, next)) = names_op(
-            elb::parse_members_page("ListMembers", body, limit),
-            "ListMembers",
-        ) {
-            if members.len() < limit {
-                assert!(next.is_none(), "a short page must be the last");
-            }
-            if let Some(n) = &next {
-                assert!(!n.is_empty());
-            }
-            for m in &members {
-                let _ = m.health();
-                let _ = names_op(elb::membership(&pool, "ListMembers", m), "ListMembers");
-            }
+    if let Some((members, next)) =
+        names_op(elb::parse_members_page("ListMembers", body), "ListMembers")
+    {
+        if members.is_empty() {
+            assert!(next.is_none(), "an empty page must be the last");
         }
-        let _ = names_op(elb::parse_pools_page("ListPools", body, limit), "ListPools");
+        if let Some(n) = &next {
+            assert!(!n.is_empty());
+        }
+        for m in &members {
+            let _ = m.health();
+            let _ = names_op(elb::membership(&pool, "ListMembers", m), "ListMembers");
+        }
     }
+    let _ = names_op(elb::parse_pools_page("ListPools", body), "ListPools");
     let _ = names_op(
         autoscaling::parse_hooks("ListHookInstances", body),
         "ListHookInstances",

@@ -160,9 +160,12 @@ pub struct Found {
 #[derive(Deserialize)]
 struct PageInfo {
     next_marker: Option<String>,
-    #[serde(default)]
-    current_count: usize,
 }
+
+/// The most pages one listing may take. A pool's members or a project's pools fill a few pages even
+/// one item a page; a server whose markers never run out (or run in a circle longer than the markers
+/// remembered) is refused instead of listed for ever.
+pub const MAX_PAGES: usize = 10_000;
 
 #[derive(Deserialize)]
 struct MembersPage {
@@ -212,6 +215,7 @@ pub struct Elb {
     service: Service,
     project: ProjectId,
     page_size: usize,
+    max_pages: usize,
 }
 
 impl Elb {
@@ -226,12 +230,19 @@ impl Elb {
             service: Service::new(http, endpoint, credential, retry),
             project,
             page_size: 2000,
+            max_pages: MAX_PAGES,
         }
     }
 
     /// Smaller pages (the API's maximum is 2000): for tests of paging.
     pub fn with_page_size(mut self, n: usize) -> Elb {
         self.page_size = n.clamp(1, 2000);
+        self
+    }
+
+    /// A lower bound on a listing's pages than [`MAX_PAGES`]: for tests of a listing that never ends.
+    pub fn with_max_pages(mut self, n: usize) -> Elb {
+        self.max_pages = n.max(1);
         self
     }
 
@@ -434,7 +445,12 @@ impl Elb {
             .await
     }
 
-    /// Follows `limit`/`marker` paging to the last page.
+    /// Follows `limit`/`marker` paging to the last page: while a page names a `next_marker`, the next
+    /// page is asked for, whatever the page's size. A gateway or region may serve fewer items than the
+    /// `limit` asked (and than the documented maximum), so a short page is not the end; a missed page is
+    /// a membership left in its pool. Paging ends on a page without a marker (or with an empty one), an
+    /// empty page, or a marker seen before (a server going round in circles); one that never ends is
+    /// refused after [`MAX_PAGES`] pages.
     async fn all_pages<P: Paged>(
         &self,
         op: &str,
@@ -443,7 +459,8 @@ impl Elb {
     ) -> Result<Vec<P::Item>, CloudError> {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..self.max_pages {
             let mut req = Request::new(op, Method::GET, path).query("limit", self.page_size);
             for (k, v) in filters {
                 req = req.query(k, v);
@@ -453,17 +470,22 @@ impl Elb {
             }
             let (items, next) = self
                 .service
-                .send_then(&req, |reply| {
-                    parse_page::<P>(op, &reply.body, self.page_size)
-                })
+                .send_then(&req, |reply| parse_page::<P>(op, &reply.body))
                 .await?;
             out.extend(items);
             match next {
-                // A server repeating its marker would loop forever: that page was the last.
-                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
-                _ => return Ok(out),
+                Some(m) if seen.insert(m.clone()) => marker = Some(m),
+                Some(m) => {
+                    tracing::warn!(op, marker = %m, pages = seen.len() + 1, "the API repeated a paging marker; taking that page as the last");
+                    return Ok(out);
+                }
+                None => return Ok(out),
             }
         }
+        Err(CloudError::Unending {
+            op: op.to_owned(),
+            pages: self.max_pages,
+        })
     }
 
     /// Every membership of this server: the pools it is in, then its members in each (concurrently).
@@ -558,30 +580,23 @@ pub fn parse_pool(op: &str, body: &[u8]) -> Result<Pool, CloudError> {
 fn parse_page<P: Paged>(
     op: &str,
     body: &[u8],
-    limit: usize,
 ) -> Result<(Vec<P::Item>, Option<String>), CloudError> {
     let (items, info) = decode::<P>(op, body)?.into_parts();
-    let next = next_marker(info, items.len(), limit);
+    let next = next_marker(info, items.len());
     Ok((items, next))
 }
 
-/// A ListMembers page asked with `limit`: its members and the marker of the next page (`None` on the
-/// last).
+/// A ListMembers page: its members and the marker of the next page (`None` on the last).
 pub fn parse_members_page(
     op: &str,
     body: &[u8],
-    limit: usize,
 ) -> Result<(Vec<Member>, Option<String>), CloudError> {
-    parse_page::<MembersPage>(op, body, limit)
+    parse_page::<MembersPage>(op, body)
 }
 
-/// A ListPools page asked with `limit`, as [`parse_members_page`].
-pub fn parse_pools_page(
-    op: &str,
-    body: &[u8],
-    limit: usize,
-) -> Result<(Vec<Pool>, Option<String>), CloudError> {
-    parse_page::<PoolsPage>(op, body, limit)
+/// A ListPools page, as [`parse_members_page`].
+pub fn parse_pools_page(op: &str, body: &[u8]) -> Result<(Vec<Pool>, Option<String>), CloudError> {
+    parse_page::<PoolsPage>(op, body)
 }
 
 /// A listed member as a membership of `pool`: its ID and address must be what they claim to be, since
@@ -605,36 +620,39 @@ pub fn membership(pool: &PoolId, op: &str, m: &Member) -> Result<Found, CloudErr
     })
 }
 
-/// The marker for the next page, or `None` on the last page (no `next_marker`, or a short page).
-fn next_marker(info: Option<PageInfo>, got: usize, limit: usize) -> Option<String> {
-    let info = info?;
-    if got < limit || info.current_count < limit && info.current_count != got {
+/// The marker for the next page, or `None` on the last page: no `next_marker`, an empty one, or a page
+/// with nothing on it. The page's size says nothing: a server may cap pages below the `limit` asked,
+/// and its `current_count` is not read.
+fn next_marker(info: Option<PageInfo>, got: usize) -> Option<String> {
+    if got == 0 {
         return None;
     }
-    info.next_marker.filter(|m| !m.is_empty())
+    info?.next_marker.filter(|m| !m.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn info(next: Option<&str>, count: usize) -> Option<PageInfo> {
+    fn info(next: Option<&str>) -> Option<PageInfo> {
         Some(PageInfo {
             next_marker: next.map(str::to_owned),
-            current_count: count,
         })
     }
 
     #[test]
-    fn paging_stops_on_the_last_page() {
-        assert_eq!(next_marker(info(Some("m"), 2), 2, 2), Some("m".into()));
-        assert_eq!(next_marker(info(None, 2), 2, 2), None);
+    fn paging_follows_the_marker_whatever_the_page_size() {
+        // The page size never enters: a page of 1 against a limit of 2000 names its next page.
+        assert_eq!(next_marker(info(Some("m")), 1), Some("m".into()));
+        assert_eq!(next_marker(info(Some("m")), 2000), Some("m".into()));
+        assert_eq!(next_marker(info(None), 2), None);
+        assert_eq!(next_marker(info(Some("")), 2), None);
         assert_eq!(
-            next_marker(info(Some("m"), 1), 1, 2),
+            next_marker(info(Some("m")), 0),
             None,
-            "a short page is the last"
+            "an empty page is the last"
         );
-        assert_eq!(next_marker(None, 2, 2), None);
+        assert_eq!(next_marker(None, 2), None);
     }
 
     fn not_found(code: &str, msg: &str) -> CloudError {

@@ -132,6 +132,9 @@ pub enum CloudError {
     TooLarge { op: String, limit: usize },
     #[error("{op}: cannot parse the response: {reason}")]
     Decode { op: String, reason: String },
+    /// A listing whose pages never ran out: every page named another.
+    #[error("{op}: still naming a next page after {pages} pages; refused")]
+    Unending { op: String, pages: usize },
     #[error("{op}: pool {pool} does not exist; check [[member]] pool_id and the project")]
     PoolNotFound { op: String, pool: String },
     #[error(
