@@ -93,7 +93,10 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    runtime.block_on(run(args)).into()
+    let exit = runtime.block_on(run(args));
+    // At exit the notify socket gets one last non-blocking try: see the module.
+    crate::notify::finish();
+    exit.into()
 }
 
 /// Loads the configuration, printing the error (and returning exit 78) when it is bad.

@@ -86,8 +86,10 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     notifier.status("starting: resolving memberships");
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
@@ -203,8 +205,10 @@ pub async fn exec(
         Exit::Failure
     })?;
     tracing::info!(pid = child.pid(), command = ?command, "started");
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
     let agent = tokio::select! {
@@ -352,8 +356,10 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     // Preparing (credentials, discovery, the pools' connection_drain) and the state snapshot are
     // part of the stop here, so they end at the stop's deadline too: with the API unreachable each
     // call would otherwise retry for a whole cloud.retry_deadline, one after the other, long past

@@ -128,10 +128,11 @@ async fn under_systemd_the_childs_grace_period_is_asked_for() {
     agent.signal(libc::SIGTERM);
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(3), "{}", agent.stderr());
+    // Field by field: what is sent at one moment may share a datagram.
     let all: Vec<String> = notify
         .all()
         .iter()
-        .map(|m| m.trim_end().to_owned())
+        .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
         .collect();
     let stopping = format!("STATUS=stopping the application (pid {pid}, SIGTERM, grace 2 s)");
     let at = all

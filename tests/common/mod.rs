@@ -581,24 +581,94 @@ pub fn mono_ns() -> u64 {
 pub struct NotifySocket {
     pub path: PathBuf,
     messages: Arc<Mutex<Vec<(u64, String)>>>,
+    /// Whether the reader reads (a stalled manager: false), and a signal when that changes.
+    reading: Arc<(Mutex<Reader>, std::sync::Condvar)>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reader {
+    Reading,
+    /// Not reading, and the socket's queue is full: every further send would block.
+    Stalled,
+    /// Asked to read again.
+    Resumed,
+}
+
+/// What the stalled test's own fill-up datagrams say; never counted as the agent's.
+const FILLER: &str = "X_TEST_FILLER=1";
 
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
+        Self::start(dir, None)
+    }
+
+    /// A manager that stops reading (PID 1 busy in a mass shutdown, a container runtime that reads
+    /// late): the reader takes messages until one contains `until` (at once for ""), then reads no
+    /// more and fills the socket's queue (`net.unix.max_dgram_qlen`) itself, so that every send after
+    /// that finds it full. [`NotifySocket::resume`] reads again.
+    pub fn bind_stalling(dir: &Path, until: &str) -> NotifySocket {
+        Self::start(dir, Some(until.to_owned()))
+    }
+
+    fn start(dir: &Path, until: Option<String>) -> NotifySocket {
+        use std::os::unix::net::UnixDatagram;
         let path = dir.join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let into = messages.clone();
+        let reading = Arc::new((Mutex::new(Reader::Reading), std::sync::Condvar::new()));
+        let (into, state, to) = (messages.clone(), reading.clone(), path.clone());
+        let stall = move || {
+            let filler = UnixDatagram::unbound().unwrap();
+            filler.set_nonblocking(true).unwrap();
+            // Bounded: the queue holds max_dgram_qlen (10 by default) datagrams.
+            for _ in 0..100_000 {
+                if filler.send_to(FILLER.as_bytes(), &to).is_err() {
+                    break;
+                }
+            }
+            let (lock, changed) = &*state;
+            let mut r = lock.lock().unwrap();
+            *r = Reader::Stalled;
+            changed.notify_all();
+            while *r == Reader::Stalled {
+                r = changed.wait(r).unwrap();
+            }
+        };
         std::thread::spawn(move || {
+            if until.as_deref() == Some("") {
+                stall();
+            }
             let mut buf = [0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
                 let at = mono_ns();
-                into.lock()
-                    .unwrap()
-                    .push((at, String::from_utf8_lossy(&buf[..n]).into_owned()));
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text == FILLER {
+                    continue;
+                }
+                let last = until.as_deref().is_some_and(|u| text.contains(u));
+                into.lock().unwrap().push((at, text));
+                if last {
+                    stall();
+                }
             }
         });
-        NotifySocket { path, messages }
+        NotifySocket {
+            path,
+            messages,
+            reading,
+        }
+    }
+
+    /// Whether the reader has stopped and the queue is full.
+    pub fn stalled(&self) -> bool {
+        *self.reading.0.lock().unwrap() == Reader::Stalled
+    }
+
+    /// The manager reads again: what was queued, and everything after.
+    pub fn resume(&self) {
+        let (lock, changed) = &*self.reading;
+        *lock.lock().unwrap() = Reader::Resumed;
+        changed.notify_all();
     }
 
     /// The messages so far, in the order received.
@@ -609,6 +679,19 @@ impl NotifySocket {
     /// The messages so far with their receipt times ([`mono_ns`]).
     pub fn timed(&self) -> Vec<(u64, String)> {
         self.messages.lock().unwrap().clone()
+    }
+
+    /// Field by field (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`), with the time their datagram was
+    /// received: what is said at one moment may share a datagram.
+    pub fn timed_fields(&self) -> Vec<(u64, String)> {
+        self.timed()
+            .into_iter()
+            .flat_map(|(t, m)| m.lines().map(|l| (t, l.to_owned())).collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn fields(&self) -> Vec<String> {
+        self.timed_fields().into_iter().map(|(_, f)| f).collect()
     }
 
     pub fn has(&self, needle: &str) -> bool {
