@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
 use crate::hook::ProgressClock;
+use crate::logging::eprintln;
 use crate::notify::Notifier;
 use crate::report::LogSink;
 use crate::signals::{self, Signals};

@@ -2,7 +2,8 @@
 //! 0660) that answers every connection with one JSON document and closes; `elb-drain status` reads it.
 //! Also the terminal progress line of `elb-drain drain`.
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Write;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -131,7 +132,8 @@ impl Sink for Progress {
         if !self.tty {
             return;
         }
-        let mut err = std::io::stderr().lock();
+        // Through the log's queue (a terminal can stall too: ^S), one write per update.
+        let mut line = String::new();
         match event {
             Event::Progress {
                 established,
@@ -143,7 +145,7 @@ impl Sink for Progress {
                 let width = 30;
                 let filled = (done * width).checked_div(total).unwrap_or(width);
                 let _ = write!(
-                    err,
+                    line,
                     "\r[{}{}] {established} connections left, {} s to the deadline \x1b[K",
                     "#".repeat(filled),
                     ".".repeat(width - filled),
@@ -158,9 +160,12 @@ impl Sink for Progress {
                     }
                     Verdict::DeregistrationFailed { .. } => "deregistration failed".to_owned(),
                 };
-                let _ = writeln!(err, "\r{what}\x1b[K");
+                let _ = writeln!(line, "\r{what}\x1b[K");
             }
             _ => {}
+        }
+        if !line.is_empty() {
+            let _ = std::io::Write::write_all(&mut crate::logging::Stderr, line.as_bytes());
         }
     }
 }
