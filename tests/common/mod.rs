@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use elb_sim::{Scenario, Sim};
 
 pub mod confine;
+pub mod fullfs;
 
 pub const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 
@@ -147,23 +148,38 @@ pub struct ProcGuard {
 }
 
 impl ProcGuard {
-    pub fn spawn(mut cmd: Command) -> ProcGuard {
+    pub fn spawn(cmd: Command) -> ProcGuard {
+        Self::spawn_with_stderr(cmd, None)
+    }
+
+    /// [`ProcGuard::spawn`] with stderr going to `stderr_to` (nothing of it is read here), or to a
+    /// pipe read into [`ProcGuard::stderr`] with `None`.
+    pub fn spawn_with_stderr(cmd: Command, stderr_to: Option<Stdio>) -> ProcGuard {
+        Self::try_spawn_with_stderr(cmd, stderr_to).expect("spawn")
+    }
+
+    /// [`ProcGuard::spawn_with_stderr`], for a spawn that may fail (a `pre_exec` refused here).
+    pub fn try_spawn_with_stderr(
+        mut cmd: Command,
+        stderr_to: Option<Stdio>,
+    ) -> std::io::Result<ProcGuard> {
+        let own_stderr = stderr_to.is_none();
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr_to.unwrap_or_else(Stdio::piped))
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn");
+        let mut child = cmd.spawn()?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
-        let pumps = vec![
-            pump(child.stderr.take().expect("stderr"), stderr.clone()),
-            pump(child.stdout.take().expect("stdout"), stdout.clone()),
-        ];
-        ProcGuard {
+        let mut pumps = vec![pump(child.stdout.take().expect("stdout"), stdout.clone())];
+        if own_stderr {
+            pumps.push(pump(child.stderr.take().expect("stderr"), stderr.clone()));
+        }
+        Ok(ProcGuard {
             child: Some(child),
             stderr,
             stdout,
             pumps,
-        }
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -245,6 +261,83 @@ fn pump(
             }
         }
     })
+}
+
+/// A pipe nobody reads, for a child's stderr (a journal that has stalled): the smallest the kernel
+/// allows, filled up before the child starts, so the child's first write to it would block.
+pub struct StalledPipe {
+    read: Option<std::fs::File>,
+    /// What was read after [`StalledPipe::resume`], the filler left out.
+    pub text: Arc<Mutex<String>>,
+}
+
+/// The filler's byte: never in the agent's output.
+const STALLED_FILLER: u8 = 0;
+
+impl StalledPipe {
+    /// The pipe, and its write end for the child.
+    pub fn new() -> (StalledPipe, Stdio) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into our array; each is then owned by one File.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (read, mut write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        // SAFETY: fcntl on the descriptors we own. Non-blocking only while filling: the child must
+        // get a blocking pipe, as a journal's stream is.
+        unsafe {
+            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096);
+            libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        let chunk = [STALLED_FILLER; 512];
+        for _ in 0..100_000 {
+            if write.write(&chunk).is_err() {
+                break;
+            }
+        }
+        unsafe {
+            libc::fcntl(fds[1], libc::F_SETFL, 0);
+        }
+        (
+            StalledPipe {
+                read: Some(read),
+                text: Arc::new(Mutex::new(String::new())),
+            },
+            Stdio::from(write),
+        )
+    }
+
+    /// The journal reads again: from now on into `text`.
+    pub fn resume(&mut self) {
+        if let Some(read) = self.read.take() {
+            let into = self.text.clone();
+            std::thread::spawn(move || {
+                let mut read = read;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = read.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let kept: Vec<u8> = buf[..n]
+                        .iter()
+                        .copied()
+                        .filter(|b| *b != STALLED_FILLER)
+                        .collect();
+                    into.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&kept));
+                }
+            });
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds or `limit` passes.
