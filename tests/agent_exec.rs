@@ -289,3 +289,39 @@ async fn the_configured_stop_signal_reaches_the_child_after_the_drain() {
     assert_eq!(count(&out, "got QUIT"), 1, "{out}");
     assert!(!out.contains("got TERM"), "{out}");
 }
+
+/// Under a manager that stopped reading after READY (its notify queue full): the drain, the child's
+/// stop signal and its status come as with a manager that reads, in the usual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_no_longer_read_does_not_hold_the_stop() {
+    let (s, port) = exec_setup().await;
+    let notify = NotifySocket::bind_stalling(s.dir.path(), "READY=1");
+    let mut agent = ProcGuard::spawn({
+        let mut cmd = exec_command(&s, port, &[]);
+        cmd.env("NOTIFY_SOCKET", &notify.path);
+        cmd
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.stalled()),
+        "{}",
+        agent.stderr()
+    );
+    let held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || !s
+            .sim
+            .member_exists(POOL, MEMBER)),
+        "{}",
+        agent.stderr()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert!(agent.stdout().contains("got TERM"), "{}", agent.stdout());
+    assert_eq!(
+        exit.code(),
+        Some(3),
+        "the child's status: {}",
+        agent.stderr()
+    );
+}
