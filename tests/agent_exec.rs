@@ -325,3 +325,32 @@ async fn a_notify_socket_no_longer_read_does_not_hold_the_stop() {
         agent.stderr()
     );
 }
+
+/// stderr (shared with the child, as under systemd) is a full pipe nobody reads: the agent's log
+/// cannot hold it (the child here writes only to stdout; one that blocks on the stalled journal itself
+/// is killed at the end of its --grace, as any child that does not exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_does_not_hold_the_stop() {
+    let (s, port) = exec_setup().await;
+    let (pipe, stderr) = StalledPipe::new();
+    let mut agent = ProcGuard::spawn_with_stderr(exec_command(&s, port, &[]), Some(stderr));
+    child_pid(&agent);
+    // Ready: the snapshot of the state file is written once the memberships are resolved.
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .dir
+            .path()
+            .join("state.json")
+            .exists()),
+        "never ready"
+    );
+    let held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(wait_until(Duration::from_secs(5), || !s
+        .sim
+        .member_exists(POOL, MEMBER)));
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(3), "{}", agent.stdout());
+    drop(pipe);
+}
