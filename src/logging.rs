@@ -10,7 +10,7 @@
 //! stderr is a pipe or a socket to the journal, and a journal can stall (journald itself busy or
 //! stopping in a mass shutdown). A write to it then blocks, and on the agent's one runtime thread that
 //! would hang the stop at its next log line. So no line is written by the thread that logs it: the log,
-//! the error lines of the commands (this module's [`eprintln!`], which the command modules use in place
+//! the error lines of the commands (this module's `eprintln!`, which the command modules use in place
 //! of std's) and the progress bar all go, in order, into a queue of at most [`QUEUED`] lines that one
 //! writer thread empties. The thread sleeps in the queue's receive when there is nothing to write (no
 //! periodic wake-up), and blocks on a stalled stderr instead of the agent. When the queue is full a
@@ -113,7 +113,7 @@ impl Write for Stderr {
     }
 }
 
-/// One line (a newline is added) to stderr through the queue; what [`eprintln!`] expands to.
+/// One line (a newline is added) to stderr through the queue; what `eprintln!` expands to.
 pub fn write_line(args: std::fmt::Arguments<'_>) {
     let _ = Stderr.write_all(format!("{args}\n").as_bytes());
 }

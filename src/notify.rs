@@ -15,7 +15,7 @@
 //! default) for a reader that is not reading: a PID 1 busy in a mass shutdown, a container runtime that
 //! passes `NOTIFY_SOCKET` and reads it late. A blocking send would then hang the stop (before this, the
 //! agent did not even send its DELETEs). So every send is one non-blocking `sendto(2)`, and what does
-//! not fit waits in an [`Outbox`] that holds at most one of each field:
+//! not fit waits in an outbox that holds at most one of each field:
 //!
 //! * `STATUS=` lines are coalesced, the latest wins: at most one a second (or one per poll interval, if
 //!   that is longer), except that a change of phase (and the final verdict) is always sent at once.
@@ -56,7 +56,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// event loop, so one still full after 2 s has stalled; what is retried is renewed while it still
 /// matters (an extension at each second of progress, a ping every half `WatchdogSec=`), each renewal
 /// with its own 2 s; and an extension sent this late reaches at most 2 s past what it meant, within
-/// [`PAST_DEADLINE`].
+/// `PAST_DEADLINE`.
 pub const RETRY_FOR: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX_GAP: Duration = Duration::from_millis(250);
