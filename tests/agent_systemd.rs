@@ -396,3 +396,50 @@ async fn watchdog_pings_at_half_the_interval_only_when_asked() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!notify2.has("WATCHDOG=1"), "{:?}", notify2.all());
 }
+
+/// The stop the issue counted (3 connections, closing one by one, at the default poll interval):
+/// each phase once, progress at most once a second, what is said at one moment in one datagram. It
+/// sent 16 datagrams (13 STATUS lines) before pacing; now at most the five phases and the verdict
+/// plus, for each second of the stop, one progress line and one extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_connection_stop_is_told_in_few_messages() {
+    let s = setup_with(no_health_probes).await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config("settle = \"1s\"\npoll_interval = \"200ms\"\ntimeout = \"30s\"");
+    let mut held = s.connections_to_us(3);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    let before = notify.all().len();
+    let stop = std::time::Instant::now();
+    agent.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify
+            .has("draining: 3 connections")),
+        "{:?}",
+        notify.all()
+    );
+    while held.pop().is_some() {
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    let took = stop.elapsed().as_secs_f64().ceil() as usize;
+    let sent = notify.all()[before..].to_vec();
+    let statuses = sent
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| l.starts_with("STATUS="))
+        .count();
+    eprintln!(
+        "{} datagrams, {statuses} STATUS lines in a {took} s stop: {sent:#?}",
+        sent.len()
+    );
+    assert!(sent.len() <= 6 + 2 * took, "{sent:#?}");
+    assert_paced(&notify);
+}
