@@ -281,10 +281,12 @@ impl State {
                 self.last_status.clone_from(&line);
                 return vec![Message::Status(line)];
             }
+            // Nothing the status line or an extension depends on; after the verdict, too (the poll
+            // interval can still be said then), where a line would take the verdict's place.
             Event::Deadline { .. }
             | Event::Settled { .. }
             | Event::CensusFailed { .. }
-            | Event::PollInterval { .. } => {}
+            | Event::PollInterval { .. } => return Vec::new(),
         }
         let mut out = Vec::new();
         let line = status_line(self);
@@ -760,6 +762,13 @@ mod tests {
             ),
             [Message::Status("drained".into())]
         );
+        // The drive loop says a new poll interval after the verdict's census: the verdict stays
+        // the last word.
+        let poll = Event::PollInterval {
+            interval: Duration::from_millis(400),
+            census_cost: Duration::from_millis(20),
+        };
+        assert!(st.on_event(&poll, t0).is_empty());
     }
 
     fn ms(n: u64) -> Duration {
