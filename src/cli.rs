@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::exit::Exit;
-use crate::logging::{self, LogFormat};
+use crate::logging::{self, LogFormat, eprintln};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,17 +83,20 @@ pub fn main() -> ExitCode {
     crate::signals::hold();
     let args = Args::parse();
     logging::init(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let exit = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(run(args)),
         Err(e) => {
             eprintln!("elb-drain: cannot start the runtime: {e}");
-            return Exit::Failure.into();
+            Exit::Failure
         }
     };
-    runtime.block_on(run(args)).into()
+    // Neither waits on a reader that has stalled: see their modules.
+    crate::notify::finish();
+    logging::flush(logging::FLUSH_AT_EXIT);
+    exit.into()
 }
 
 /// Loads the configuration, printing the error (and returning exit 78) when it is bad.

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
 use crate::hook::ProgressClock;
+use crate::logging::eprintln;
 use crate::notify::Notifier;
 use crate::report::LogSink;
 use crate::signals::{self, Signals};
@@ -86,8 +87,10 @@ pub async fn run(args: &Args) -> Result<Exit, Exit> {
     // Signals first: from here on a SIGTERM starts a drain instead of killing us mid-start-up.
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     notifier.status("starting: resolving memberships");
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
@@ -203,8 +206,10 @@ pub async fn exec(
         Exit::Failure
     })?;
     tracing::info!(pid = child.pid(), command = ?command, "started");
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     let prepare = Agent::prepare(cfg);
     tokio::pin!(prepare);
     let agent = tokio::select! {
@@ -352,8 +357,10 @@ pub async fn drain(args: &Args) -> Result<Exit, Exit> {
     let started = Instant::now();
     let mut signals = install_signals()?;
     let cfg = load_config(args)?;
-    let notifier: &'static Notifier =
-        Box::leak(Box::new(Notifier::from_env(cfg.drain.stall_timeout)));
+    let notifier: &'static Notifier = Box::leak(Box::new(Notifier::from_env(
+        cfg.drain.stall_timeout,
+        cfg.drain.poll_interval,
+    )));
     // Preparing (credentials, discovery, the pools' connection_drain) and the state snapshot are
     // part of the stop here, so they end at the stop's deadline too: with the API unreachable each
     // call would otherwise retry for a whole cloud.retry_deadline, one after the other, long past

@@ -14,6 +14,24 @@
 //! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 //! * [`files`]: bounded reads of the local files the agent is pointed at.
+//!
+//! # Nothing the stop writes to can hold it
+//!
+//! A stop must end even when what it talks to stops listening. Every write on the way out, and what
+//! bounds it (the tests are in `tests/agent_stalled_readers.rs` and beside each command's own):
+//!
+//! | writes to | how | bounded by |
+//! |---|---|---|
+//! | the notify socket ([`notify`]) | non-blocking `sendto`; what does not fit waits in an outbox of one of each field, retried by its own task | 2 s of retries, then dropped (READY/STOPPING ride with the next message); one try at exit |
+//! | stderr: log, error lines, progress bar ([`logging`]) | a queue of 1024 lines, written by one thread | lossy when full (the loss counted); 500 ms to write it out at exit |
+//! | status socket clients ([`status`]) | a task per client, never the drain | 1 s per answer, 16 clients at a time, the rest in the kernel's backlog |
+//! | the state file ([`state`]) | a temporary file, fsync, rename, after the DELETEs | fails at once on a full disk (ENOSPC): the old file is kept, the stop goes on. A filesystem that hangs (NFS) is not bounded: `StateDirectory=` is local |
+//! | the cloud: DELETE, weight 0, the hook's EXTEND and answer ([`cloud`], [`hook`]) | HTTP | `cloud.request_timeout` a request (sending included), `cloud.retry_deadline` in all; the hook's heartbeat is dropped when the drain ends |
+//! | the `exec` child ([`supervise`]) | signals (`kill`, never blocks) | its stop: `--grace`, then SIGKILL, also for a child that blocks on its own stdio (inherited: the agent writes nothing for it) |
+//! | the kernel: sock_diag requests, the signal self-pipe | netlink, a non-blocking pipe | the kernel reads at once; a destroy subscription that overflows is recounted |
+//!
+//! stdout is written only by `check`, `status`, `register` and `connections`, with their result, after
+//! their work: no stop writes there.
 
 pub mod agent;
 pub mod census;

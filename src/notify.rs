@@ -1,5 +1,5 @@
-//! systemd integration over the notify socket (`sd-notify`): `READY=1` once memberships and credentials
-//! are in hand, a live `STATUS=` line, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` while the drain is making
+//! systemd integration over the notify socket: `READY=1` once memberships and credentials are in
+//! hand, a live `STATUS=` line, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` while the drain is making
 //! progress, and `WATCHDOG=1` when the unit sets `WatchdogSec=`.
 //!
 //! The extension is what lets a unit keep a short `TimeoutStopSec=` and still drain for as long as
@@ -9,13 +9,34 @@
 //! Deregistering and settling count as progress throughout: they are the stop's own steps, bounded by
 //! their own deadlines.
 //!
-//! Without `NOTIFY_SOCKET` every call is a no-op, so the same code runs under systemd, in a container
-//! and at a terminal.
+//! # Never blocking on the manager
+//!
+//! The socket is a datagram socket whose queue holds `net.unix.max_dgram_qlen` messages (10 by
+//! default) for a reader that is not reading: a PID 1 busy in a mass shutdown, a container runtime that
+//! passes `NOTIFY_SOCKET` and reads it late. A blocking send would then hang the stop (before this, the
+//! agent did not even send its DELETEs). So every send is one non-blocking `sendto(2)`, and what does
+//! not fit waits in an outbox that holds at most one of each field:
+//!
+//! * `STATUS=` lines are coalesced, the latest wins: at most one a second (or one per poll interval, if
+//!   that is longer), except that a change of phase (and the final verdict) is always sent at once.
+//!   While the queue is full a pending line is replaced by the next, and dropped if it cannot go.
+//! * `READY=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` and `WATCHDOG=1` are retried in this module's own
+//!   small task (the caller never waits): after 10 ms, doubling up to 250 ms apart, for [`RETRY_FOR`]
+//!   (2 s). Then the extension, ping and status are dropped (their successors follow while they still
+//!   matter), while READY and STOPPING, which say what state the service is in, ride along with the
+//!   next message sent.
+//! * Whatever is pending is sent as one datagram, so a queue that frees one slot takes all of it.
+//! * The first loss is said once in the log (not per message); at exit one last non-blocking send is
+//!   tried and what is left is dropped: the process's exit is the news the manager acts on then.
+//!
+//! `NOTIFY_SOCKET` is a path or an abstract name (`@name`). Without it every call is a no-op, so the
+//! same code runs under systemd, in a container and at a terminal.
 
-use std::sync::Mutex;
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use sd_notify::NotifyState;
 
 use crate::drain::{Event, Phase, Sink, Verdict};
 
@@ -26,15 +47,29 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// on (the hook answered, the process exiting) after the deadline.
 const PAST_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Progress `STATUS=` lines go at most this often (or once per poll interval, if that is longer).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a message the manager could not take is tried again before it is given up. The stop
+/// never waits for it (the retries are the notifier's own task), so this only decides when a message
+/// stops being worth a wake-up: a manager that reads at all empties its queue on every turn of its
+/// event loop, so one still full after 2 s has stalled; what is retried is renewed while it still
+/// matters (an extension at each second of progress, a ping every half `WatchdogSec=`), each renewal
+/// with its own 2 s; and an extension sent this late reaches at most 2 s past what it meant, within
+/// `PAST_DEADLINE`.
+pub const RETRY_FOR: Duration = Duration::from_secs(2);
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX_GAP: Duration = Duration::from_millis(250);
+
 pub struct Notifier {
-    enabled: bool,
+    link: Option<Arc<Link>>,
     state: Mutex<State>,
 }
 
 struct State {
     /// How far ahead an extension reaches, and so how long a stalled drain keeps its stop time.
     stall_timeout: Duration,
-    /// The last STATUS= sent, so an unchanged line is not sent again at every census.
+    /// The last STATUS= line said, so an unchanged line is not sent again at every census.
     last_status: String,
     phase: Option<Phase>,
     deregistered: (usize, usize),
@@ -45,58 +80,62 @@ struct State {
     deadline_in: Option<Duration>,
 }
 
-/// One notify message, before it is sent.
+/// One notify field, before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Message {
+    Ready,
+    Stopping,
+    /// A STATUS= line that says something new happened (a phase, the verdict): sent at once.
     Status(String),
+    /// A STATUS= line that only says how far the drain is: at most one per status interval.
+    Progress(String),
     Extend(Duration),
+    Watchdog,
 }
 
 impl Notifier {
-    /// Talks to systemd when `NOTIFY_SOCKET` is set. `stall_timeout` is `drain.stall_timeout`.
-    pub fn from_env(stall_timeout: Duration) -> Notifier {
+    /// Talks to systemd when `NOTIFY_SOCKET` is set. `stall_timeout` is `drain.stall_timeout`,
+    /// `poll_interval` is `drain.poll_interval` (progress lines come no faster than either it or 1 s).
+    pub fn from_env(stall_timeout: Duration, poll_interval: Duration) -> Notifier {
+        let link = std::env::var_os("NOTIFY_SOCKET").and_then(|s| match target(&s) {
+            Ok(target) => Some(Link::open(target, poll_interval)),
+            Err(e) => {
+                tracing::warn!(notify_socket = ?s, error = %e, "NOTIFY_SOCKET cannot be used: systemd is not told anything");
+                None
+            }
+        });
         Notifier {
-            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            link,
             state: Mutex::new(State::new(stall_timeout)),
         }
     }
 
-    fn send(&self, states: &[NotifyState<'_>]) {
-        if self.enabled
-            && let Err(e) = sd_notify::notify(false, states)
-        {
-            tracing::warn!(error = %e, "sd_notify failed");
-        }
-    }
-
     fn deliver(&self, messages: Vec<Message>) {
-        for m in messages {
-            match m {
-                Message::Status(line) => self.status(&line),
-                Message::Extend(by) => {
-                    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
-                    self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
-                }
-            }
+        if let Some(link) = &self.link {
+            link.deliver(messages);
         }
     }
 
+    /// Start-up is over: READY=1 with the status line that says so.
     pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        self.deliver(vec![Message::Ready, Message::Status(status.to_owned())]);
     }
 
+    /// A new step of starting or stopping, said at once.
     pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+        self.lock().last_status = status.to_owned();
+        self.deliver(vec![Message::Status(status.to_owned())]);
     }
 
     /// The stop began: tell systemd, and ask for time for the first steps.
     pub fn stopping(&self, total_members: usize) {
-        let extend = self.lock().stopping(total_members, Instant::now());
-        self.send(&[
-            NotifyState::Stopping,
-            NotifyState::Status("stopping: deregistering"),
-        ]);
-        self.deliver(extend);
+        let line = "stopping: deregistering".to_owned();
+        let mut messages = vec![Message::Stopping, Message::Status(line.clone())];
+        let mut st = self.lock();
+        st.last_status = line;
+        messages.extend(st.stopping(total_members, Instant::now()));
+        drop(st);
+        self.deliver(messages);
     }
 
     /// `exec`: the drain is over and the supervised application is being stopped. Its grace period is
@@ -107,7 +146,6 @@ impl Notifier {
             grace.as_secs()
         );
         self.lock().last_status.clone_from(&line);
-        self.status(&line);
         let ask = grace + PAST_DEADLINE;
         if ask.as_micros() > u128::from(u32::MAX) {
             tracing::warn!(
@@ -115,7 +153,7 @@ impl Notifier {
                 "the notify protocol asks for at most 71 minutes more: the unit's TimeoutStopSec must cover the rest of --grace"
             );
         }
-        self.deliver(vec![Message::Extend(ask)]);
+        self.deliver(vec![Message::Status(line), Message::Extend(ask)]);
     }
 
     /// One more membership is out of its pool.
@@ -132,7 +170,7 @@ impl Notifier {
     /// the unit has no watchdog: no periodic wake-ups unless asked for.
     pub fn spawn_watchdog(&'static self) {
         let mut usec = 0;
-        if !self.enabled || !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        if self.link.is_none() || !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
             return;
         }
         let period = Duration::from_micros(usec) / 2;
@@ -140,11 +178,22 @@ impl Notifier {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                self.send(&[NotifyState::Watchdog]);
+                self.deliver(vec![Message::Watchdog]);
             }
         });
     }
 }
+
+/// At exit: one last non-blocking try of whatever is still pending, then it is dropped (and said,
+/// if no loss was said before). Never waits.
+pub fn finish() {
+    if let Some(link) = OPEN.get() {
+        link.finish(Instant::now());
+    }
+}
+
+/// The link opened by this process, for [`finish`].
+static OPEN: OnceLock<Arc<Link>> = OnceLock::new();
 
 impl State {
     fn new(stall_timeout: Duration) -> State {
@@ -171,7 +220,7 @@ impl State {
         self.progressed = true;
         let line = status_line(self);
         self.last_status.clone_from(&line);
-        vec![Message::Status(line)]
+        vec![Message::Progress(line)]
     }
 
     /// How far the next extension reaches: the stall window, but not past the drain's own deadline.
@@ -195,10 +244,16 @@ impl State {
 
     /// What `event` changes in what systemd is told.
     fn on_event(&mut self, event: &Event, now: Instant) -> Vec<Message> {
+        let mut phase_changed = false;
         match event {
             Event::PhaseChanged { phase, .. } => {
                 self.phase = Some(*phase);
                 self.progressed = true;
+                phase_changed = true;
+                if matches!(phase, Phase::Drained | Phase::TimedOut) {
+                    // The verdict line follows at once and says it better.
+                    return Vec::new();
+                }
             }
             Event::Progress {
                 established,
@@ -226,16 +281,22 @@ impl State {
                 self.last_status.clone_from(&line);
                 return vec![Message::Status(line)];
             }
+            // Nothing the status line or an extension depends on; after the verdict, too (the poll
+            // interval can still be said then), where a line would take the verdict's place.
             Event::Deadline { .. }
             | Event::Settled { .. }
             | Event::CensusFailed { .. }
-            | Event::PollInterval { .. } => {}
+            | Event::PollInterval { .. } => return Vec::new(),
         }
         let mut out = Vec::new();
         let line = status_line(self);
         if line != self.last_status {
             self.last_status.clone_from(&line);
-            out.push(Message::Status(line));
+            out.push(if phase_changed {
+                Message::Status(line)
+            } else {
+                Message::Progress(line)
+            });
         }
         out.extend(self.extend_if_earned(now));
         out
@@ -261,8 +322,317 @@ fn status_line(st: &State) -> String {
 
 impl Sink for Notifier {
     fn emit(&self, event: &Event) {
+        let Some(link) = &self.link else { return };
+        if let Event::PollInterval { interval, .. } = event {
+            link.outbox().status_every = (*interval).max(STATUS_EVERY);
+        }
         let messages = self.lock().on_event(event, Instant::now());
-        self.deliver(messages);
+        link.deliver(messages);
+    }
+}
+
+/// Where `NOTIFY_SOCKET` points: a path, or `@name` in the abstract namespace.
+fn target(value: &std::ffi::OsStr) -> io::Result<SocketAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = value.as_bytes();
+    match bytes.split_first() {
+        Some((b'@', name)) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)
+        }
+        Some((b'/', _)) => SocketAddr::from_pathname(value),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "neither an absolute path nor @abstract (vsock: is not supported)",
+        )),
+    }
+}
+
+/// The socket, what waits to be sent, and the task that retries it.
+struct Link {
+    socket: Option<UnixDatagram>,
+    to: SocketAddr,
+    outbox: Mutex<Outbox>,
+    /// Wakes the retry task: something is pending.
+    wake: tokio::sync::Notify,
+    warned: AtomicBool,
+}
+
+impl Link {
+    fn open(to: SocketAddr, poll_interval: Duration) -> Arc<Link> {
+        // Non-blocking, so a sendto(2) that finds the queue full fails at once with EAGAIN
+        // (MSG_DONTWAIT on every call). Close-on-exec: `exec`'s child does not inherit it.
+        let socket = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|e| tracing::warn!(error = %e, "cannot open a socket for NOTIFY_SOCKET"))
+            .ok();
+        let link = Arc::new(Link {
+            socket,
+            to,
+            outbox: Mutex::new(Outbox::new(poll_interval.max(STATUS_EVERY))),
+            wake: tokio::sync::Notify::new(),
+            warned: AtomicBool::new(false),
+        });
+        // Outside a runtime (unit tests) there is no retry task: the next message retries.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(link.clone().retry());
+        }
+        let _ = OPEN.set(link.clone());
+        link
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deliver(&self, messages: Vec<Message>) {
+        let now = Instant::now();
+        {
+            let mut outbox = self.outbox();
+            for m in messages {
+                outbox.push(m, now);
+            }
+        }
+        if self.attempt(now, false).is_some() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends what is due (one datagram), if anything. Returns when to try again.
+    fn attempt(&self, now: Instant, last: bool) -> Option<Instant> {
+        let mut outbox = self.outbox();
+        if let Some(datagram) = outbox.compose(now, last) {
+            let sent = match &self.socket {
+                Some(s) => s
+                    .send_to_addr(datagram.text.as_bytes(), &self.to)
+                    .map(|_| ()),
+                None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+            };
+            match sent {
+                Ok(()) => outbox.sent(&datagram, now),
+                Err(e) => {
+                    let full = matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) || e.raw_os_error() == Some(libc::ENOBUFS);
+                    tracing::debug!(error = %e, message = %datagram.text.trim_end(), "notify: not sent");
+                    outbox.failed(now, full && !last);
+                    if !full {
+                        self.warn_once(&e.to_string());
+                    }
+                }
+            }
+        }
+        if outbox.dropped > 0 {
+            self.warn_once("its queue is full: the manager is not reading");
+        }
+        outbox.next_wake(now)
+    }
+
+    fn warn_once(&self, why: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                why,
+                "notify socket: messages to the service manager were dropped (said once; the stop goes on)"
+            );
+        }
+    }
+
+    /// Retries with backoff and sends a held progress line when its turn comes; asleep otherwise.
+    async fn retry(self: Arc<Link>) {
+        loop {
+            let woken = self.wake.notified();
+            match self.attempt(Instant::now(), false) {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = woken => {}
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
+
+    fn finish(&self, now: Instant) {
+        self.attempt(now, true);
+        let mut outbox = self.outbox();
+        let left = u64::from(std::mem::take(&mut outbox.ready))
+            + u64::from(std::mem::take(&mut outbox.stopping));
+        outbox.dropped += left;
+        if left > 0 {
+            self.warn_once("its queue is full at exit: the manager is not reading");
+        }
+        tracing::debug!(
+            datagrams = outbox.datagrams,
+            dropped = outbox.dropped,
+            "notify: done"
+        );
+        outbox.datagrams = 0;
+    }
+}
+
+/// One datagram: the pending fields, in the order systemd's documentation shows them.
+#[derive(Debug)]
+struct Datagram {
+    text: String,
+    with_status: bool,
+}
+
+/// What waits to be sent: at most one of each field, so it never grows. Pure (instants are given), so
+/// coalescing, pacing and the bounded retry are tested without a socket.
+#[derive(Debug)]
+struct Outbox {
+    ready: bool,
+    stopping: bool,
+    status: Option<String>,
+    /// When the pending status may go: now for a new phase, else a status interval after the last.
+    status_due: Option<Instant>,
+    extend: Option<Duration>,
+    watchdog: bool,
+    /// Progress lines go at most this often.
+    status_every: Duration,
+    last_status_at: Option<Instant>,
+    /// Since when sends have failed with a full queue, and when to try next.
+    failing_since: Option<Instant>,
+    retry_at: Option<Instant>,
+    retry_gap: Duration,
+    /// Retries given up: what is left (READY, STOPPING) waits for the next message to ride along.
+    parked: bool,
+    /// Fields that never reached the manager.
+    dropped: u64,
+    datagrams: u64,
+}
+
+impl Outbox {
+    fn new(status_every: Duration) -> Outbox {
+        Outbox {
+            ready: false,
+            stopping: false,
+            status: None,
+            status_due: None,
+            extend: None,
+            watchdog: false,
+            status_every,
+            last_status_at: None,
+            failing_since: None,
+            retry_at: None,
+            retry_gap: RETRY_FIRST,
+            parked: false,
+            dropped: 0,
+            datagrams: 0,
+        }
+    }
+
+    fn push(&mut self, m: Message, now: Instant) {
+        // Something new to say: worth new tries, for it and for what was parked.
+        self.parked = false;
+        match m {
+            Message::Ready => self.ready = true,
+            Message::Stopping => self.stopping = true,
+            Message::Status(line) => self.set_status(line, now),
+            Message::Progress(line) => {
+                let due = self
+                    .last_status_at
+                    .map_or(now, |t| (t + self.status_every).max(now));
+                self.set_status(line, due);
+            }
+            // A later extension counts from its own receipt: it replaces an earlier one.
+            Message::Extend(d) => self.extend = Some(d),
+            Message::Watchdog => self.watchdog = true,
+        }
+    }
+
+    /// The latest line wins; it goes at the earlier of its turn and the replaced line's. Replacing a
+    /// line that is pending because the queue is full loses it.
+    fn set_status(&mut self, line: String, due: Instant) {
+        if self.status.is_some() && self.failing_since.is_some() {
+            self.dropped += 1;
+        }
+        self.status = Some(line);
+        self.status_due = Some(self.status_due.map_or(due, |d| d.min(due)));
+    }
+
+    /// The datagram to send now, if any. `last`: at exit, everything pending, whatever its turn.
+    fn compose(&mut self, now: Instant, last: bool) -> Option<Datagram> {
+        if !last && (self.parked || self.retry_at.is_some_and(|t| t > now)) {
+            return None;
+        }
+        let with_status =
+            self.status.is_some() && (last || self.status_due.is_none_or(|d| d <= now));
+        if !(self.ready || self.stopping || self.extend.is_some() || self.watchdog || with_status) {
+            return None;
+        }
+        let mut text = String::new();
+        if self.ready {
+            text.push_str("READY=1\n");
+        }
+        if self.stopping {
+            text.push_str("STOPPING=1\n");
+        }
+        if let (true, Some(line)) = (with_status, &self.status) {
+            // One line: a newline would end the field.
+            text.push_str("STATUS=");
+            text.push_str(&line.replace('\n', " "));
+            text.push('\n');
+        }
+        if let Some(d) = self.extend {
+            let usec = u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+            text.push_str(&format!("EXTEND_TIMEOUT_USEC={usec}\n"));
+        }
+        if self.watchdog {
+            text.push_str("WATCHDOG=1\n");
+        }
+        Some(Datagram { text, with_status })
+    }
+
+    fn sent(&mut self, d: &Datagram, now: Instant) {
+        self.datagrams += 1;
+        self.ready = false;
+        self.stopping = false;
+        self.extend = None;
+        self.watchdog = false;
+        if d.with_status {
+            self.status = None;
+            self.status_due = None;
+            self.last_status_at = Some(now);
+        }
+        self.failing_since = None;
+        self.retry_at = None;
+        self.retry_gap = RETRY_FIRST;
+    }
+
+    /// The send failed. `again`: the queue was full (worth a retry, within [`RETRY_FOR`]); otherwise
+    /// (the socket is gone, or the process is exiting) what can only go now is dropped at once.
+    fn failed(&mut self, now: Instant, again: bool) {
+        let since = *self.failing_since.get_or_insert(now);
+        if again && now.saturating_duration_since(since) < RETRY_FOR {
+            self.retry_at = Some(now + self.retry_gap);
+            self.retry_gap = (self.retry_gap * 2).min(RETRY_MAX_GAP);
+            return;
+        }
+        self.dropped += u64::from(self.status.take().is_some())
+            + u64::from(self.extend.take().is_some())
+            + u64::from(std::mem::take(&mut self.watchdog));
+        self.status_due = None;
+        self.retry_at = None;
+        self.retry_gap = RETRY_FIRST;
+        self.failing_since = None;
+        self.parked = true;
+    }
+
+    /// When something pending can next be tried: a retry, or a held progress line's turn.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.parked {
+            return None;
+        }
+        if let Some(t) = self.retry_at {
+            return Some(t);
+        }
+        if self.ready || self.stopping || self.extend.is_some() || self.watchdog {
+            return Some(now);
+        }
+        self.status.as_ref().and(self.status_due)
     }
 }
 
@@ -292,12 +662,19 @@ mod tests {
         }
     }
 
+    fn phase(phase: Phase) -> Event {
+        Event::PhaseChanged {
+            phase,
+            elapsed: Duration::ZERO,
+        }
+    }
+
     fn extends(messages: &[Message]) -> Vec<Duration> {
         messages
             .iter()
             .filter_map(|m| match m {
                 Message::Extend(d) => Some(*d),
-                Message::Status(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -311,10 +688,6 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut st = State::new(window);
         assert_eq!(extends(&st.stopping(1, at(0))), [window]);
-        let phase = |phase| Event::PhaseChanged {
-            phase,
-            elapsed: Duration::ZERO,
-        };
         assert!(extends(&st.on_event(&phase(Phase::Deregistering), at(10))).is_empty());
         st.deregistered(1);
         st.on_event(&phase(Phase::Settling), at(50));
@@ -347,5 +720,235 @@ mod tests {
             extends(&st.on_event(&progress(0, 1), at(13_000))),
             [Duration::from_secs(1) + PAST_DEADLINE]
         );
+    }
+
+    #[test]
+    fn a_phase_change_is_a_status_to_send_at_once_and_the_verdict_replaces_the_final_phase() {
+        let t0 = Instant::now();
+        let mut st = State::new(Duration::from_secs(30));
+        st.stopping(1, t0);
+        let lines = |ms: &[Message]| -> Vec<Message> {
+            ms.iter()
+                .filter(|m| matches!(m, Message::Status(_) | Message::Progress(_)))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            lines(&st.on_event(&phase(Phase::Draining), t0)),
+            [Message::Status("deregistered 0/1, draining".into())]
+        );
+        assert_eq!(
+            lines(&st.on_event(&progress(2, 9), t0)),
+            [Message::Progress(
+                "deregistered 0/1, draining: 2 connections, 9 s left".into()
+            )]
+        );
+        assert!(
+            lines(&st.on_event(&progress(2, 9), t0)).is_empty(),
+            "unchanged"
+        );
+        assert!(lines(&st.on_event(&phase(Phase::Drained), t0)).is_empty());
+        assert_eq!(
+            st.on_event(
+                &Event::Finished {
+                    verdict: Verdict::Drained,
+                    elapsed: Duration::ZERO,
+                    last_arrival: None,
+                    deadline: crate::drain::DeadlineSource::Configured {
+                        timeout: Duration::from_secs(30)
+                    },
+                },
+                t0
+            ),
+            [Message::Status("drained".into())]
+        );
+        // The drive loop says a new poll interval after the verdict's census: the verdict stays
+        // the last word.
+        let poll = Event::PollInterval {
+            interval: Duration::from_millis(400),
+            census_cost: Duration::from_millis(20),
+        };
+        assert!(st.on_event(&poll, t0).is_empty());
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// What a reader that reads everything would see: each datagram composed at `at`, sent.
+    fn send_due(ob: &mut Outbox, now: Instant) -> Option<String> {
+        let d = ob.compose(now, false)?;
+        ob.sent(&d, now);
+        Some(d.text)
+    }
+
+    #[test]
+    fn progress_lines_go_at_most_once_a_status_interval_the_latest_winning_and_phases_at_once() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(Duration::from_secs(1));
+        let mut seen = Vec::new();
+        // The drain reports every 100 ms for 3 s; phases change at 250 ms and 2,050 ms.
+        for step in 0..30u64 {
+            let now = t0 + ms(step * 100);
+            ob.push(Message::Progress(format!("count {step}")), now);
+            if step == 2 {
+                ob.push(Message::Status("phase B".into()), now + ms(50));
+            }
+            if step == 20 {
+                ob.push(Message::Status("phase C".into()), now + ms(50));
+            }
+            for now in [now, now + ms(50)] {
+                if let Some(text) = send_due(&mut ob, now) {
+                    seen.push((now.duration_since(t0).as_millis(), text));
+                }
+            }
+        }
+        let seen: Vec<(u128, &str)> = seen.iter().map(|(t, s)| (*t, s.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (0, "STATUS=count 0\n"),
+                // The phase change goes at once, though a line went 250 ms before.
+                (250, "STATUS=phase B\n"),
+                // A second after it: the latest progress line of those held meanwhile.
+                (1_250, "STATUS=count 12\n"),
+                (2_050, "STATUS=phase C\n"),
+            ]
+        );
+        // The last line is held for its turn, when the task wakes to send it.
+        assert_eq!(ob.next_wake(t0 + ms(2_950)), Some(t0 + ms(3_050)));
+        assert_eq!(
+            send_due(&mut ob, t0 + ms(3_050)).as_deref(),
+            Some("STATUS=count 29\n")
+        );
+        assert_eq!(
+            ob.next_wake(t0 + ms(3_050)),
+            None,
+            "nothing pending: asleep"
+        );
+        // A slower poll interval slows progress lines down with it.
+        ob.status_every = Duration::from_secs(5);
+        ob.push(Message::Progress("later".into()), t0 + ms(4_000));
+        assert_eq!(ob.next_wake(t0 + ms(4_000)), Some(t0 + ms(8_050)));
+    }
+
+    #[test]
+    fn everything_pending_goes_as_one_datagram_in_protocol_order() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(Duration::from_secs(1));
+        ob.push(Message::Stopping, t0);
+        ob.push(Message::Status("stopping: deregistering".into()), t0);
+        ob.push(Message::Extend(Duration::from_secs(30)), t0);
+        ob.push(Message::Ready, t0);
+        assert_eq!(
+            send_due(&mut ob, t0).unwrap(),
+            "READY=1\nSTOPPING=1\nSTATUS=stopping: deregistering\nEXTEND_TIMEOUT_USEC=30000000\n"
+        );
+        assert_eq!(send_due(&mut ob, t0), None);
+    }
+
+    /// The queue stays full: the stop's messages are retried with growing gaps for RETRY_FOR, the
+    /// statuses coalesced and counted as dropped, then the retries stop (no more wake-ups) and
+    /// STOPPING rides along with the next message, which is tried afresh.
+    #[test]
+    fn a_full_queue_is_retried_with_backoff_within_the_bound_then_given_up() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(Duration::from_secs(1));
+        ob.push(Message::Stopping, t0);
+        ob.push(Message::Status("stopping".into()), t0);
+        ob.push(Message::Extend(Duration::from_secs(30)), t0);
+        let mut tries = Vec::new();
+        let mut now = t0;
+        while let Some(d) = ob.compose(now, false) {
+            tries.push(now.duration_since(t0).as_millis());
+            assert!(d.text.starts_with("STOPPING=1\n"), "{}", d.text);
+            ob.failed(now, true);
+            if tries.len() == 3 {
+                // Progress meanwhile replaces the pending line: the old one is lost.
+                ob.push(Message::Progress("newer".into()), now);
+                assert_eq!(ob.dropped, 1);
+            }
+            match ob.next_wake(now) {
+                Some(at) => now = at,
+                None => break,
+            }
+            assert!(tries.len() < 100, "bounded");
+        }
+        assert_eq!(
+            tries,
+            [
+                0, 10, 30, 70, 150, 310, 560, 810, 1_060, 1_310, 1_560, 1_810, 2_060
+            ]
+        );
+        assert!(ob.parked && ob.next_wake(now).is_none(), "given up: asleep");
+        assert_eq!(
+            ob.dropped, 3,
+            "the first status, the newer one, the extension"
+        );
+        assert_eq!(ob.compose(now + ms(5_000), false).map(|d| d.text), None);
+        // The next message goes out with STOPPING, which the manager must not miss.
+        ob.push(Message::Watchdog, now + ms(5_000));
+        assert_eq!(
+            send_due(&mut ob, now + ms(5_000)).as_deref(),
+            Some("STOPPING=1\nWATCHDOG=1\n")
+        );
+    }
+
+    /// A socket whose reader never reads: no send blocks, the first loss is said once, and a reader
+    /// that comes back within the bound gets STOPPING and the latest status in one datagram.
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_never_blocks_a_send_and_gets_the_stop_when_it_reads_again()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let reader = UnixDatagram::bind(&path).unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let filler = UnixDatagram::unbound().unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while filler.send_to(b"FILLER=1", &path).is_ok() {
+            queued += 1;
+            assert!(queued < 100_000);
+        }
+        let link = Link::open(SocketAddr::from_pathname(&path).unwrap(), ms(200));
+        let began = Instant::now();
+        link.deliver(vec![
+            Message::Stopping,
+            Message::Status("stopping: deregistering".into()),
+        ]);
+        for n in 0..50 {
+            link.deliver(vec![Message::Status(format!("phase {n}"))]);
+        }
+        assert!(began.elapsed() < ms(500), "no send waited");
+        assert!(link.warned.load(Ordering::Relaxed), "the loss was said");
+        tokio::time::sleep(ms(100)).await;
+        // The manager reads again: its backlog, then what the retries bring.
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        let deadline = Instant::now() + RETRY_FOR;
+        while !got.iter().any(|m: &String| m.contains("STOPPING=1")) && Instant::now() < deadline {
+            match reader.recv(&mut buf) {
+                Ok(n) if &buf[..n] == b"FILLER=1" => {}
+                Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => tokio::time::sleep(ms(5)).await,
+            }
+        }
+        assert_eq!(got, ["STOPPING=1\nSTATUS=phase 49\n"]);
+    }
+
+    #[test]
+    fn notify_socket_is_a_path_or_an_abstract_name() {
+        use std::os::linux::net::SocketAddrExt;
+        let t = |s: &str| target(std::ffi::OsStr::new(s));
+        assert_eq!(
+            t("/run/systemd/notify").unwrap().as_pathname(),
+            Some(std::path::Path::new("/run/systemd/notify"))
+        );
+        assert_eq!(
+            t("@sd-notify").unwrap().as_abstract_name(),
+            Some(&b"sd-notify"[..])
+        );
+        assert!(t("vsock:2:1234").is_err());
+        assert!(t("").is_err());
     }
 }

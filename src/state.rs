@@ -8,6 +8,9 @@
 //! gone without asking; one killed before the record asks the API again, and a DELETE of a member
 //! already gone is a 404, i.e. success. The file is a memory, not a source of truth: one that cannot
 //! be parsed is moved aside with a warning ([`State::load_or_warn`]) and the API is asked instead.
+//!
+//! A full disk only costs that memory: the temporary file cannot be written (ENOSPC, at once), is
+//! removed, and the file from before is left whole; the caller logs it and the stop goes on.
 
 use std::io::Write;
 use std::net::IpAddr;

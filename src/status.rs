@@ -1,11 +1,19 @@
 //! The daemon's live state, for people and scripts: a Unix socket (`/run/elb-drain/status.sock`, mode
 //! 0660) that answers every connection with one JSON document and closes; `elb-drain status` reads it.
 //! Also the terminal progress line of `elb-drain drain`.
+//!
+//! A client that connects and never reads (or reads a byte a minute) must cost the agent nothing it
+//! needs for a stop: each answer is written by its own task, never by the drain, and given
+//! [`ANSWER_WITHIN`] before the connection is closed; at most [`CLIENTS_AT_ONCE`] are answered at a
+//! time, the others waiting in the listen backlog (the kernel's, not the agent's file descriptors,
+//! which the DELETEs and the census need); and a failed `accept` (out of file descriptors) pauses the
+//! server instead of ending it.
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Write;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -59,17 +67,44 @@ impl Board {
         unsafe { libc::umask(old) };
         let listener = listener?;
         let board = self.clone();
+        let answering = Arc::new(tokio::sync::Semaphore::new(CLIENTS_AT_ONCE));
         tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let doc = format!("{}\n", board.snapshot());
-                tokio::spawn(async move {
-                    let _ = conn.write_all(doc.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
+            loop {
+                let Ok(turn) = answering.clone().acquire_owned().await else {
+                    return;
+                };
+                match listener.accept().await {
+                    Ok((conn, _)) => {
+                        let doc = format!("{}\n", board.snapshot());
+                        tokio::spawn(async move {
+                            answer(conn, doc.as_bytes(), ANSWER_WITHIN).await;
+                            drop(turn);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "status socket: accept failed; pausing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
         });
         Ok(())
     }
+}
+
+/// How long one client has to read its answer (a few KiB, which `elb-drain status` reads at once).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Clients answered at the same time.
+pub const CLIENTS_AT_ONCE: usize = 16;
+
+/// Writes `doc` and closes, or gives up after `within`: the connection is dropped either way.
+async fn answer(mut conn: impl tokio::io::AsyncWrite + Unpin, doc: &[u8], within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        conn.write_all(doc).await?;
+        conn.shutdown().await
+    })
+    .await;
 }
 
 impl Sink for Board {
@@ -131,7 +166,8 @@ impl Sink for Progress {
         if !self.tty {
             return;
         }
-        let mut err = std::io::stderr().lock();
+        // Through the log's queue (a terminal can stall too: ^S), one write per update.
+        let mut line = String::new();
         match event {
             Event::Progress {
                 established,
@@ -143,7 +179,7 @@ impl Sink for Progress {
                 let width = 30;
                 let filled = (done * width).checked_div(total).unwrap_or(width);
                 let _ = write!(
-                    err,
+                    line,
                     "\r[{}{}] {established} connections left, {} s to the deadline \x1b[K",
                     "#".repeat(filled),
                     ".".repeat(width - filled),
@@ -158,9 +194,60 @@ impl Sink for Progress {
                     }
                     Verdict::DeregistrationFailed { .. } => "deregistration failed".to_owned(),
                 };
-                let _ = writeln!(err, "\r{what}\x1b[K");
+                let _ = writeln!(line, "\r{what}\x1b[K");
             }
             _ => {}
         }
+        if !line.is_empty() {
+            let _ = std::io::Write::write_all(&mut crate::logging::Stderr, line.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn an_answer_nobody_reads_is_given_up_after_its_time() {
+        let (conn, _unread) = tokio::io::duplex(64);
+        let began = Instant::now();
+        answer(conn, &[b'x'; 1 << 20], Duration::from_millis(100)).await;
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    /// More clients than are answered at once connect and never read, each answer larger than a
+    /// socket buffer (so each write really waits): the status is still answered to a client that
+    /// reads, within about one ANSWER_WITHIN, and the clients that never read are cut off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_never_read_cost_a_second_and_are_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.sock");
+        // Over the socket's send buffer (about 200 KiB), under what `read` accepts (1 MiB).
+        let board = Board::new(json!("m".repeat(600_000)));
+        board.serve(&path).unwrap();
+        let mut silent: Vec<std::os::unix::net::UnixStream> = (0..CLIENTS_AT_ONCE + 4)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+            .collect();
+        let began = Instant::now();
+        let doc = read(&path).await.expect("answered");
+        let took = began.elapsed();
+        assert_eq!(doc["memberships"].as_str().map(str::len), Some(600_000));
+        assert!(took < ANSWER_WITHIN * 4, "{took:?}");
+        // The first silent client was given its second long ago: what it can still read is cut short.
+        let mut got = Vec::new();
+        silent[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        silent[0]
+            .read_to_end(&mut got)
+            .expect("closed, not hanging");
+        assert!(got.len() < 600_000, "cut off after {} bytes", got.len());
     }
 }

@@ -5,6 +5,9 @@
 //! child keeps serving; then the child gets its stop signal, a grace period, and SIGKILL. If the child
 //! dies on its own, the server is deregistered at once: a crashed server must not wait for health checks
 //! to take it out. The exit status is the child's.
+//!
+//! The child inherits stdout and stderr (under systemd, the journal): the agent writes nothing for
+//! it, and a child blocked on a stalled journal is stopped like any other, SIGKILL after its grace.
 
 use std::process::ExitStatus;
 use std::time::Duration;

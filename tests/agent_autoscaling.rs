@@ -333,3 +333,36 @@ async fn a_hook_already_answered_is_not_answered_again_and_sigterm_joins_the_dra
     assert_eq!(deletes(&s.sim).len(), 1, "one drain, one DELETE");
     assert_eq!(s.sim.hooks(GROUP)[0].lifecycle_action_key, key);
 }
+
+/// A scale-in under a manager that stopped reading after READY (its notify queue full): the hook's
+/// drain runs, the hook is answered CONTINUE after the last close, and the agent exits 0 in the usual
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_in_is_answered_in_time_with_a_notify_socket_no_longer_read() {
+    let (s, config) = scaling_setup().await;
+    let held = s.connections_to_us(1);
+    let notify = NotifySocket::bind_stalling(s.dir.path(), "READY=1");
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.stalled()),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    assert!(
+        agent.wait_stderr("drain: draining", Duration::from_secs(5)),
+        "{}",
+        agent.stderr()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    let hook = &s.sim.hooks(GROUP)[0];
+    assert_eq!(
+        (hook.status.as_str(), hook.timed_out),
+        ("CONTINUE", false),
+        "{hook:?}"
+    );
+}

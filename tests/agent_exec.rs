@@ -128,10 +128,11 @@ async fn under_systemd_the_childs_grace_period_is_asked_for() {
     agent.signal(libc::SIGTERM);
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(3), "{}", agent.stderr());
+    // Field by field: what is sent at one moment may share a datagram.
     let all: Vec<String> = notify
         .all()
         .iter()
-        .map(|m| m.trim_end().to_owned())
+        .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
         .collect();
     let stopping = format!("STATUS=stopping the application (pid {pid}, SIGTERM, grace 2 s)");
     let at = all
@@ -287,4 +288,69 @@ async fn the_configured_stop_signal_reaches_the_child_after_the_drain() {
     let out = agent.stdout();
     assert_eq!(count(&out, "got QUIT"), 1, "{out}");
     assert!(!out.contains("got TERM"), "{out}");
+}
+
+/// Under a manager that stopped reading after READY (its notify queue full): the drain, the child's
+/// stop signal and its status come as with a manager that reads, in the usual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_no_longer_read_does_not_hold_the_stop() {
+    let (s, port) = exec_setup().await;
+    let notify = NotifySocket::bind_stalling(s.dir.path(), "READY=1");
+    let mut agent = ProcGuard::spawn({
+        let mut cmd = exec_command(&s, port, &[]);
+        cmd.env("NOTIFY_SOCKET", &notify.path);
+        cmd
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.stalled()),
+        "{}",
+        agent.stderr()
+    );
+    let held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || !s
+            .sim
+            .member_exists(POOL, MEMBER)),
+        "{}",
+        agent.stderr()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert!(agent.stdout().contains("got TERM"), "{}", agent.stdout());
+    assert_eq!(
+        exit.code(),
+        Some(3),
+        "the child's status: {}",
+        agent.stderr()
+    );
+}
+
+/// stderr (shared with the child, as under systemd) is a full pipe nobody reads: the agent's log
+/// cannot hold it (the child here writes only to stdout; one that blocks on the stalled journal itself
+/// is killed at the end of its --grace, as any child that does not exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_does_not_hold_the_stop() {
+    let (s, port) = exec_setup().await;
+    let (pipe, stderr) = StalledPipe::new();
+    let mut agent = ProcGuard::spawn_with_stderr(exec_command(&s, port, &[]), Some(stderr));
+    child_pid(&agent);
+    // Ready: the snapshot of the state file is written once the memberships are resolved.
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .dir
+            .path()
+            .join("state.json")
+            .exists()),
+        "never ready"
+    );
+    let held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(wait_until(Duration::from_secs(5), || !s
+        .sim
+        .member_exists(POOL, MEMBER)));
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(3), "{}", agent.stdout());
+    drop(pipe);
 }

@@ -424,3 +424,47 @@ async fn a_create_whose_answer_was_lost_is_not_made_twice() {
         assert_eq!(creates, [200, 409], "{lost:?}: the retry met the duplicate");
     }
 }
+
+/// `register`, then `run` registering on start, with a NOTIFY_SOCKET nobody reads at all (a manager
+/// stalled before the service started): both register as usual, READY is given up after its retries
+/// (said once in the log, not per message), and the stop ends in the usual time with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_under_a_notify_socket_never_read_registers_and_stops_as_usual() {
+    let port = unclaimed_port();
+    let (s, config) = unregistered_on(
+        port,
+        "on_start = true\nwait_listening = false\nhealthy_timeout = \"20s\"",
+    )
+    .await;
+    let _app = EchoServer::start_at("127.0.0.1", port);
+    let notify = NotifySocket::bind_stalling(s.dir.path(), "");
+    assert!(wait_until(Duration::from_secs(5), || notify.stalled()));
+
+    let mut reg = agent(&config, &["register"]);
+    reg.env("NOTIFY_SOCKET", &notify.path);
+    let mut reg = ProcGuard::spawn(reg);
+    let exit = reg.wait_timeout(Duration::from_secs(15)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", reg.stderr());
+    assert_eq!(at_port(&s, port).len(), 1);
+
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        agent.wait_stderr("ready: waiting", Duration::from_secs(15)),
+        "{}",
+        agent.stderr()
+    );
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert!(at_port(&s, port).is_empty(), "drained");
+    let err = agent.stderr();
+    assert_eq!(
+        err.matches("notify socket: messages to the service manager were dropped")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(notify.all().is_empty(), "nothing was read");
+}

@@ -42,7 +42,7 @@ fn no_health_probes(sc: elb_sim::Scenario) -> elb_sim::Scenario {
 
 fn extends(notify: &NotifySocket) -> usize {
     notify
-        .all()
+        .fields()
         .iter()
         .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
         .count()
@@ -137,39 +137,90 @@ async fn ready_status_stopping_extend_and_the_final_status() {
     );
 
     let all = notify.all();
-    let extend = "EXTEND_TIMEOUT_USEC=30000000";
+    // What is said at one moment is one datagram: the stop's first.
     assert_eq!(
-        normalised(&all),
+        &all[..3],
+        [
+            "STATUS=starting: resolving memberships\n",
+            "READY=1\nSTATUS=serving; 1 memberships\n",
+            "STOPPING=1\nSTATUS=stopping: deregistering\nEXTEND_TIMEOUT_USEC=30000000\n",
+        ],
+        "{all:#?}"
+    );
+    let fields = notify.fields();
+    let statuses: Vec<String> = fields
+        .iter()
+        .filter(|f| f.starts_with("STATUS="))
+        .cloned()
+        .collect();
+    // Each phase at once; the count as it falls, at most once a second (the progress lines held
+    // meanwhile are replaced by the next phase's); the verdict instead of the final phase.
+    assert_eq!(
+        normalised(&statuses),
         [
             "STATUS=starting: resolving memberships",
-            "READY=1\nSTATUS=serving; 1 memberships",
-            "STOPPING=1\nSTATUS=stopping: deregistering",
-            extend,
+            "STATUS=serving; 1 memberships",
+            "STATUS=stopping: deregistering",
             "STATUS=deregistered 0/1, deregistering",
-            "STATUS=deregistered 0/1, deregistering: 2 connections, # s left",
-            "STATUS=deregistered 1/1, deregistering: 2 connections, # s left",
             "STATUS=deregistered 1/1, settling: 2 connections, # s left",
             "STATUS=deregistered 1/1, draining: 2 connections, # s left",
-            extend,
             "STATUS=deregistered 1/1, draining: 1 connections, # s left",
-            extend,
-            "STATUS=deregistered 1/1, draining: 0 connections, # s left",
-            "STATUS=deregistered 1/1, drained: 0 connections, # s left",
             "STATUS=drained",
         ],
         "{all:#?}"
     );
-    let statuses: Vec<&String> = all.iter().filter(|m| m.starts_with("STATUS=")).collect();
+    assert_eq!(
+        fields
+            .iter()
+            .filter(|f| f.starts_with("EXTEND_TIMEOUT_USEC="))
+            .collect::<Vec<_>>(),
+        ["EXTEND_TIMEOUT_USEC=30000000"; 3],
+        "{all:#?}"
+    );
     assert!(
         statuses.windows(2).all(|w| w[0] != w[1]),
         "an unchanged STATUS is not repeated: {all:?}"
     );
+    assert_paced(&notify);
     // The seconds left count down from the 30 s deadline.
-    let left: Vec<u64> = all.iter().filter_map(|m| seconds_left(m)).collect();
+    let left: Vec<u64> = statuses.iter().filter_map(|m| seconds_left(m)).collect();
     assert!(
         !left.is_empty() && left.windows(2).all(|w| w[0] >= w[1]) && left[0] <= 30,
         "{left:?}"
     );
+}
+
+/// The phase a drain's STATUS line names ("deregistered 1/1, draining: 2 connections, ..." ->
+/// "draining"); any other line is its own phase.
+fn phase_of(status: &str) -> &str {
+    match status.split_once(", ") {
+        Some((head, rest)) if head.starts_with("STATUS=deregistered ") => {
+            rest.split(':').next().unwrap_or(rest)
+        }
+        _ => status,
+    }
+}
+
+/// Two STATUS lines less than a second apart (measured where they arrive, which may add its own
+/// delays: 600 ms): the second names a new phase (or is the verdict). Only progress within a phase is
+/// held back.
+fn assert_paced(notify: &NotifySocket) {
+    let statuses: Vec<(u64, String)> = notify
+        .timed_fields()
+        .into_iter()
+        .filter(|(_, f)| f.starts_with("STATUS="))
+        .collect();
+    for w in statuses.windows(2) {
+        let ((t0, a), (t1, b)) = (&w[0], &w[1]);
+        if t1 - t0 < 600_000_000 {
+            assert_ne!(
+                phase_of(a),
+                phase_of(b),
+                "progress lines {} ms apart: {statuses:#?}",
+                (t1 - t0) / 1_000_000
+            );
+        }
+    }
 }
 
 /// The seconds of a `... N s left` STATUS.
@@ -210,7 +261,7 @@ async fn a_stalled_drain_stops_asking_for_time_and_progress_resumes_it() {
     );
     let first = seconds_left(
         &notify
-            .all()
+            .fields()
             .into_iter()
             .find(|m| m.contains("draining: 2 connections"))
             .unwrap(),
@@ -218,13 +269,16 @@ async fn a_stalled_drain_stops_asking_for_time_and_progress_resumes_it() {
     .unwrap();
     // Stalled for twice the window, by the agent's own count of the seconds left.
     assert!(
-        wait_until(Duration::from_secs(10), || notify.all().iter().any(|m| {
-            m.contains("draining: 2 connections") && seconds_left(m).is_some_and(|n| n + 4 <= first)
-        })),
+        wait_until(Duration::from_secs(10), || notify.fields().iter().any(
+            |m| {
+                m.contains("draining: 2 connections")
+                    && seconds_left(m).is_some_and(|n| n + 4 <= first)
+            }
+        )),
         "{:?}",
         notify.all()
     );
-    let stalled = notify.timed();
+    let stalled = notify.timed_fields();
     let draining = stalled
         .iter()
         .position(|(_, m)| m.contains("draining: 2 connections"))
@@ -253,26 +307,24 @@ async fn a_stalled_drain_stops_asking_for_time_and_progress_resumes_it() {
         "silent for longer than the stall window while still reporting: {stalled:#?}"
     );
 
-    // Progress: one connection closes, and the next extension follows.
+    // Progress: one connection closes, and the next extension follows (at once: the status line that
+    // says so may wait for its turn, up to a second).
     let before = extends.len();
+    let closed = mono_ns();
     held.pop();
     assert!(
         wait_until(Duration::from_secs(5), || {
-            let all = notify.all();
-            let closed = all
-                .iter()
-                .position(|m| m.contains("draining: 1 connections"));
-            closed.is_some_and(|i| {
-                all[i..]
+            notify.has("draining: 1 connections")
+                && notify
+                    .timed_fields()
                     .iter()
-                    .any(|m| m.trim_end() == "EXTEND_TIMEOUT_USEC=2000000")
-            })
+                    .any(|(t, m)| *t > closed && m.trim_end() == "EXTEND_TIMEOUT_USEC=2000000")
         }),
         "{:?}",
         notify.all()
     );
     let renewed = notify
-        .all()
+        .fields()
         .iter()
         .filter(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
         .count();
@@ -343,4 +395,51 @@ async fn watchdog_pings_at_half_the_interval_only_when_asked() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(!notify2.has("WATCHDOG=1"), "{:?}", notify2.all());
+}
+
+/// The stop the issue counted (3 connections, closing one by one, at the default poll interval):
+/// each phase once, progress at most once a second, what is said at one moment in one datagram. It
+/// sent 16 datagrams (13 STATUS lines) before pacing; now at most the five phases and the verdict
+/// plus, for each second of the stop, one progress line and one extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_connection_stop_is_told_in_few_messages() {
+    let s = setup_with(no_health_probes).await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config("settle = \"1s\"\npoll_interval = \"200ms\"\ntimeout = \"30s\"");
+    let mut held = s.connections_to_us(3);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    let before = notify.all().len();
+    let stop = std::time::Instant::now();
+    agent.signal(libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify
+            .has("draining: 3 connections")),
+        "{:?}",
+        notify.all()
+    );
+    while held.pop().is_some() {
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    let took = stop.elapsed().as_secs_f64().ceil() as usize;
+    let sent = notify.all()[before..].to_vec();
+    let statuses = sent
+        .iter()
+        .flat_map(|m| m.lines())
+        .filter(|l| l.starts_with("STATUS="))
+        .count();
+    eprintln!(
+        "{} datagrams, {statuses} STATUS lines in a {took} s stop: {sent:#?}",
+        sent.len()
+    );
+    assert!(sent.len() <= 6 + 2 * took, "{sent:#?}");
+    assert_paced(&notify);
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use elb_sim::{Scenario, Sim};
 
 pub mod confine;
+pub mod fullfs;
 
 pub const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 
@@ -147,23 +148,38 @@ pub struct ProcGuard {
 }
 
 impl ProcGuard {
-    pub fn spawn(mut cmd: Command) -> ProcGuard {
+    pub fn spawn(cmd: Command) -> ProcGuard {
+        Self::spawn_with_stderr(cmd, None)
+    }
+
+    /// [`ProcGuard::spawn`] with stderr going to `stderr_to` (nothing of it is read here), or to a
+    /// pipe read into [`ProcGuard::stderr`] with `None`.
+    pub fn spawn_with_stderr(cmd: Command, stderr_to: Option<Stdio>) -> ProcGuard {
+        Self::try_spawn_with_stderr(cmd, stderr_to).expect("spawn")
+    }
+
+    /// [`ProcGuard::spawn_with_stderr`], for a spawn that may fail (a `pre_exec` refused here).
+    pub fn try_spawn_with_stderr(
+        mut cmd: Command,
+        stderr_to: Option<Stdio>,
+    ) -> std::io::Result<ProcGuard> {
+        let own_stderr = stderr_to.is_none();
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr_to.unwrap_or_else(Stdio::piped))
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn");
+        let mut child = cmd.spawn()?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
-        let pumps = vec![
-            pump(child.stderr.take().expect("stderr"), stderr.clone()),
-            pump(child.stdout.take().expect("stdout"), stdout.clone()),
-        ];
-        ProcGuard {
+        let mut pumps = vec![pump(child.stdout.take().expect("stdout"), stdout.clone())];
+        if own_stderr {
+            pumps.push(pump(child.stderr.take().expect("stderr"), stderr.clone()));
+        }
+        Ok(ProcGuard {
             child: Some(child),
             stderr,
             stdout,
             pumps,
-        }
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -245,6 +261,83 @@ fn pump(
             }
         }
     })
+}
+
+/// A pipe nobody reads, for a child's stderr (a journal that has stalled): the smallest the kernel
+/// allows, filled up before the child starts, so the child's first write to it would block.
+pub struct StalledPipe {
+    read: Option<std::fs::File>,
+    /// What was read after [`StalledPipe::resume`], the filler left out.
+    pub text: Arc<Mutex<String>>,
+}
+
+/// The filler's byte: never in the agent's output.
+const STALLED_FILLER: u8 = 0;
+
+impl StalledPipe {
+    /// The pipe, and its write end for the child.
+    pub fn new() -> (StalledPipe, Stdio) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into our array; each is then owned by one File.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (read, mut write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        // SAFETY: fcntl on the descriptors we own. Non-blocking only while filling: the child must
+        // get a blocking pipe, as a journal's stream is.
+        unsafe {
+            libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096);
+            libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        let chunk = [STALLED_FILLER; 512];
+        for _ in 0..100_000 {
+            if write.write(&chunk).is_err() {
+                break;
+            }
+        }
+        unsafe {
+            libc::fcntl(fds[1], libc::F_SETFL, 0);
+        }
+        (
+            StalledPipe {
+                read: Some(read),
+                text: Arc::new(Mutex::new(String::new())),
+            },
+            Stdio::from(write),
+        )
+    }
+
+    /// The journal reads again: from now on into `text`.
+    pub fn resume(&mut self) {
+        if let Some(read) = self.read.take() {
+            let into = self.text.clone();
+            std::thread::spawn(move || {
+                let mut read = read;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = read.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let kept: Vec<u8> = buf[..n]
+                        .iter()
+                        .copied()
+                        .filter(|b| *b != STALLED_FILLER)
+                        .collect();
+                    into.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&kept));
+                }
+            });
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
 }
 
 /// Polls `cond` every few milliseconds until it holds or `limit` passes.
@@ -581,24 +674,94 @@ pub fn mono_ns() -> u64 {
 pub struct NotifySocket {
     pub path: PathBuf,
     messages: Arc<Mutex<Vec<(u64, String)>>>,
+    /// Whether the reader reads (a stalled manager: false), and a signal when that changes.
+    reading: Arc<(Mutex<Reader>, std::sync::Condvar)>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reader {
+    Reading,
+    /// Not reading, and the socket's queue is full: every further send would block.
+    Stalled,
+    /// Asked to read again.
+    Resumed,
+}
+
+/// What the stalled test's own fill-up datagrams say; never counted as the agent's.
+const FILLER: &str = "X_TEST_FILLER=1";
 
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
+        Self::start(dir, None)
+    }
+
+    /// A manager that stops reading (PID 1 busy in a mass shutdown, a container runtime that reads
+    /// late): the reader takes messages until one contains `until` (at once for ""), then reads no
+    /// more and fills the socket's queue (`net.unix.max_dgram_qlen`) itself, so that every send after
+    /// that finds it full. [`NotifySocket::resume`] reads again.
+    pub fn bind_stalling(dir: &Path, until: &str) -> NotifySocket {
+        Self::start(dir, Some(until.to_owned()))
+    }
+
+    fn start(dir: &Path, until: Option<String>) -> NotifySocket {
+        use std::os::unix::net::UnixDatagram;
         let path = dir.join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let into = messages.clone();
+        let reading = Arc::new((Mutex::new(Reader::Reading), std::sync::Condvar::new()));
+        let (into, state, to) = (messages.clone(), reading.clone(), path.clone());
+        let stall = move || {
+            let filler = UnixDatagram::unbound().unwrap();
+            filler.set_nonblocking(true).unwrap();
+            // Bounded: the queue holds max_dgram_qlen (10 by default) datagrams.
+            for _ in 0..100_000 {
+                if filler.send_to(FILLER.as_bytes(), &to).is_err() {
+                    break;
+                }
+            }
+            let (lock, changed) = &*state;
+            let mut r = lock.lock().unwrap();
+            *r = Reader::Stalled;
+            changed.notify_all();
+            while *r == Reader::Stalled {
+                r = changed.wait(r).unwrap();
+            }
+        };
         std::thread::spawn(move || {
+            if until.as_deref() == Some("") {
+                stall();
+            }
             let mut buf = [0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
                 let at = mono_ns();
-                into.lock()
-                    .unwrap()
-                    .push((at, String::from_utf8_lossy(&buf[..n]).into_owned()));
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text == FILLER {
+                    continue;
+                }
+                let last = until.as_deref().is_some_and(|u| text.contains(u));
+                into.lock().unwrap().push((at, text));
+                if last {
+                    stall();
+                }
             }
         });
-        NotifySocket { path, messages }
+        NotifySocket {
+            path,
+            messages,
+            reading,
+        }
+    }
+
+    /// Whether the reader has stopped and the queue is full.
+    pub fn stalled(&self) -> bool {
+        *self.reading.0.lock().unwrap() == Reader::Stalled
+    }
+
+    /// The manager reads again: what was queued, and everything after.
+    pub fn resume(&self) {
+        let (lock, changed) = &*self.reading;
+        *lock.lock().unwrap() = Reader::Resumed;
+        changed.notify_all();
     }
 
     /// The messages so far, in the order received.
@@ -609,6 +772,19 @@ impl NotifySocket {
     /// The messages so far with their receipt times ([`mono_ns`]).
     pub fn timed(&self) -> Vec<(u64, String)> {
         self.messages.lock().unwrap().clone()
+    }
+
+    /// Field by field (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`), with the time their datagram was
+    /// received: what is said at one moment may share a datagram.
+    pub fn timed_fields(&self) -> Vec<(u64, String)> {
+        self.timed()
+            .into_iter()
+            .flat_map(|(t, m)| m.lines().map(|l| (t, l.to_owned())).collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn fields(&self) -> Vec<String> {
+        self.timed_fields().into_iter().map(|(_, f)| f).collect()
     }
 
     pub fn has(&self, needle: &str) -> bool {
