@@ -547,6 +547,7 @@ pub async fn drive(
                 // read at once.
                 let confirm_zero = matches!(engine.phase(), Phase::Settling | Phase::Draining)
                     && estimate != Some(0);
+                let begun = Instant::now();
                 let (back, result, cost) = tokio::task::spawn_blocking(move || {
                     let begun = thread_cpu_time();
                     let mut r = counting.count();
@@ -561,6 +562,7 @@ pub async fn drive(
                 .await
                 .expect("census thread panicked");
                 census = Some(back);
+                let (established, arrived) = result_counts(&result);
                 // The census reports the count itself.
                 unreported = None;
                 let now = Instant::now();
@@ -589,21 +591,45 @@ pub async fn drive(
                     said_interval = interval;
                     sink.emit(&Event::PollInterval { interval, census_cost: cost });
                 }
-                match step {
-                    Step::Done(verdict) => return verdict,
-                    Step::CensusBy(at) => {
-                        // The engine asks at the poll interval; an expensive census stretches that.
-                        // Counting down on destroy notifications never stretches it further: a
-                        // connection stops counting when it leaves ESTABLISHED, which it can do long
-                        // before its socket is freed (CLOSE_WAIT until the application closes it,
-                        // FIN_WAIT2 until the peer does), and only a census sees that.
-                        let later = interval - plan.poll_interval;
-                        next = (at + later).min(engine.give_up());
-                    }
+                if let Step::CensusBy(at) = step {
+                    // The engine asks at the poll interval; an expensive census stretches that.
+                    // Counting down on destroy notifications never stretches it further: a
+                    // connection stops counting when it leaves ESTABLISHED, which it can do long
+                    // before its socket is freed (CLOSE_WAIT until the application closes it,
+                    // FIN_WAIT2 until the peer does), and only a census sees that.
+                    let later = interval - plan.poll_interval;
+                    next = (at + later).min(engine.give_up());
+                }
+                // Every census, for whoever reads a drain's timing afterwards (when it ran, what it
+                // cost, when the next one is due): a slow drain is explained by these lines.
+                let next_ms = match step {
+                    Step::CensusBy(_) => next.saturating_duration_since(now).as_millis() as u64,
+                    Step::Done(_) => 0,
+                };
+                tracing::debug!(
+                    established,
+                    arrived,
+                    took_us = (now - begun).as_micros() as u64,
+                    cpu_us = cost.as_micros() as u64,
+                    next_ms,
+                    "census: {established} established, {arrived} new, in {} us ({} us of CPU); next in {next_ms} ms",
+                    (now - begun).as_micros(),
+                    cost.as_micros(),
+                );
+                if let Step::Done(verdict) = step {
+                    return verdict;
                 }
             }
         }
     }
+}
+
+/// What a census result says, for the log: (established, new); a failed census is (0, 0), and says
+/// so in its own event.
+fn result_counts(result: &Result<Count, crate::census::CensusError>) -> (usize, usize) {
+    result
+        .as_ref()
+        .map_or((0, 0), |c| (c.established, c.arrived))
 }
 
 async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<usize>>) -> Option<usize> {

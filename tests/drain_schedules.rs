@@ -26,8 +26,9 @@
 //!
 //! **Verdicts.** An exit before `T-` is an exit while a counted connection was open: it fails. An
 //! exit more than one poll interval after `T+` fails too: the interval is `poll_interval`, or the
-//! longer one the agent logged when the census cost stretched it, plus [`MARGIN`] for the census
-//! itself, the verdict and the process exit on a loaded machine.
+//! longer wait the agent scheduled between two censuses while draining when the census cost
+//! stretched it (its debug line after each census says when the next is due), plus [`MARGIN`] for
+//! the census itself, the verdict and the process exit on a loaded machine.
 //!
 //! Each drain runs in a network namespace of its own (see `common::netns`), so the drains that run
 //! side by side see only their own sockets. The seed of each failing schedule is printed;
@@ -548,11 +549,15 @@ fn exit_clock(pid: i32) -> mpsc::Receiver<u64> {
     rx
 }
 
-/// The longest census interval the agent said it used ("polling every N ms"), at least POLL.
+/// The longest wait the agent scheduled between two censuses once it was draining (its debug line
+/// after each census says "next in N ms"), at least POLL: poll_interval, or longer where the census
+/// cost stretched it.
 fn interval_from(log: &str) -> Duration {
-    log.lines()
+    let draining = log.find("drain: draining").unwrap_or(0);
+    log[draining..]
+        .lines()
         .filter_map(|l| {
-            let rest = &l[l.find("polling every ")? + "polling every ".len()..];
+            let rest = &l[l.find("; next in ")? + "; next in ".len()..];
             rest.split(' ').next()?.parse::<u64>().ok()
         })
         .map(Duration::from_millis)
