@@ -490,6 +490,10 @@ pub async fn drive(
     // closes is one status line, not thousands.
     let mut unreported: Option<usize> = None;
     let mut report_at = Instant::now();
+    // A census the count-down brings forward starts no earlier than this: one census' duration after
+    // the previous one ended, so destroy notifications of sockets the census cannot count yet (it
+    // only confirms) never keep a census running back to back.
+    let mut early_from = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -512,12 +516,14 @@ pub async fn drive(
             n = recv(&mut destroyed), if estimate.is_some() => {
                 match n {
                     // Notifications were lost: recount now and count down from there.
-                    Some(crate::census::destroy::RECOUNT) => next = Instant::now(),
+                    Some(crate::census::destroy::RECOUNT) => {
+                        next = next.min(early_from.max(Instant::now()));
+                    }
                     Some(n) => {
                         let left = estimate.unwrap_or(0).saturating_sub(n);
                         estimate = Some(left);
                         if left == 0 {
-                            next = Instant::now();
+                            next = next.min(early_from.max(Instant::now()));
                         } else {
                             unreported = Some(left);
                         }
@@ -572,11 +578,17 @@ pub async fn drive(
                         if engine.phase() == Phase::Draining
                             && let Some(rx) = destroyed.as_mut()
                         {
-                            // The count-down starts again from this census. What was queued before
-                            // it is dropped: sockets it no longer counted, or (closed while it ran)
-                            // still counted, which only makes the estimate high, the safe side.
-                            while rx.try_recv().is_ok() {}
-                            estimate = Some(count.established);
+                            // The count-down starts again from this census, less what was destroyed
+                            // while it ran (queued meanwhile). Some of those it no longer counted, so
+                            // the estimate may be low: a zero is confirmed by a census, which reads the
+                            // count again. Dropping them instead left it high whenever a census
+                            // overlapped the closes (a large drain's always do), and the count-down
+                            // then never reached zero: the end was seen one poll late.
+                            let mut queued = 0usize;
+                            while let Ok(n) = rx.try_recv() {
+                                queued = queued.saturating_add(n);
+                            }
+                            estimate = Some(count.established.saturating_sub(queued));
                         }
                         step
                     }
@@ -591,6 +603,7 @@ pub async fn drive(
                     said_interval = interval;
                     sink.emit(&Event::PollInterval { interval, census_cost: cost });
                 }
+                early_from = now + (now - begun);
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -599,6 +612,10 @@ pub async fn drive(
                     // FIN_WAIT2 until the peer does), and only a census sees that.
                     let later = interval - plan.poll_interval;
                     next = (at + later).min(engine.give_up());
+                    if estimate == Some(0) {
+                        // Everything it counted was destroyed while it ran: confirm.
+                        next = next.min(early_from);
+                    }
                 }
                 // Every census, for whoever reads a drain's timing afterwards (when it ran, what it
                 // cost, when the next one is due): a slow drain is explained by these lines.
@@ -1105,6 +1122,50 @@ mod tests {
         };
         assert_eq!(verdict, Verdict::Drained);
         assert!(t0.elapsed() < ms(1090), "took {:?}", t0.elapsed());
+    }
+
+    /// A census that counts 2 until its third call, during which both connections are destroyed
+    /// (their notifications arrive while it runs, after it counted them), and 0 from then on.
+    struct Overlapped {
+        calls: usize,
+        tx: mpsc::UnboundedSender<usize>,
+    }
+
+    impl Census for Overlapped {
+        fn count(&mut self) -> Result<Count, crate::census::CensusError> {
+            self.calls += 1;
+            Ok(match self.calls {
+                1 | 2 => count(2, 0),
+                3 => {
+                    self.tx.send(2).unwrap();
+                    count(2, 0)
+                }
+                _ => count(0, 0),
+            })
+        }
+        fn backend(&self) -> crate::census::Backend {
+            crate::census::Backend::Netlink
+        }
+    }
+
+    /// The last connections are destroyed while a census runs, after it counted them: their
+    /// notifications were dropped with the census' own, so the count-down stayed at 2 and the end was
+    /// seen only at the next poll (a second here). Large drains close during a census all the time.
+    #[tokio::test(start_paused = true)]
+    async fn connections_destroyed_while_a_census_runs_still_count_down() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let census = Box::new(Overlapped { calls: 0, tx });
+        let sink = Collect(Default::default());
+        let plan = Plan {
+            settle: ms(100),
+            timeout: Duration::from_secs(600),
+            poll_interval: ms(1000),
+        };
+        let t0 = Instant::now();
+        let verdict = drive_with(plan, t0, census, Some(rx), &sink).await;
+        assert_eq!(verdict, Verdict::Drained);
+        // Censuses at 0 (settling), 100 (draining), 1100 (the overlapped one), then at once.
+        assert!(t0.elapsed() < ms(1200), "took {:?}", t0.elapsed());
     }
 
     /// What the randomized schedules of `tests/drain_schedules.rs` found: while counting down, a census
