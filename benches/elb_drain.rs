@@ -1046,8 +1046,9 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 1);
 /// the application's sockets, elb-sim) and the client side (the clients, from 10.0.0.0/8, routed
 /// locally there). A real server's clients are other machines, so its socket table holds none of
 /// their sockets, in particular not the TIME_WAIT entries of clients that closed first; with the
-/// clients on the same machine the agent's census walked those too. Named `elb-bench-{s,c}-PID`,
-/// deleted on drop; nothing is changed outside them.
+/// clients on the same machine the agent's census walked those too. The server side has an established
+/// hash of its own (see [`NetPair::new`]): a census walks the whole hash it uses. Named
+/// `elb-bench-{s,c}-PID`, deleted on drop; nothing is changed outside them.
 struct NetPair {
     server: std::fs::File,
     client: std::fs::File,
@@ -1069,7 +1070,34 @@ impl NetPair {
         let pid = std::process::id();
         let names = [format!("elb-bench-s-{pid}"), format!("elb-bench-c-{pid}")];
         let [s, c] = [names[0].as_str(), names[1].as_str()];
-        ip(&["netns", "add", s]);
+        // Namespaces share the machine's established hash unless made from one whose
+        // tcp_child_ehash_entries says otherwise, and a census walks the whole of it (skipping other
+        // namespaces' sockets): so the server side is made from a throw-away namespace that asks for
+        // a hash of its own, as large as the machine's. Named by attaching its process.
+        let size = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(262_144);
+        let mut maker = Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                &format!(
+                    "echo {size} > /proc/sys/net/ipv4/tcp_child_ehash_entries && exec unshare --net sleep 600"
+                ),
+            ])
+            .spawn()
+            .expect("unshare(1)");
+        let pid_of_maker = maker.id();
+        let made = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid_of_maker}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+        });
+        assert!(made, "the server-side namespace was not made");
+        ip(&["netns", "attach", s, &pid_of_maker.to_string()]);
+        let _ = maker.kill();
+        let _ = maker.wait();
         ip(&["netns", "add", c]);
         // From here on Drop cleans up, also when a step below fails.
         let open = |n: &str| std::fs::File::open(format!("/run/netns/{n}")).expect("netns file");

@@ -28,7 +28,8 @@
 //! exit more than one poll interval after `T+` fails too: the interval is `poll_interval`, or the
 //! longer wait the agent scheduled between two censuses while draining when the census cost
 //! stretched it (its debug line after each census says when the next is due), plus [`MARGIN`] for
-//! the census itself, the verdict and the process exit on a loaded machine.
+//! the census itself, the verdict and the process exit on a loaded machine. A drain that was only
+//! late runs once more and fails if late again (see [`run`]); the retries are printed.
 //!
 //! Each drain runs in a network namespace of its own (see `common::netns`), so the drains that run
 //! side by side see only their own sockets. The seed of each failing schedule is printed;
@@ -55,9 +56,10 @@ const POLL: Duration = Duration::from_millis(300);
 const SETTLE: Duration = Duration::from_millis(150);
 /// Beyond one poll interval after the last close: the census that sees it (a confirming second read
 /// included), the verdict, the exit, on a machine with two cores shared by eight drains and whatever
-/// else runs. Less than a poll interval, so an exit one whole census late still fails. Measured:
-/// with 150 ms (and 200 ms polls), 1 of 3,000 drains was 187 ms beyond its interval, at a load
-/// average of 5 (two other builds running); the next-worst was 106 ms.
+/// else runs. Less than a poll interval, so an exit one whole census late still fails. Measured on
+/// this project's 2-core machine while two other builds ran (load average 5 to 10): the exits came at
+/// most 106 ms beyond their interval in most runs of 600 drains, and 187 and 271 ms beyond it once
+/// each; with a network benchmark running too, up to 700 ms. Hence the one retry in [`run`].
 const MARGIN: Duration = Duration::from_millis(250);
 /// A drain that has not ended this long after the last close has failed (the deadline is 30 s).
 const HANG: Duration = Duration::from_secs(15);
@@ -498,7 +500,31 @@ struct Outcome {
     /// The poll interval the bound allowed, in ms.
     interval_ms: f64,
     summary: String,
-    failure: Option<String>,
+    failure: Option<Failure>,
+    /// A first try that was only late, when the second passed (see [`run`]).
+    late_once: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    /// Only the upper bound was missed: the exit came, in order, after the last close.
+    late: bool,
+    message: String,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            late: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::new(message)
+    }
 }
 
 fn config(dir: &std::path::Path, sim: &Sim, port: u16) -> std::path::PathBuf {
@@ -570,19 +596,62 @@ fn ms(ns: i128) -> f64 {
 
 /// Runs `schedule` on `path`, in the calling thread (which should be one of its own: it enters a
 /// network namespace when `isolate`).
+/// Runs `schedule` on `path` in a thread of its own (with a network namespace of its own when
+/// `isolate`). A drain that only missed the upper bound (it exited after the last close, but more than
+/// a poll interval after it) runs once more, and fails only if it is late again: on a machine loaded
+/// far beyond its cores a process can wait hundreds of milliseconds for one, while an agent that is
+/// late by design (a census schedule that skips polls, as the count-down once did) is late every time
+/// on the schedule that shows it. The retries are counted and printed. An exit before the last close
+/// is never retried.
 fn run(schedule: &Schedule, path: CensusPath, isolate: bool, verbose: bool) -> Outcome {
-    let mut outcome = Outcome {
-        seed: schedule.seed,
-        path,
-        after_last_ms: f64::NAN,
-        interval_ms: POLL.as_secs_f64() * 1e3,
-        summary: schedule.summary(),
-        failure: None,
+    let once = || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut outcome = Outcome {
+                    seed: schedule.seed,
+                    path,
+                    after_last_ms: f64::NAN,
+                    interval_ms: POLL.as_secs_f64() * 1e3,
+                    summary: schedule.summary(),
+                    failure: None,
+                    late_once: None,
+                };
+                if let Err(e) = drive(schedule, path, isolate, verbose, &mut outcome) {
+                    outcome.failure = Some(e);
+                }
+                outcome
+            })
+            .join()
+            .unwrap_or_else(|p| Outcome {
+                seed: schedule.seed,
+                path,
+                after_last_ms: f64::NAN,
+                interval_ms: f64::NAN,
+                summary: schedule.summary(),
+                failure: Some(Failure::new(format!(
+                    "panicked: {:?}",
+                    p.downcast_ref::<String>()
+                ))),
+                late_once: None,
+            })
+        })
     };
-    if let Err(e) = drive(schedule, path, isolate, verbose, &mut outcome) {
-        outcome.failure = Some(e);
+    let first = once();
+    match &first.failure {
+        Some(f) if f.late => {
+            let mut second = once();
+            let first_late = format!(
+                "{:.1} ms after the last close, interval {:.0} ms",
+                first.after_last_ms, first.interval_ms
+            );
+            match &mut second.failure {
+                None => second.late_once = Some(first_late),
+                Some(f) => f.message = format!("late twice (first: {first_late}); {}", f.message),
+            }
+            second
+        }
+        _ => first,
     }
-    outcome
 }
 
 fn drive(
@@ -591,7 +660,7 @@ fn drive(
     isolate: bool,
     verbose: bool,
     outcome: &mut Outcome,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     if isolate {
         common::netns::enter_own().map_err(|e| format!("network namespace: {e}"))?;
     }
@@ -620,10 +689,10 @@ fn drive(
     .map_err(|e| format!("the test's own census: {e}"))?;
     let counted = census.count().map_err(|e| e.to_string())?.established;
     if counted != schedule.initial {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "the kernel counts {counted} of {} connections",
             schedule.initial
-        ));
+        )));
     }
 
     let mut cmd = common::agent(&config, &["drain"]);
@@ -646,7 +715,10 @@ fn drive(
                     Phase::Draining => "drain: draining",
                 };
                 if !agent.wait_stderr(line, Duration::from_secs(20)) {
-                    return Err(format!("no {line:?} in time:\n{}", log(&agent)));
+                    return Err(Failure::new(format!(
+                        "no {line:?} in time:\n{}",
+                        log(&agent)
+                    )));
                 }
                 let b = Instant::now();
                 phase_base.insert(event.phase, b);
@@ -666,7 +738,9 @@ fn drive(
                     // The kernel's view: the connection about to end is still counted.
                     let before = census.count().map_err(|e| e.to_string())?.established;
                     if before == 0 {
-                        return Err("the test's census counts nothing before the last close: the model is wrong".to_owned());
+                        return Err(Failure::new(
+                            "the test's census counts nothing before the last close: the model is wrong",
+                        ));
                     }
                     let t_minus = mono_ns();
                     perform(&mut conns[event.conn], side, op);
@@ -686,13 +760,16 @@ fn drive(
         left = census.count().map_or(usize::MAX, |c| c.established);
         left == 0
     }) {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "the test's census still counts {left} after the last close: the model is wrong"
-        ));
+        )));
     }
-    let exit_ns = exited
-        .recv_timeout(HANG)
-        .map_err(|_| format!("no exit {HANG:?} after the last close:\n{}", log(&agent)))?;
+    let exit_ns = exited.recv_timeout(HANG).map_err(|_| {
+        Failure::new(format!(
+            "no exit {HANG:?} after the last close:\n{}",
+            log(&agent)
+        ))
+    })?;
     let status = agent.wait_timeout(Duration::from_secs(5));
     let err = log(&agent);
     drop(conns);
@@ -704,20 +781,24 @@ fn drive(
         eprintln!("--- {path:?}: agent log\n{err}");
     }
     if status.and_then(|s| s.code()) != Some(0) {
-        return Err(format!("exit {status:?}, not 0:\n{err}"));
+        return Err(Failure::new(format!("exit {status:?}, not 0:\n{err}")));
     }
-    path.check_log(&err).map_err(|e| format!("{e}:\n{err}"))?;
+    path.check_log(&err)
+        .map_err(|e| Failure::new(format!("{e}:\n{err}")))?;
     if exit_ns < t_minus {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "exited {:.1} ms BEFORE the last counted connection ended:\n{err}",
             ms(t_minus as i128 - exit_ns as i128)
-        ));
+        )));
     }
     let late = Duration::from_nanos(exit_ns.saturating_sub(t_plus));
     if late > interval + MARGIN {
-        return Err(format!(
-            "exited {late:?} after the last close, more than one poll interval ({interval:?}) + {MARGIN:?}:\n{err}"
-        ));
+        return Err(Failure {
+            late: true,
+            message: format!(
+                "exited {late:?} after the last close, more than one poll interval ({interval:?}) + {MARGIN:?}:\n{err}"
+            ),
+        });
     }
     Ok(())
 }
@@ -822,22 +903,8 @@ fn every_census_path_exits_after_the_last_counted_close_and_within_a_poll() {
                     let Some((schedule, path)) = job else { return };
                     let fds = 2 * (schedule.initial + schedule.arrivals) + 32;
                     budget.take(fds);
-                    // A thread per drain: its network namespace goes with it.
-                    let outcome = std::thread::scope(|s| {
-                        s.spawn(|| run(schedule, path, isolate, replay.is_some()))
-                            .join()
-                            .unwrap_or_else(|p| Outcome {
-                                seed: schedule.seed,
-                                path,
-                                after_last_ms: f64::NAN,
-                                interval_ms: f64::NAN,
-                                summary: schedule.summary(),
-                                failure: Some(format!(
-                                    "panicked: {:?}",
-                                    p.downcast_ref::<String>()
-                                )),
-                            })
-                    });
+                    // A thread per drain (in `run`): its network namespace goes with it.
+                    let outcome = run(schedule, path, isolate, replay.is_some());
                     budget.give(fds);
                     outcomes.lock().unwrap().push(outcome);
                 }
@@ -868,6 +935,20 @@ fn every_census_path_exits_after_the_last_counted_close_and_within_a_poll() {
             after.len()
         );
     }
+    let retried: Vec<&Outcome> = outcomes.iter().filter(|o| o.late_once.is_some()).collect();
+    eprintln!(
+        "{} drains late on their first try and within bounds on the second{}",
+        retried.len(),
+        if retried.is_empty() { "" } else { ":" }
+    );
+    for o in &retried {
+        eprintln!(
+            "  seed {} on {:?}: first {}",
+            o.seed,
+            o.path,
+            o.late_once.as_deref().unwrap_or("")
+        );
+    }
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
     for f in &failed {
         eprintln!(
@@ -878,7 +959,7 @@ fn every_census_path_exits_after_the_last_counted_close_and_within_a_poll() {
             f.summary,
             f.after_last_ms,
             f.interval_ms,
-            f.failure.as_deref().unwrap_or(""),
+            f.failure.as_ref().map_or("", |f| f.message.as_str()),
             f.seed
         );
     }
