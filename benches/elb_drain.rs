@@ -1510,7 +1510,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
         knobs.detect_runs, knobs.noise
     );
     println!(
-        "| connections | census | last close -> agent exited: median | p99 | max | min | exits before the last close | drains | median by when the other end closes: at once / 1-50 ms / 50-500 ms / never | longest census interval |"
+        "| connections | census | last close -> agent exited: median | p99 | max | min | exits before the last close | drains | by when the other end closes (median, max, drains): at once / 1-50 ms / 50-500 ms / never | longest census interval |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut port = 20_000u16;
@@ -1558,7 +1558,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
                 if v.is_empty() {
                     "-".to_owned()
                 } else {
-                    format!("{:.1} ({})", median(&v), v.len())
+                    format!("{:.1}, max {:.1} ({})", median(&v), max(&v), v.len())
                 }
             };
             println!(

@@ -2,11 +2,13 @@
 //!
 //! A namespace belongs to a thread, and everything that thread creates afterwards lives in it: the
 //! sockets it opens (listeners, connections, a census), the simulator whose listeners it binds, the
-//! agents it spawns. So a test that runs each drain in a thread of its own gives each its own socket
-//! table: drains running side by side do not count or walk each other's sockets, nor the TIME_WAIT
-//! entries earlier drains left, and nothing leaks into the machine's table for the tests after it.
-//! Packets stay on the namespace's loopback (the project's rule: loopback, or namespaces the test
-//! made itself).
+//! agents it spawns. So a test that runs each drain in a thread of its own gives each its own view of
+//! the socket table: drains running side by side do not count each other's sockets, ports never
+//! clash, and nothing is left in the machine's namespace for the tests after it. (The namespaces
+//! still share the machine's established hash, which every census walks whole, skipping the other
+//! namespaces' sockets: a namespace gets a hash of its own only when made from one whose
+//! `tcp_child_ehash_entries` asks for it, as the detection benchmark does.) Packets stay on the
+//! namespace's loopback (the project's rule: loopback, or namespaces the test made itself).
 
 use std::io;
 
