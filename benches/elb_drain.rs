@@ -1,7 +1,7 @@
 //! Benchmarks of elb-drain, each side by side with its peer in the same run, on loopback only.
 //!
 //! ```text
-//! cargo bench --bench elb_drain -- all              # everything at full size (~20 minutes, ~250k sockets)
+//! cargo bench --bench elb_drain -- all              # everything at full size (~20 minutes, ~250k sockets, and detect)
 //! cargo bench --bench elb_drain -- reaction census detect footprint loss fleet
 //! ELB_BENCH_QUICK=1 cargo bench --bench elb_drain -- all    # small sizes, short windows: checks the harness
 //! ```
@@ -45,8 +45,13 @@ struct Knobs {
     /// `ELB_BENCH_DETECT_SIZES`: connections the agent drains in the detection benchmark
     /// (default 1000,100000).
     detect_sizes: Vec<usize>,
-    /// `ELB_BENCH_DETECT_RUNS`: drains per size, for median and max of last close -> exit (default 5).
+    /// `ELB_BENCH_DETECT_RUNS`: random close schedules per size and census path (default 100). The
+    /// seeds start at `ELB_BENCH_DETECT_SEED` (default 1).
     detect_runs: usize,
+    /// `ELB_BENCH_DETECT_PATHS`: census paths, of `countdown`, `polling`, `proc` (default all; /proc
+    /// only up to 10k connections unless `ELB_BENCH_DETECT_PROC_LARGE` is set: each census of 100k
+    /// takes a third of a second there, polled every seven).
+    detect_paths: Vec<CensusPath>,
     /// `ELB_BENCH_CPU_SECS`: how long the agent's CPU is measured while it waits on the largest detect
     /// size (default 60).
     cpu: Duration,
@@ -95,7 +100,19 @@ impl Knobs {
             census_sizes: list("ELB_BENCH_SIZES", &[1_000, 10_000, 100_000], &[1_000]),
             noise: one("ELB_BENCH_NOISE", 20_000, 2_000),
             detect_sizes: list("ELB_BENCH_DETECT_SIZES", &[1_000, 100_000], &[1_000]),
-            detect_runs: one("ELB_BENCH_DETECT_RUNS", 5, 5),
+            detect_runs: one("ELB_BENCH_DETECT_RUNS", 100, 5),
+            detect_paths: std::env::var("ELB_BENCH_DETECT_PATHS")
+                .unwrap_or_else(|_| "countdown,polling,proc".into())
+                .split(',')
+                .map(|p| match p.trim() {
+                    "countdown" => CensusPath::CountDown,
+                    "polling" => CensusPath::Polling,
+                    "proc" => CensusPath::Proc,
+                    other => panic!(
+                        "ELB_BENCH_DETECT_PATHS: {other:?} is not countdown, polling or proc"
+                    ),
+                })
+                .collect(),
             cpu: secs("ELB_BENCH_CPU_SECS", 60, 5),
             idle: secs("ELB_BENCH_IDLE_SECS", 60, 5),
             footprint_runs: one("ELB_BENCH_FOOTPRINT_RUNS", 5, 5),
@@ -462,8 +479,9 @@ async fn reaction() {
 }
 
 /// Connections held open by helper processes (one process may hold only ~20k descriptors here): server
-/// holders share the port with SO_REUSEPORT and accept; client holders connect from 127.x.y.z sources so
-/// the count is not limited by one source address's ephemeral ports. Dropping the pile kills them all.
+/// holders share the port with SO_REUSEPORT and accept; client holders connect from many source
+/// addresses (127.x.y.z, or 10.x.y.z from the client side of a [`NetPair`]) so the count is not limited
+/// by one source address's ephemeral ports. Dropping the pile kills them all.
 struct Pile {
     addr: SocketAddr,
     servers: Vec<Holder>,
@@ -472,6 +490,10 @@ struct Pile {
     total: usize,
     /// Of them, those the servers accepted (see [`Pile::grow_to`]).
     held: usize,
+    /// The namespaces the servers and the clients live in, if not this process's.
+    net: Option<Arc<NetPair>>,
+    /// `ELB_BENCH_REACT` of every holder: how the application (and the clients) answer a close.
+    react: String,
 }
 
 /// One helper process, spoken to by lines on its stdin and stdout; killed by PID when dropped.
@@ -559,16 +581,41 @@ impl Pile {
             clients: Vec::new(),
             total: 0,
             held: 0,
+            net: None,
+            react: "never".into(),
+        };
+        pile.add_server();
+        pile
+    }
+
+    /// A pile on `port` of the server side of `net`, its clients on the client side. `react`: how
+    /// long after its peer ended a connection each end closes its own (in ms, or "never").
+    fn new_in(net: &Arc<NetPair>, port: u16, react: &str) -> Pile {
+        let mut pile = Pile {
+            addr: SocketAddr::from((SERVER_IP, port)),
+            servers: Vec::new(),
+            clients: Vec::new(),
+            total: 0,
+            held: 0,
+            net: Some(net.clone()),
+            react: react.into(),
         };
         pile.add_server();
         pile
     }
 
     fn add_server(&mut self) {
-        self.servers.push(Holder::spawn(&[
-            ("ELB_BENCH_HOLDER", "server".into()),
+        let env = [
+            ("ELB_BENCH_HOLDER", "server".to_owned()),
             ("ELB_BENCH_PORT", self.addr.port().to_string()),
-        ]));
+            ("ELB_BENCH_BIND", self.addr.ip().to_string()),
+            ("ELB_BENCH_REACT", self.react.clone()),
+        ];
+        let holder = match &self.net {
+            Some(net) => net.server_side(|| Holder::spawn(&env)),
+            None => Holder::spawn(&env),
+        };
+        self.servers.push(holder);
     }
 
     /// Opens connections until `n` are established and accepted. `octet` is the next free second
@@ -579,13 +626,22 @@ impl Pile {
         }
         while self.total < n {
             let count = PER_CLIENT.min(n - self.total);
-            *octet = octet.checked_add(1).expect("out of 127.x source addresses");
-            self.clients.push(Holder::spawn(&[
-                ("ELB_BENCH_HOLDER", "client".into()),
+            *octet = octet.checked_add(1).expect("out of x.N source addresses");
+            let env = [
+                ("ELB_BENCH_HOLDER", "client".to_owned()),
                 ("ELB_BENCH_CONNECT", self.addr.to_string()),
                 ("ELB_BENCH_COUNT", count.to_string()),
                 ("ELB_BENCH_SRC", octet.to_string()),
-            ]));
+                (
+                    "ELB_BENCH_SRC_BASE",
+                    if self.net.is_some() { "10" } else { "127" }.into(),
+                ),
+                ("ELB_BENCH_REACT", self.react.clone()),
+            ];
+            self.clients.push(match &self.net {
+                Some(net) => net.client_side(|| Holder::spawn(&env)),
+                None => Holder::spawn(&env),
+            });
             self.total += count;
         }
         // Connected is not accepted yet: wait until the servers hold every connection. A client can
@@ -624,40 +680,163 @@ impl Pile {
     fn held(&self) -> usize {
         self.held
     }
+}
 
-    /// Closes every connection gracefully, the way a drain ends: the clients hang up first, then the
-    /// servers close their ends (an application closing on EOF). Returns CLOCK_MONOTONIC after the last
-    /// close(2) of all: the moment the last counted connection was closed.
-    fn close_gracefully(&mut self) -> u64 {
-        let closed = |answers: Vec<String>| -> u64 {
-            answers
-                .iter()
-                .map(|a| {
-                    a.strip_prefix("closed ")
-                        .and_then(|t| t.parse::<u64>().ok())
-                        .unwrap_or_else(|| panic!("holder answered {a:?}"))
-                })
-                .max()
-                .unwrap_or(0)
-        };
-        let clients = closed(Holder::ask_all(self.clients.iter_mut(), "close"));
-        let servers = closed(Holder::ask_all(self.servers.iter_mut(), "close"));
-        self.total = 0;
-        self.held = 0;
-        clients.max(servers)
+/// The sockets a holder keeps, by slot (a slot empties when its socket is closed), and whether the
+/// bench already acted on each (an `end` takes a socket once).
+#[derive(Default)]
+struct Slots {
+    fds: Vec<Option<OwnedFd>>,
+    acted: Vec<bool>,
+}
+
+impl Slots {
+    fn push(&mut self, fd: OwnedFd) -> usize {
+        self.fds.push(Some(fd));
+        self.acted.push(false);
+        self.fds.len() - 1
     }
 }
 
-/// The helper-process side of [`Pile`]: hold sockets; answer `count` with how many, and `close` by
-/// closing them all and answering `closed NS`, CLOCK_MONOTONIC after the last close(2). Ends when
-/// stdin closes (or when killed).
+/// What an `end` command does to each socket it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndOp {
+    /// close(2): a FIN.
+    Close,
+    /// SO_LINGER {on, 0}, then close(2): a RST.
+    Reset,
+    /// shutdown(SHUT_WR): a FIN; the descriptor stays open (and reacts to the peer's close).
+    ShutWr,
+}
+
+impl EndOp {
+    fn name(self) -> &'static str {
+        match self {
+            EndOp::Close => "close",
+            EndOp::Reset => "reset",
+            EndOp::ShutWr => "shutwr",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EndOp> {
+        [EndOp::Close, EndOp::Reset, EndOp::ShutWr]
+            .into_iter()
+            .find(|op| op.name() == s)
+    }
+}
+
+/// Takes up to `n` sockets the bench has not acted on yet (the last ones first) and does `op` to
+/// each. Returns how many, and CLOCK_MONOTONIC before and after the last system call: the moment
+/// the last of those connections left ESTABLISHED lies between the two.
+fn end(slots: &Mutex<Slots>, op: EndOp, n: usize) -> (usize, u64, u64) {
+    let mut slots = slots.lock().unwrap();
+    let (mut done, mut before, mut after) = (0, 0, 0);
+    for i in (0..slots.fds.len()).rev() {
+        if done == n {
+            break;
+        }
+        if slots.acted[i] || slots.fds[i].is_none() {
+            continue;
+        }
+        slots.acted[i] = true;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(slots.fds[i].as_ref().expect("checked"));
+        if op == EndOp::Reset {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on a descriptor this holder owns, with a linger struct of ours.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+        }
+        before = mono_ns();
+        match op {
+            EndOp::Close | EndOp::Reset => drop(slots.fds[i].take()),
+            // SAFETY: shutdown(2) on a descriptor this holder owns.
+            EndOp::ShutWr => unsafe {
+                libc::shutdown(fd, libc::SHUT_WR);
+            },
+        }
+        after = mono_ns();
+        done += 1;
+    }
+    (done, before, after)
+}
+
+/// The application's side of a connection its peer ended: each socket whose peer sent a FIN or a
+/// RST is closed `delay` later (in the order the peers ended them), as a server closes on EOF. An
+/// epoll set of every slot, one-shot: a socket is closed once.
+fn react(slots: Arc<Mutex<Slots>>, epoll: i32, delay: Duration) {
+    let mut due: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    loop {
+        let timeout = due.front().map_or(-1, |(at, _)| {
+            at.saturating_duration_since(Instant::now()).as_millis() as i32
+        });
+        // SAFETY: epoll_wait on our own epoll fd into a buffer we own.
+        let n =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, timeout) };
+        let now = Instant::now();
+        for e in events.iter().take(n.max(0) as usize) {
+            due.push_back((now + delay, e.u64));
+        }
+        while due.front().is_some_and(|(at, _)| *at <= Instant::now()) {
+            let (_, slot) = due.pop_front().expect("checked");
+            let mut slots = slots.lock().unwrap();
+            if let Some(fd) = slots.fds.get_mut(slot as usize) {
+                drop(fd.take());
+            }
+        }
+    }
+}
+
+/// The helper-process side of [`Pile`]: hold sockets; answer `count` with how many were held,
+/// `close` by closing them all and answering `closed NS` (CLOCK_MONOTONIC after the last close(2)),
+/// and `end OP N` by doing OP (`close`, `reset`, `shutwr`) to N sockets not acted on yet, answering
+/// `ended K BEFORE AFTER` (see [`end`]). With `ELB_BENCH_REACT=MS` a socket whose peer ended the
+/// connection is closed MS later (`never`, the default: kept open). Ends when stdin closes (or when
+/// killed).
 fn holder(mode: &str) {
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("holder: {k} not set"));
-    let held: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();
+    let held: Arc<Mutex<Slots>> = Arc::default();
+    // SAFETY: a new epoll set, owned by this process for its life.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epoll >= 0, "epoll_create1");
+    let reacting = match std::env::var("ELB_BENCH_REACT").as_deref() {
+        Ok("never") | Err(_) => false,
+        Ok(ms) => {
+            let delay = Duration::from_millis(ms.parse().expect("ELB_BENCH_REACT: ms or never"));
+            let slots = held.clone();
+            std::thread::spawn(move || react(slots, epoll, delay));
+            true
+        }
+    };
+    let keep = move |slots: &mut Slots, fd: OwnedFd| {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let slot = slots.push(fd);
+        if reacting {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLONESHOT)
+                    as u32,
+                u64: slot as u64,
+            };
+            // SAFETY: adds a descriptor this holder owns to its own epoll set.
+            unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, raw, &mut ev) };
+        }
+    };
     match mode {
         "server" => {
             use std::os::fd::FromRawFd;
             let port: u16 = env("ELB_BENCH_PORT").parse().expect("ELB_BENCH_PORT");
+            let bind: Ipv4Addr = std::env::var("ELB_BENCH_BIND")
+                .map_or(Ipv4Addr::LOCALHOST, |a| a.parse().expect("ELB_BENCH_BIND"));
             // SAFETY: a listening socket with SO_REUSEPORT, built by hand (std has no reuseport).
             let fd = unsafe {
                 let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -675,7 +854,7 @@ fn holder(mode: &str) {
                     sin_family: libc::AF_INET as u16,
                     sin_port: port.to_be(),
                     sin_addr: libc::in_addr {
-                        s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                        s_addr: u32::from(bind).to_be(),
                     },
                     sin_zero: [0; 8],
                 };
@@ -694,7 +873,7 @@ fn holder(mode: &str) {
             std::thread::spawn(move || {
                 for c in listener.incoming().take(SERVER_CAP) {
                     match c {
-                        Ok(c) => into.lock().unwrap().push(c.into()),
+                        Ok(c) => keep(&mut into.lock().unwrap(), c.into()),
                         Err(_) => return,
                     }
                 }
@@ -704,10 +883,12 @@ fn holder(mode: &str) {
             let to: SocketAddr = env("ELB_BENCH_CONNECT").parse().expect("address");
             let count: usize = env("ELB_BENCH_COUNT").parse().expect("count");
             let second: u8 = env("ELB_BENCH_SRC").parse().expect("octet");
+            let first: u8 = std::env::var("ELB_BENCH_SRC_BASE")
+                .map_or(127, |b| b.parse().expect("ELB_BENCH_SRC_BASE"));
             let mut held = held.lock().unwrap();
             for i in 0..count {
-                let src = Ipv4Addr::new(127, second, (i / 250) as u8, 1 + (i % 250) as u8);
-                held.push(connect_from(src, to).into());
+                let src = Ipv4Addr::new(first, second, (i / 250) as u8, 1 + (i % 250) as u8);
+                keep(&mut held, connect_from(src, to).into());
             }
         }
     }
@@ -716,15 +897,21 @@ fn holder(mode: &str) {
     let _ = out.flush();
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { return };
-        match line.as_str() {
-            "count" => {
-                let n = held.lock().unwrap().len();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["count"] => {
+                let n = held.lock().unwrap().fds.len();
                 let _ = writeln!(out, "{n}");
             }
-            "close" => {
+            ["close"] => {
                 let all = std::mem::take(&mut *held.lock().unwrap());
                 drop(all);
                 let _ = writeln!(out, "closed {}", mono_ns());
+            }
+            ["end", op, n] => {
+                let op = EndOp::parse(op).expect("end: close, reset or shutwr");
+                let (done, before, after) = end(&held, op, n.parse().expect("end: a count"));
+                let _ = writeln!(out, "ended {done} {before} {after}");
             }
             _ => {}
         }
@@ -852,113 +1039,555 @@ fn census(target: &mut Pile, knobs: &Knobs, octet: &mut u8) {
     }
 }
 
-/// Benchmark 3: last close -> agent exit over `detect_runs` drains at each size, and the agent's CPU
-/// while it waits on the largest. `census_pile` (already grown by the census benchmark) serves as the
-/// first drain of its size.
-fn detect(
-    knobs: &Knobs,
+/// The server side's address on the veth pair of a [`NetPair`].
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 1);
+
+/// Two network namespaces this benchmark makes, joined by a veth pair: the server side (the agent,
+/// the application's sockets, elb-sim) and the client side (the clients, from 10.0.0.0/8, routed
+/// locally there). A real server's clients are other machines, so its socket table holds none of
+/// their sockets, in particular not the TIME_WAIT entries of clients that closed first; with the
+/// clients on the same machine the agent's census walked those too. The server side has an established
+/// hash of its own (see [`NetPair::new`]): a census walks the whole hash it uses. Named
+/// `elb-bench-{s,c}-PID`, deleted on drop; nothing is changed outside them.
+struct NetPair {
+    server: std::fs::File,
+    client: std::fs::File,
+    names: [String; 2],
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip(8)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetPair {
+    fn new() -> NetPair {
+        let pid = std::process::id();
+        let names = [format!("elb-bench-s-{pid}"), format!("elb-bench-c-{pid}")];
+        let [s, c] = [names[0].as_str(), names[1].as_str()];
+        // Namespaces share the machine's established hash unless made from one whose
+        // tcp_child_ehash_entries says otherwise, and a census walks the whole of it (skipping other
+        // namespaces' sockets): so the server side is made from a throw-away namespace that asks for
+        // a hash of its own, as large as the machine's. Named by attaching its process.
+        let size = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(262_144);
+        let mut maker = Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                &format!(
+                    "echo {size} > /proc/sys/net/ipv4/tcp_child_ehash_entries && exec unshare --net sleep 600"
+                ),
+            ])
+            .spawn()
+            .expect("unshare(1)");
+        let pid_of_maker = maker.id();
+        let made = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid_of_maker}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+        });
+        assert!(made, "the server-side namespace was not made");
+        ip(&["netns", "attach", s, &pid_of_maker.to_string()]);
+        let _ = maker.kill();
+        let _ = maker.wait();
+        ip(&["netns", "add", c]);
+        // From here on Drop cleans up, also when a step below fails.
+        let open = |n: &str| std::fs::File::open(format!("/run/netns/{n}")).expect("netns file");
+        let pair = NetPair {
+            server: open(s),
+            client: open(c),
+            names: names.clone(),
+        };
+        ip(&["-n", s, "link", "set", "lo", "up"]);
+        ip(&["-n", c, "link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", "vs", "netns", s, "type", "veth", "peer", "name", "vc", "netns", c,
+        ]);
+        ip(&["-n", s, "addr", "add", "192.168.250.1/30", "dev", "vs"]);
+        ip(&["-n", c, "addr", "add", "192.168.250.2/30", "dev", "vc"]);
+        ip(&["-n", s, "link", "set", "vs", "up"]);
+        ip(&["-n", c, "link", "set", "vc", "up"]);
+        ip(&["-n", c, "route", "add", "local", "10.0.0.0/8", "dev", "lo"]);
+        ip(&[
+            "-n",
+            s,
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "via",
+            "192.168.250.2",
+        ]);
+        pair
+    }
+
+    /// Whether this machine lets the benchmark make namespaces (root, with ip(8)).
+    fn possible() -> bool {
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && unsafe { libc::geteuid() } == 0
+    }
+
+    /// Runs `f` on a thread in namespace `ns`: what it opens, binds or spawns lives there.
+    fn within<T: Send>(ns: &std::fs::File, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns(2) of this (new, scoped) thread into a namespace file we hold.
+                    let rc = unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNET)
+                    };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("thread in a namespace")
+        })
+    }
+
+    fn server_side<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        Self::within(&self.server, f)
+    }
+
+    fn client_side<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        Self::within(&self.client, f)
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Which end of a connection acts first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Client,
+    Server,
+}
+
+/// When a wave of closes starts, from the moment the agent said it was draining: at random within two
+/// census intervals, or within 3 ms of the instant the `k`-th census after that one is due.
+#[derive(Debug, Clone, Copy)]
+enum WaveAt {
+    Random(f64),
+    NearCensus { k: u32, delta_us: i64 },
+}
+
+impl WaveAt {
+    fn resolve(self, interval: Duration) -> Duration {
+        match self {
+            WaveAt::Random(f) => interval.mul_f64(f),
+            WaveAt::NearCensus { k, delta_us } => Duration::from_micros(
+                (interval.as_micros() as i64 * i64::from(k) + delta_us).max(0) as u64,
+            ),
+        }
+    }
+}
+
+/// One drain's random close schedule (see [`detect`]): which end acts first and how the other
+/// answers, then waves of closes, resets or half-closes over the pile, the last wave being the
+/// stragglers (1 to 3 connections) or a wave like the others.
+#[derive(Debug, Clone)]
+struct Closing {
+    first: End,
+    /// ms after its peer ended a connection that the other end closes its own; `None`: never (while
+    /// the drain lasts), so the counted socket lingers out of ESTABLISHED without being freed.
+    react: Option<u64>,
+    /// (what, how many, when): the counts add up to the pile.
+    waves: Vec<(EndOp, usize, WaveAt)>,
+}
+
+impl Closing {
+    fn generate(seed: u64, n: usize, client_first_ok: bool) -> Closing {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let first = if client_first_ok && rng.bool() {
+            End::Client
+        } else {
+            End::Server
+        };
+        let react = match rng.u8(0..20) {
+            0..=8 => Some(0),
+            9..=13 => Some(rng.u64(1..50)),
+            14..=16 => Some(rng.u64(50..500)),
+            _ => None,
+        };
+        let op = |rng: &mut fastrand::Rng| match rng.u8(0..4) {
+            0 | 1 => EndOp::Close,
+            2 => EndOp::Reset,
+            _ => EndOp::ShutWr,
+        };
+        let at = |rng: &mut fastrand::Rng| {
+            if rng.bool() {
+                WaveAt::Random(rng.f64() * 2.0)
+            } else {
+                WaveAt::NearCensus {
+                    k: rng.u32(1..=2),
+                    delta_us: rng.i64(-3_000..=3_000),
+                }
+            }
+        };
+        let stragglers = if n > 1 && rng.bool() {
+            rng.usize(1..=3.min(n - 1))
+        } else {
+            0
+        };
+        let waves = rng.usize(1..=3).min(n - stragglers);
+        let mut cuts: Vec<usize> = (0..waves - 1)
+            .map(|_| rng.usize(0..=n - stragglers))
+            .collect();
+        cuts.push(0);
+        cuts.push(n - stragglers);
+        cuts.sort_unstable();
+        let mut plan: Vec<(EndOp, usize, WaveAt)> = cuts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .filter(|&c| c > 0)
+            .map(|c| (op(&mut rng), c, at(&mut rng)))
+            .collect();
+        if stragglers > 0 {
+            plan.push((op(&mut rng), stragglers, at(&mut rng)));
+        }
+        Closing {
+            first,
+            react,
+            waves: plan,
+        }
+    }
+
+    fn react_class(&self) -> &'static str {
+        match self.react {
+            Some(0) => "at once",
+            Some(ms) if ms < 50 => "1-50 ms later",
+            Some(_) => "50-500 ms later",
+            None => "never",
+        }
+    }
+}
+
+/// The longest wait the agent scheduled between two censuses (its debug line after each census says
+/// "next in N ms"), at least `floor`.
+fn logged_interval(log: &str, floor: Duration) -> Duration {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("; next in ")? + "; next in ".len()..];
+            rest.split(' ').next()?.parse::<u64>().ok()
+        })
+        .map(Duration::from_millis)
+        .fold(floor, Duration::max)
+}
+
+/// Census paths of the detection benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CensusPath {
+    /// Netlink census, counting down on socket-destroy notifications (the agent's way as root).
+    CountDown,
+    /// Netlink census, polling: the destroy subscription refused (seccomp on the netlink bind).
+    Polling,
+    /// /proc/net/tcp: sock_diag refused (seccomp).
+    Proc,
+}
+
+impl CensusPath {
+    fn label(self) -> &'static str {
+        match self {
+            CensusPath::CountDown => "netlink, count-down",
+            CensusPath::Polling => "netlink, polling",
+            CensusPath::Proc => "/proc, polling",
+        }
+    }
+
+    fn confine(self, cmd: &mut Command) {
+        use common::confine::{Confine, confine};
+        match self {
+            CensusPath::CountDown => {}
+            CensusPath::Polling => confine(cmd, Confine::NoDestroyEvents),
+            CensusPath::Proc => confine(cmd, Confine::NoNetlink),
+        }
+    }
+
+    fn taken(self, log: &str) -> bool {
+        let netlink = log.contains("connection census: netlink sock_diag");
+        let polls = log.contains("the drain polls");
+        match self {
+            CensusPath::CountDown => netlink && !polls,
+            CensusPath::Polling => netlink && polls,
+            CensusPath::Proc => !netlink && polls,
+        }
+    }
+}
+
+/// What one drain showed.
+struct Detection {
+    /// Agent exit − the last close (after its system call), ms; negative: an exit while a counted
+    /// connection was still open (before the last close's system call began) is counted apart.
+    after_ms: f64,
+    early: bool,
+    react: &'static str,
+    interval_ms: f64,
+}
+
+/// One drain of `n` connections with the close schedule of `seed`, on `path`. `cpu`: measure the
+/// agent's CPU for that long before the closes begin, and return it.
+#[allow(clippy::too_many_arguments)]
+fn detect_one(
+    net: &Arc<NetPair>,
     rt: &tokio::runtime::Runtime,
+    port: u16,
+    n: usize,
+    seed: u64,
+    path: CensusPath,
     octet: &mut u8,
-    mut census_pile: Option<Pile>,
-) {
+    cpu: Option<Duration>,
+) -> (Detection, Option<(f64, u64, u64)>) {
+    // Both ends react the same way: the application closes on EOF as the clients do.
+    let probe = Closing::generate(seed, n, true);
+    let react = probe.react.map_or("never".to_owned(), |ms| ms.to_string());
+    let mut pile = Pile::new_in(net, port, &react);
+    pile.grow_to(n, octet);
+    // A connection the servers never accepted (see grow_to) ends nothing when its client closes:
+    // then the servers act first, so every close the schedule times is a counted connection's.
+    let closing = Closing::generate(seed, pile.held(), pile.held() == pile.total);
+    let sim = net.server_side(|| rt.block_on(Sim::start(scenario(port).build())).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &sim,
+        port,
+        "settle = \"100ms\"\npoll_interval = \"200ms\"\ntimeout = \"10m\"",
+    );
+    let mut cmd = agent(&cfg, dir.path(), &["drain"]);
+    // Its debug lines say when each census ran and when the next is due.
+    cmd.env("ELB_DRAIN_LOG", "elb_drain=debug");
+    path.confine(&mut cmd);
+    let mut a = net.server_side(|| ProcGuard::spawn(cmd));
+    let exited = exit_clock(a.pid());
+    assert!(
+        a.wait_stderr("drain: draining", Duration::from_secs(300)),
+        "{}",
+        a.stderr()
+    );
+    let draining = Instant::now();
+    let counted = format!("draining: {} connections open", pile.held());
+    assert!(a.stderr().contains(&counted), "{}", a.stderr());
+    assert!(path.taken(&a.stderr()), "not on {path:?}: {}", a.stderr());
+    let mut cpu_row = None;
+    let draining = if let Some(window) = cpu {
+        let (t, c) = (Instant::now(), cpu_secs(a.pid()));
+        std::thread::sleep(window);
+        let used = cpu_secs(a.pid()) - c;
+        cpu_row = Some((
+            used / t.elapsed().as_secs_f64() * 100.0,
+            status_field(a.pid(), "VmRSS:"),
+            status_field(a.pid(), "VmHWM:"),
+        ));
+        // Wave times count from a census, as they would right after the draining one.
+        Instant::now()
+    } else {
+        draining
+    };
+    let interval = logged_interval(&a.stderr(), Duration::from_millis(200));
+    let holders = match closing.first {
+        End::Client => &mut pile.clients,
+        End::Server => &mut pile.servers,
+    };
+    let mut left: Vec<usize> = Holder::ask_all(holders.iter_mut(), "count")
+        .iter()
+        .map(|c| c.parse().expect("a count"))
+        .collect();
+    let mut truth = (0u64, 0u64);
+    for (op, count, at) in &closing.waves {
+        let due = draining + at.resolve(interval);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        // Spread over the holders in proportion to what each has left.
+        let total: usize = left.iter().sum();
+        let mut rest = *count;
+        let mut shares: Vec<usize> = left
+            .iter()
+            .map(|&l| (count * l).checked_div(total).unwrap_or(0).min(l))
+            .collect();
+        rest -= shares.iter().sum::<usize>();
+        for (i, share) in shares.iter_mut().enumerate() {
+            let more = rest.min(left[i] - *share);
+            *share += more;
+            rest -= more;
+        }
+        let asked: Vec<(usize, usize)> = shares
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s > 0)
+            .map(|(i, s)| (i, *s))
+            .collect();
+        for &(i, share) in &asked {
+            holders[i].send(&format!("end {} {share}", op.name()));
+        }
+        truth = (0, 0);
+        for &(i, share) in &asked {
+            let answer = holders[i].reply();
+            let f: Vec<u64> = answer
+                .strip_prefix("ended ")
+                .unwrap_or_else(|| panic!("holder answered {answer:?}"))
+                .split(' ')
+                .map(|x| x.parse().expect("a number"))
+                .collect();
+            assert_eq!(f[0] as usize, share, "{answer}");
+            left[i] -= share;
+            truth = (truth.0.max(f[1]), truth.1.max(f[2]));
+        }
+    }
+    assert!(
+        left.iter().all(|&l| l == 0),
+        "every connection ended: {left:?}"
+    );
+    let exit_ns = exited
+        .recv_timeout(Duration::from_secs(600))
+        .expect("the agent exits after the last close");
+    let status = a.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        a.stderr()
+    );
+    drop(sim);
+    let (before, after) = truth;
+    (
+        Detection {
+            after_ms: (exit_ns as f64 - after as f64) / 1e6,
+            early: exit_ns < before,
+            react: closing.react_class(),
+            interval_ms: logged_interval(&a.stderr(), Duration::from_millis(200)).as_secs_f64()
+                * 1e3,
+        },
+        cpu_row,
+    )
+}
+
+fn p99(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[((v.len() - 1) as f64 * 0.99).round() as usize]
+    }
+}
+
+/// Benchmark 3: last close -> agent exit over `detect_runs` random close schedules at each size, on
+/// each census path, and the agent's CPU while it waits on the largest.
+///
+/// Each drain is a fresh pile of N connections on its own port of the server side of a [`NetPair`],
+/// next to `noise` idle connections on another port, and the agent's `drain`. Once the agent says it is
+/// draining, the schedule of that drain's seed ends every connection (see [`Closing`]); the holders
+/// report CLOCK_MONOTONIC around their last system call, and a thread blocked in waitid reads the same
+/// clock when the agent exits. The same seeds run on every path.
+fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
+    assert!(
+        NetPair::possible(),
+        "the detection benchmark makes network namespaces: run it as root, with ip(8)"
+    );
+    let net = Arc::new(NetPair::new());
+    let mut octet = 0u8;
+    let mut noise = Pile::new_in(&net, 9, "never");
+    noise.grow_to(knobs.noise, &mut octet);
     let largest = knobs.detect_sizes.iter().copied().max().unwrap_or(0);
+    let first_seed = std::env::var("ELB_BENCH_DETECT_SEED")
+        .map_or(1, |s| s.parse().expect("ELB_BENCH_DETECT_SEED: a number"));
     println!(
-        "\n### 3. Drain detection (+{} noise connections), agent `drain`, poll_interval 200 ms\n",
-        knobs.noise
+        "\n### 3. Drain detection: {} random close schedules per size and path (seeds {first_seed}..), \
+         +{} noise connections, clients in their own network namespace, agent `drain`, poll_interval 200 ms\n",
+        knobs.detect_runs, knobs.noise
     );
     println!(
-        "Last close: the holders report CLOCK_MONOTONIC after their last close(2) (clients hang up first, \
-         then the servers close their ends); agent exit: waitid on the same clock.\n"
+        "| connections | census | last close -> agent exited: median | p99 | max | min | exits before the last close | drains | by when the other end closes (median, max, drains): at once / 1-50 ms / 50-500 ms / never | longest census interval |"
     );
-    println!(
-        "| connections | last close -> agent exited: median | max | min | runs | each (ms) | closing took (median) | count-down on destroy events |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut port = 20_000u16;
     let mut cpu_row = None;
     for &n in &knobs.detect_sizes {
-        let mut after_last = Vec::new();
-        let mut closing = Vec::new();
-        let mut countdown = true;
-        for run in 0..knobs.detect_runs {
-            let mut pile = match census_pile.take() {
-                Some(p) if p.total == n => p,
-                other => {
-                    census_pile = other;
-                    let mut p = Pile::new();
-                    p.grow_to(n, octet);
-                    p
+        for path in &knobs.detect_paths {
+            if *path == CensusPath::Proc
+                && n > 10_000
+                && std::env::var("ELB_BENCH_DETECT_PROC_LARGE").is_err()
+            {
+                continue;
+            }
+            let mut runs: Vec<Detection> = Vec::new();
+            for i in 0..knobs.detect_runs {
+                port += 1;
+                // The source octets of the clients wrap around: a pile's are free again once it is gone.
+                if octet > 200 {
+                    octet = 1;
+                }
+                let cpu =
+                    (n == largest && i == 0 && *path == CensusPath::CountDown && cpu_row.is_none())
+                        .then_some(knobs.cpu);
+                let (d, c) = detect_one(
+                    &net,
+                    rt,
+                    port,
+                    n,
+                    first_seed + i as u64,
+                    *path,
+                    &mut octet,
+                    cpu,
+                );
+                if let Some(c) = c {
+                    cpu_row = Some((n, c));
+                }
+                runs.push(d);
+            }
+            let after: Vec<f64> = runs.iter().map(|d| d.after_ms).collect();
+            let by = |class: &str| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|d| d.react == class)
+                    .map(|d| d.after_ms)
+                    .collect();
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.1}, max {:.1} ({})", median(&v), max(&v), v.len())
                 }
             };
-            let port = pile.addr.port();
-            let sim = rt.block_on(Sim::start(scenario(port).build())).unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let cfg = config(
-                dir.path(),
-                &sim,
-                port,
-                "settle = \"100ms\"\npoll_interval = \"200ms\"\ntimeout = \"10m\"",
+            println!(
+                "| {n} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {} / {} / {} / {} | {:.0} ms |",
+                path.label(),
+                median(&after),
+                p99(&after),
+                max(&after),
+                min(&after),
+                runs.iter().filter(|d| d.early).count(),
+                runs.len(),
+                by("at once"),
+                by("1-50 ms later"),
+                by("50-500 ms later"),
+                by("never"),
+                runs.iter().map(|d| d.interval_ms).fold(0.0, f64::max),
             );
-            let mut a = ProcGuard::spawn(agent(&cfg, dir.path(), &["drain"]));
-            let exited = exit_clock(a.pid());
-            // Counting down: the census that moved the drain to its draining phase saw all the pile
-            // holds (a count is logged when it changes).
-            let counted = format!("draining: {} connections open", pile.held());
-            assert!(
-                a.wait_stderr("drain: draining", Duration::from_secs(120)),
-                "{}",
-                a.stderr()
-            );
-            let log = a.stderr();
-            assert!(
-                log.contains(&counted) && log.matches(" connections open").count() == 1,
-                "{log}"
-            );
-            if run == 0 && n == largest {
-                let (t, cpu) = (Instant::now(), cpu_secs(a.pid()));
-                std::thread::sleep(knobs.cpu);
-                let used = cpu_secs(a.pid()) - cpu;
-                cpu_row = Some((
-                    n,
-                    used / t.elapsed().as_secs_f64() * 100.0,
-                    status_field(a.pid(), "VmRSS:"),
-                    status_field(a.pid(), "VmHWM:"),
-                ));
-            }
-            let begun = mono_ns();
-            let last_close = pile.close_gracefully();
-            let exit_ns = exited
-                .recv_timeout(Duration::from_secs(120))
-                .expect("the agent exits after the last close");
-            let status = a.wait_timeout(Duration::from_secs(10));
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "{status:?}: {}",
-                a.stderr()
-            );
-            countdown &= !a.stderr().contains("the drain polls");
-            after_last.push((exit_ns as f64 - last_close as f64) / 1e6);
-            closing.push(last_close.saturating_sub(begun) as f64 / 1e6);
         }
-        println!(
-            "| {n} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {:.0} ms | {} |",
-            median(&after_last),
-            max(&after_last),
-            min(&after_last),
-            after_last.len(),
-            each(&after_last, 1),
-            median(&closing),
-            if countdown { "yes" } else { "no (polling)" }
-        );
     }
-    if let Some((n, cpu, rss, hwm)) = cpu_row {
+    if let Some((n, (cpu, rss, hwm))) = cpu_row {
         println!(
-            "\n| agent while {n} connections wait to drain | value |\n|---|---|\n\
+            "\n| agent while {n} connections wait to drain (count-down) | value |\n|---|---|\n\
              | CPU over {} s | {cpu:.2} % of one core |\n| RSS / peak RSS (VmHWM) | {:.1} / {:.1} MiB |",
             knobs.cpu.as_secs(),
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
     }
+    drop(noise);
 }
 
 /// Benchmark 4: idle RSS and wake-ups of `run` (credentials fetched, memberships resolved, API
@@ -1250,21 +1879,17 @@ fn main() {
     if want("loss") {
         rt.block_on(loss(&knobs));
     }
-    if want("census") || want("detect") {
+    if want("census") {
         let mut octet = 0u8;
-        // Held until both are done; its holders are killed by PID when it is dropped.
+        // Held until the census is done; its holders are killed by PID when it is dropped.
         let mut noise = Pile::new();
         noise.grow_to(knobs.noise, &mut octet);
-        let mut target = None;
-        if want("census") {
-            let mut pile = Pile::new();
-            census(&mut pile, &knobs, &mut octet);
-            target = Some(pile);
-        }
-        if want("detect") {
-            detect(&knobs, &rt, &mut octet, target.take());
-        }
+        let mut pile = Pile::new();
+        census(&mut pile, &knobs, &mut octet);
         drop(noise);
+    }
+    if want("detect") {
+        detect(&knobs, &rt);
     }
     if want("fleet") {
         fleet_table(&knobs, &rt);

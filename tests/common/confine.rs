@@ -1,15 +1,26 @@
 //! Confining an agent the way a locked-down container does, for the census fallback tests: the
-//! `NETLINK_SOCK_DIAG` socket refused by a seccomp filter, and optionally `/proc/net` hidden too.
+//! `NETLINK_SOCK_DIAG` socket refused by a seccomp filter, and optionally `/proc/net` hidden too; or
+//! only the subscription to socket-destroy notifications refused, so that the agent polls through
+//! netlink.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// How `cmd` is confined: sock_diag refused (seccomp), and optionally `/proc/net` hidden too (an empty
-/// tmpfs over this process's `/proc/PID/net`, in its own mount namespace).
+/// tmpfs over this process's `/proc/PID/net`, in its own mount namespace); or sock_diag allowed but
+/// its multicast groups refused.
 #[derive(Clone, Copy, PartialEq)]
+#[allow(clippy::enum_variant_names)] // each names what the process is denied
 pub enum Confine {
     NoNetlink,
     NoNetlinkNoProc,
+    /// `bind(2)` of a netlink socket refused with EPERM, which is what the kernel answers a process
+    /// it does not let join a netlink multicast group: the socket-destroy subscription fails and the
+    /// drain polls, while the netlink census (which never binds: its first send autobinds) works.
+    /// The filter cannot read the address, so glibc's `getifaddrs` (a NETLINK_ROUTE socket it binds
+    /// with no groups) fails too: the agent cannot list its interfaces and warns that the member
+    /// address is on none, which changes nothing in a drain.
+    NoDestroyEvents,
 }
 
 /// The `AUDIT_ARCH_*` the filter checks; on another architecture no filter is written, and confining
@@ -23,7 +34,9 @@ const AUDIT_ARCH: Option<u32> = None;
 
 /// A seccomp filter answering EACCES to `socket(AF_NETLINK, _, NETLINK_SOCK_DIAG)`, as a locked-down
 /// container does; every other call (netlink route included: sysinfo lists interfaces with it) passes.
-fn deny_sock_diag() -> Vec<libc::sock_filter> {
+/// With `how` [`Confine::NoDestroyEvents`], EPERM to `bind(fd, addr, sizeof(struct sockaddr_nl))`
+/// instead, and nothing else.
+fn filter(how: Confine) -> Vec<libc::sock_filter> {
     let Some(arch) = AUDIT_ARCH else {
         return Vec::new();
     };
@@ -41,6 +54,21 @@ fn deny_sock_diag() -> Vec<libc::sock_filter> {
     };
     let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
     // seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low half first on little endian).
+    if how == Confine::NoDestroyEvents {
+        return vec![
+            load(4),
+            jeq_else(arch, 5),
+            load(0),
+            jeq_else(libc::SYS_bind as u32, 3),
+            load(32),
+            jeq_else(std::mem::size_of::<libc::sockaddr_nl>() as u32, 1),
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+    }
     vec![
         load(4),
         jeq_else(arch, 7),
@@ -59,7 +87,7 @@ fn deny_sock_diag() -> Vec<libc::sock_filter> {
 }
 
 pub fn confine(cmd: &mut Command, how: Confine) {
-    let filter = deny_sock_diag();
+    let filter = filter(how);
     // Everything the child needs is made here: between fork and exec only system calls are safe.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let uid_map = format!("0 {uid} 1\n");
