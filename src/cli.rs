@@ -12,10 +12,18 @@ use crate::config::{self, Config};
 use crate::exit::Exit;
 use crate::logging::{self, LogFormat};
 
+/// What `--version` prints: the crate's version and the commit it was built from (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ELB_DRAIN_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "elb-drain",
-    version,
+    version = VERSION,
     about = "Take this server out of its Huawei Cloud ELB pools on stop, \
     and keep it alive until its connections have drained."
 )]
