@@ -83,6 +83,22 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         ports: Vec<u16>,
     },
+    /// Whether the configuration file describes this server yet (the systemd unit's ExecCondition=).
+    ///
+    /// Exit 0 when it does, 1 while it is absent or still the example (`example = true`), so that an
+    /// install that is not configured yet starts nothing. Reads that file only and validates nothing
+    /// (`check` does).
+    IsConfigured,
+    /// Install the systemd unit and the example configuration, and enable the unit (static binary).
+    ///
+    /// What the Debian package does: the unit goes to /usr/local/lib/systemd/system, the example to
+    /// /etc/elb-drain/elb-drain.toml (mode 0640) unless a file is there already, then `systemctl enable`.
+    /// The unit starts once the configuration describes this server.
+    InstallUnits {
+        /// Install into this root (an image being built) instead of the running system.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 /// The whole program, for `main`.
@@ -140,6 +156,8 @@ async fn run(args: Args) -> Exit {
         Command::Register { json } => crate::commands::register(&args, *json).await,
         Command::Check { json } => crate::commands::check(&args, *json).await,
         Command::Status { json } => crate::commands::status(&args, *json).await,
+        Command::IsConfigured => crate::install::is_configured(&args),
+        Command::InstallUnits { root } => crate::install::install_units(root),
     };
     result.unwrap_or_else(|e| e)
 }
