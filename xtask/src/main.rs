@@ -107,9 +107,29 @@ fn deb(args: Vec<String>) -> Result<(), String> {
     )
 }
 
+/// `cargo`, without the variables `cargo run` set for this program (as `elb_sim::demo::cargo` does for
+/// the demo): ring's build script tracks CARGO_MANIFEST_DIR, so with them the release build here and
+/// every plain one after it would each rebuild ring and what depends on it (a minute each).
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name);
+        if set_by_cargo_run {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
