@@ -312,7 +312,10 @@ fn the_static_binary_installs_the_same_unit_which_runs_it_from_usr_local_bin() {
 /// itself never ran, so nothing reached for a cloud.
 fn assert_installed_idle(c: &Container) {
     let journal = c.journal_since("elb-drain", 0);
-    assert!(journal.is_empty(), "the install started the unit:\n{journal}");
+    assert!(
+        journal.is_empty(),
+        "the install started the unit:\n{journal}"
+    );
     assert_eq!(c.show("elb-drain", "UnitFileState"), "enabled");
     let wanted_by = c.show("elb-drain", "WantedBy");
     assert!(
