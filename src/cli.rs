@@ -87,7 +87,7 @@ pub enum Command {
     ///
     /// Exit 0 when it does, 1 while it is absent or still the example (`example = true`), so that an
     /// install that is not configured yet starts nothing. Reads that file only and validates nothing
-    /// (`check` does).
+    /// (`check` does): a broken or unreadable file counts as a configuration, which `run` then refuses.
     IsConfigured,
     /// Install the systemd unit and the example configuration, and enable the unit (static binary).
     ///

@@ -27,7 +27,9 @@ const UNIT_NAME: &str = "elb-drain.service";
 const UNIT_DIR: &str = "usr/local/lib/systemd/system";
 
 /// `is-configured`: 0 when the configuration file describes a server, 1 while it is absent or still the
-/// example. For the unit's `ExecCondition=`, which skips the start (not fails it) on 1.
+/// example. For the unit's `ExecCondition=`, which skips the start (not fails it) on 1. A file that is
+/// there but cannot be read here is not known to be the example: 0, so that the start goes ahead and
+/// fails loudly if systemd or the agent cannot read it either, instead of being skipped quietly.
 pub fn is_configured(args: &Args) -> Result<Exit, Exit> {
     match config::is_example(&args.config) {
         Ok(false) => Ok(Exit::Ok),
@@ -44,8 +46,10 @@ pub fn is_configured(args: &Args) -> Result<Exit, Exit> {
             Err(Exit::Failure)
         }
         Err(e) => {
-            eprintln!("elb-drain: {e}");
-            Err(Exit::Config)
+            eprintln!(
+                "elb-drain: {e}: not known to be the example, so it counts as a configuration"
+            );
+            Ok(Exit::Ok)
         }
     }
 }

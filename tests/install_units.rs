@@ -84,4 +84,17 @@ fn install_units_writes_the_unit_and_the_example_enables_it_and_keeps_an_edited_
     );
     let out = elb_drain(&[&config_arg, "is-configured"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Neither the example nor absent: something that cannot be read counts as a configuration, so
+    // the unit's start goes ahead and fails where it can be seen, rather than being skipped.
+    let dir_arg = format!("--config={}", root.path().display());
+    let out = elb_drain(&[&dir_arg, "is-configured"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{out:?}"
+    );
+    let absent = format!("--config={}", root.path().join("absent.toml").display());
+    let out = elb_drain(&[&absent, "is-configured"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
