@@ -1590,43 +1590,83 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
     drop(noise);
 }
 
+/// The static build a user copies onto a server (README "Install"), built as `.ci/run` builds it: its own
+/// target directory, so it does not wait for or disturb the glibc build. `None`, with the reason printed,
+/// where it cannot be built (no musl target or C compiler here).
+fn build_static_agent() -> Option<PathBuf> {
+    let mut cmd = elb_sim::demo::cargo();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--release", "-p", "elb-drain", "--bin", "elb-drain"])
+        .args(["--target", "x86_64-unknown-linux-musl"])
+        .args(["--target-dir", "target/static"]);
+    let mut cargo = ProcGuard::spawn(cmd);
+    let status = cargo
+        .wait_timeout(Duration::from_secs(1800))
+        .expect("cargo build of the static agent finishes");
+    if !status.success() {
+        println!(
+            "\n(the static build is not measured: `cargo build --target x86_64-unknown-linux-musl` failed: \
+             `rustup target add x86_64-unknown-linux-musl`, `apt-get install musl-tools`)\n{}",
+            cargo.stderr()
+        );
+        return None;
+    }
+    elb_sim::demo::built_executable(&cargo.stdout(), "elb-drain")
+}
+
 /// Benchmark 4: idle RSS and wake-ups of `run` (credentials fetched, memberships resolved, API
-/// connection warm), `footprint_runs` agents side by side (each idle on its own, so they do not disturb
-/// each other), and the binary size.
+/// connection warm), `footprint_runs` agents of each build side by side (the glibc build the package
+/// holds and the static musl one; each agent idle on its own, so they do not disturb each other), and
+/// the binaries' sizes.
 async fn footprint(knobs: &Knobs) {
+    let mut builds = vec![("glibc", agent_bin().to_owned())];
+    builds.extend(build_static_agent().map(|b| ("musl, static", b)));
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = app.local_addr().unwrap().port();
     let sim = Sim::start(scenario(port).build()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // (build index, agent), interleaved so that neither build always starts first.
     let mut agents = Vec::new();
     for i in 0..knobs.footprint_runs {
-        let d = dir.path().join(format!("a{i}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let cfg = config(&d, &sim, port, "");
-        agents.push(ProcGuard::spawn(agent(&cfg, &d, &["run"])));
-    }
-    for a in &agents {
-        assert!(
-            a.wait_stderr("ready", Duration::from_secs(30)),
-            "{}",
-            a.stderr()
-        );
+        for (b, (name, bin)) in builds.iter().enumerate() {
+            let d = dir.path().join(format!("a{i}-{b}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let cfg = config(&d, &sim, port, "");
+            // `agent()`'s command, with this build's binary.
+            let template = agent(&cfg, &d, &["run"]);
+            let mut cmd = Command::new(bin);
+            cmd.env_clear()
+                .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                .args(template.get_args());
+            let a = ProcGuard::spawn(cmd);
+            assert!(
+                a.wait_stderr("ready", Duration::from_secs(30)),
+                "{name}: {}",
+                a.stderr()
+            );
+            agents.push((b, a));
+        }
     }
     std::thread::sleep(Duration::from_secs(1));
-    let before: Vec<_> = agents.iter().map(|a| switches(a.pid())).collect();
+    let before: Vec<_> = agents.iter().map(|(_, a)| switches(a.pid())).collect();
     let rss: Vec<f64> = agents
         .iter()
-        .map(|a| status_field(a.pid(), "VmRSS:") as f64 / 1024.0)
+        .map(|(_, a)| status_field(a.pid(), "VmRSS:") as f64 / 1024.0)
         .collect();
     std::thread::sleep(knobs.idle);
     let mut woke = Vec::new();
-    let mut exited_threads = 0;
+    let mut exited_threads = vec![0; builds.len()];
     let mut threads = Vec::new();
-    for (a, before) in agents.iter_mut().zip(&before) {
+    for ((b, a), before) in agents.iter_mut().zip(&before) {
         assert!(a.is_running(), "{}", a.stderr());
         let after = switches(a.pid());
         threads.push(after.len() as f64);
-        exited_threads += before.keys().filter(|t| !after.contains_key(t)).count();
+        exited_threads[*b] += before.keys().filter(|t| !after.contains_key(t)).count();
         // A thread that is new counts in full; one that exited counted at least its last wake-up.
         let n: u64 = after
             .iter()
@@ -1637,35 +1677,61 @@ async fn footprint(knobs: &Knobs) {
             .sum();
         woke.push(n as f64);
     }
-    let size = std::fs::metadata(agent_bin()).map_or(0, |m| m.len());
+    let of = |b: usize, v: &[f64]| -> Vec<f64> {
+        agents
+            .iter()
+            .zip(v)
+            .filter(|((ab, _), _)| *ab == b)
+            .map(|(_, x)| *x)
+            .collect()
+    };
     println!(
-        "\n### 4. Footprint of `run` (credentials fetched, memberships resolved, API connection warm; {} agents side by side)\n",
-        agents.len()
+        "\n### 4. Footprint of `run` (credentials fetched, memberships resolved, API connection warm; {} agents of each build side by side)\n",
+        knobs.footprint_runs
     );
-    println!("| | median | max | each |\n|---|---|---|---|");
-    println!(
-        "| idle RSS | {:.1} MiB | {:.1} MiB | {} |",
-        median(&rss),
-        max(&rss),
-        each(&rss, 1)
-    );
-    println!(
-        "| context switches while idle for {} s | {} | {} | {} |",
-        knobs.idle.as_secs(),
-        median(&woke),
-        max(&woke),
-        each(&woke, 0)
-    );
-    println!(
-        "| threads | {} | {} | {} (threads that exited while idle: {exited_threads}) |",
-        median(&threads),
-        max(&threads),
-        each(&threads, 0)
-    );
-    println!(
-        "\nbinary size (`cargo build --release -p elb-drain`: lto, strip, opt-level s, panic abort): {:.2} MiB",
-        size as f64 / 1048576.0
-    );
+    println!("| | build | median | max | each |\n|---|---|---|---|---|");
+    for (b, (name, _)) in builds.iter().enumerate() {
+        let rss = of(b, &rss);
+        println!(
+            "| idle RSS | {name} | {:.1} MiB | {:.1} MiB | {} |",
+            median(&rss),
+            max(&rss),
+            each(&rss, 1)
+        );
+    }
+    for (b, (name, _)) in builds.iter().enumerate() {
+        let woke = of(b, &woke);
+        println!(
+            "| context switches while idle for {} s | {name} | {} | {} | {} |",
+            knobs.idle.as_secs(),
+            median(&woke),
+            max(&woke),
+            each(&woke, 0)
+        );
+    }
+    for (b, (name, _)) in builds.iter().enumerate() {
+        let threads = of(b, &threads);
+        println!(
+            "| threads | {name} | {} | {} | {} (threads that exited while idle: {}) |",
+            median(&threads),
+            max(&threads),
+            each(&threads, 0),
+            exited_threads[b]
+        );
+    }
+    println!();
+    for (name, bin) in &builds {
+        let size = std::fs::metadata(bin).map_or(0, |m| m.len());
+        println!(
+            "binary size, {name} (`cargo build --release -p elb-drain{}`: lto, strip, opt-level s, panic abort): {:.2} MiB",
+            if bin == agent_bin() {
+                ""
+            } else {
+                " --target x86_64-unknown-linux-musl"
+            },
+            size as f64 / 1048576.0
+        );
+    }
 }
 
 /// Benchmark 5: zero loss under load, the demo's two acts (short requests + long streams through the

@@ -12,10 +12,18 @@ use crate::config::{self, Config};
 use crate::exit::Exit;
 use crate::logging::{self, LogFormat, eprintln};
 
+/// What `--version` prints: the crate's version and the commit it was built from (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ELB_DRAIN_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "elb-drain",
-    version,
+    version = VERSION,
     about = "Take this server out of its Huawei Cloud ELB pools on stop, \
     and keep it alive until its connections have drained."
 )]
@@ -74,6 +82,22 @@ pub enum Command {
         /// Count these ports instead of the configured ones (no configuration file needed).
         #[arg(long, value_delimiter = ',')]
         ports: Vec<u16>,
+    },
+    /// Whether the configuration file describes this server yet (the systemd unit's ExecCondition=).
+    ///
+    /// Exit 0 when it does, 1 while it is absent or still the example (`example = true`), so that an
+    /// install that is not configured yet starts nothing. Reads that file only and validates nothing
+    /// (`check` does): a broken or unreadable file counts as a configuration, which `run` then refuses.
+    IsConfigured,
+    /// Install the systemd unit and the example configuration, and enable the unit (static binary).
+    ///
+    /// What the Debian package does: the unit goes to /usr/local/lib/systemd/system, the example to
+    /// /etc/elb-drain/elb-drain.toml (mode 0640) unless a file is there already, then `systemctl enable`.
+    /// The unit starts once the configuration describes this server.
+    InstallUnits {
+        /// Install into this root (an image being built) instead of the running system.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -135,6 +159,8 @@ async fn run(args: Args) -> Exit {
         Command::Register { json } => crate::commands::register(&args, *json).await,
         Command::Check { json } => crate::commands::check(&args, *json).await,
         Command::Status { json } => crate::commands::status(&args, *json).await,
+        Command::IsConfigured => crate::install::is_configured(&args),
+        Command::InstallUnits { root } => crate::install::install_units(root),
     };
     result.unwrap_or_else(|e| e)
 }

@@ -260,6 +260,10 @@ pub enum HookResult {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// `example = true` marks the documented example as installed by the package: not a
+    /// configuration of this server (see [`is_example`]).
+    #[serde(default)]
+    example: bool,
     #[serde(default)]
     cloud: RawCloud,
     #[serde(default)]
@@ -386,6 +390,11 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
+        if raw.example {
+            // Before anything else is validated: the example's placeholder IDs and region must never
+            // reach a cloud, and "describe this server" is the one fix worth saying.
+            return Err(invalid("example", EXAMPLE_REASON));
+        }
         let mut warnings = Vec::new();
         let cloud = cloud(raw.cloud, env)?;
         let auth = auth(raw.auth, env, &mut warnings)?;
@@ -682,6 +691,31 @@ fn cloud(raw: RawCloud, env: Env<'_>) -> Result<Cloud, ConfigError> {
 /// The most a configuration file may hold: a documented example is 6 KiB, a thousand `[[member]]`s
 /// are 150 KiB.
 const MAX_CONFIG_FILE: u64 = 4 * 1024 * 1024;
+
+const EXAMPLE_REASON: &str = "this is still the example configuration (`example = true`): describe this \
+     server in it (cloud, auth, members), then delete that line";
+
+/// Whether `path` is not yet a configuration of this server: absent, or still the documented example
+/// (`example = true`, as the package installs it). The packaged unit's `ExecCondition=` asks this so that
+/// a fresh install starts nothing, neither failing at boot nor sending the example's placeholders to a
+/// cloud. Any other file counts as a configuration, even one that does not parse: `run` then fails
+/// loudly on it (78) instead of the unit being skipped quietly.
+pub fn is_example(path: &Path) -> Result<bool, ConfigError> {
+    let text = match crate::files::read_small_text(path, MAX_CONFIG_FILE) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let example = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|t| t.get("example")?.as_bool());
+    Ok(example == Some(true))
+}
 
 /// The most a secret file may hold. The largest secret, an IAM token, is a few KiB; a path to a device
 /// such as `/dev/zero` or to a runaway log would otherwise be read until memory runs out.
@@ -1195,10 +1229,16 @@ mod tests {
         }
     }
 
-    /// The documented example is a valid configuration (with its token file swapped for the env var).
+    /// The documented example is a valid configuration once its `example = true` line is gone (and its
+    /// token file swapped for the env var); with that line it is refused, naming it, whatever else is wrong.
     #[test]
-    fn the_documented_example_parses() {
-        let text = include_str!("../config/elb-drain.toml").replace(
+    fn the_documented_example_parses_once_it_is_no_longer_marked_as_the_example() {
+        let example = include_str!("../config/elb-drain.toml");
+        let err = parse(example).unwrap_err().to_string();
+        assert!(err.starts_with("config: example: "), "{err}");
+        let marker = "\nexample = true\n";
+        assert_eq!(example.matches(marker).count(), 1, "one marker line");
+        let text = example.replace(marker, "\n").replace(
             "token_file = \"/run/credentials/elb-drain.service/token\"\n",
             "",
         );
@@ -1206,6 +1246,35 @@ mod tests {
         assert_eq!(cfg.members.len(), 1);
         assert_eq!(cfg.drain.ports, vec![8080]);
         assert_eq!(cfg.drain.timeout, Duration::from_secs(300));
+    }
+
+    /// What the packaged unit's `ExecCondition=` (`elb-drain is-configured`) decides on.
+    #[test]
+    fn only_an_absent_file_or_the_marked_example_is_not_a_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let example = include_str!("../config/elb-drain.toml");
+        assert!(is_example(&dir.path().join("absent.toml")).unwrap());
+        assert!(is_example(&file("example.toml", example)).unwrap());
+        // Edited: the marker line gone, or set to false, or anything else at all (even broken TOML,
+        // which `run` then refuses loudly rather than the unit being skipped).
+        for (name, text) in [
+            ("edited.toml", example.replace("\nexample = true\n", "\n")),
+            (
+                "false.toml",
+                example.replace("example = true", "example = false"),
+            ),
+            ("empty.toml", String::new()),
+            ("broken.toml", "example = true\n[cloud\n".to_owned()),
+        ] {
+            assert!(!is_example(&file(name, &text)).unwrap(), "{name}");
+        }
+        let err = is_example(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

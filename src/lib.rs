@@ -14,6 +14,7 @@
 //! * [`config`]: the TOML file and environment, parsed once into typed values.
 //! * [`ids`], [`secret`]: validated identifiers and a redacting secret type.
 //! * [`files`]: bounded reads of the local files the agent is pointed at.
+//! * [`install`]: the unit and example configuration the static binary installs itself.
 //!
 //! # Nothing the stop writes to can hold it
 //!
@@ -45,6 +46,7 @@ pub mod exit;
 pub mod files;
 pub mod hook;
 pub mod ids;
+pub mod install;
 pub mod logging;
 pub mod notify;
 pub mod register;

@@ -1,18 +1,27 @@
-//! The project's systemd units under a real systemd: systemd boots as PID 1 in a container of its own
-//! (systemd-nspawn, private PID, mount and network namespaces, loopback only) from a cached Debian root
-//! built by `tests/systemd/build-root.sh`, never from the machine's own root. Inside it run elb-sim (the
-//! cloud and the load balancer), a demo app (`socat` echo server) from `systemd/examples/app.service`
-//! and the agent from `systemd/elb-drain.service`, both unit files copied unchanged and adjusted only by
-//! drop-ins (the password credential instead of the token, the app's address, a short
-//! `TimeoutStopSec=`). One `systemctl stop app` then shows what `agent_systemd.rs` can only show with a
-//! fake notify socket: the stop blocks until the drain finished, `systemctl status` shows the agent's
-//! live `STATUS=` line, and `EXTEND_TIMEOUT_USEC` keeps a 3 s `TimeoutStopSec` from killing a longer
-//! drain.
+//! The project's systemd unit under a real systemd, installed the two ways an operator installs it: the
+//! Debian package (`dpkg -i`, never a copy of its files) and the static binary (`elb-drain
+//! install-units`). systemd boots as PID 1 in a container of its own (systemd-nspawn, private PID, mount
+//! and network namespaces, loopback only) from a cached Debian root built by
+//! `tests/systemd/build-root.sh`, never from the machine's own root. Inside run elb-sim (the cloud and
+//! the load balancer; copied in, it is not part of the package), a demo app (`socat` echo server) from
+//! `systemd/examples/app.service`, and the agent from the installed unit and configuration, bound to the
+//! app by the drop-in the README documents, and given a short `TimeoutStopSec=` by one of the test's own.
 //!
-//! Runs when `ELB_DRAIN_SYSTEMD_ROOT` names the cache directory (`.ci/run` sets it after building the
-//! root); it then fails if anything is missing. Without it the test skips with a printed reason. Needs
+//! The package's life, in one container: `dpkg -i` enables the unit and starts nothing; a start (what
+//! boot does) is skipped, not failed, while the configuration is still the example; once configured, one
+//! `systemctl stop app` shows what `agent_systemd.rs` can only show with a fake notify socket: the stop
+//! blocks until the drain finished, `systemctl status` shows the agent's live `STATUS=` line, and
+//! `EXTEND_TIMEOUT_USEC` keeps a 3 s `TimeoutStopSec` from killing a longer drain; an upgrade under a
+//! running agent keeps both the edited configuration and the agent (no drain); `dpkg -r` of a running
+//! agent drains before the files go; `dpkg --purge` takes the configuration and the state. The static
+//! binary: the same unit text from /usr/local, skipped until configured, then a stop that drains.
+//!
+//! Runs when `ELB_DRAIN_SYSTEMD_ROOT` names the cache directory; it then fails if anything is missing,
+//! including the package, which `ELB_DRAIN_DEB` names (`cargo xtask deb` builds it; `.ci/run` builds the
+//! root and the package and sets both). Without the root the tests skip with a printed reason. Needs
 //! root, `systemd-nspawn`, `nsenter`, `unshare`, and the `elb-sim` binary beside `elb-drain` (built by
-//! `cargo test --workspace`, or `cargo build -p elb-sim`).
+//! `cargo test --workspace`, or `cargo build -p elb-sim`). The static route installs
+//! `ELB_DRAIN_STATIC_BIN` when set (the musl build), else this build's `elb-drain`.
 //!
 //! Isolation: nspawn runs inside `unshare --mount --pid` with a private tmpfs on `/run` (nspawn's own
 //! state never reaches the host's `/run`) and an overlay of the cached root (the cache stays read-only)
@@ -33,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use clap::CommandFactory;
 use common::{ProcGuard, echo, wait_until};
 
 // From config/elb-sim.toml, which the simulator in the container runs unchanged.
@@ -47,26 +57,213 @@ const ADMIN: &str = "127.0.0.1:8776";
 /// the stop began: well past the timeout, so only the agent's `EXTEND_TIMEOUT_USEC` can save the unit.
 const TIMEOUT_STOP: Duration = Duration::from_secs(3);
 const HOLD: Duration = Duration::from_secs(7);
+/// How long the connection is held once `dpkg -r`'s drain deleted the membership.
+const HOLD_REMOVE: Duration = Duration::from_secs(3);
+
+const CONFIG: &str = "/etc/elb-drain/elb-drain.toml";
+/// The operator's configuration, staged beside the example until the test puts it in place.
+const CONFIGURED: &str = "/root/configured.toml";
 
 #[test]
-fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout() {
+fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_and_drains_before_removal()
+ {
     let Some((cache, _shared)) = root_cache() else {
         return;
     };
-    let elb_drain = PathBuf::from(env!("CARGO_BIN_EXE_elb-drain"));
-    let elb_sim = elb_drain.with_file_name("elb-sim");
-    assert!(
-        elb_sim.is_file(),
-        "{} is missing: `cargo build -p elb-sim` (cargo test --workspace builds it)",
-        elb_sim.display()
-    );
+    let deb = package();
+    let elb_sim = sim_binary();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-
     let c = Container::boot(
         &cache.join("rootfs"),
         |upper| stage(upper, repo),
         &[
-            (elb_drain.as_path(), "/usr/local/bin/elb-drain"),
+            (deb.as_path(), "/root/elb-drain.deb"),
+            (elb_sim.as_path(), "/usr/local/bin/elb-sim"),
+            (
+                &repo.join("config/elb-sim.toml"),
+                "/etc/elb-sim/elb-sim.toml",
+            ),
+        ],
+    );
+    let version = format!("{}-1", env!("CARGO_PKG_VERSION"));
+
+    // Installed: the agent, the unit enabled, the example as a conffile; nothing started.
+    c.sh("dpkg -i /root/elb-drain.deb");
+    assert_eq!(
+        c.sh("dpkg-query -W -f '${Status} ${Version}' elb-drain"),
+        format!("install ok installed {version}")
+    );
+    assert_packaged_files(&c);
+    assert_eq!(
+        c.sh("elb-drain --version"),
+        built_version(Path::new(env!("CARGO_BIN_EXE_elb-drain"))),
+        "the package holds another build than this test's (`cargo xtask deb` rebuilds it)"
+    );
+    // Debian's systemd names /usr/lib by its /lib link (merged /usr).
+    assert_eq!(
+        c.sh("readlink -f \"$(systemctl show --value -p FragmentPath elb-drain)\""),
+        "/usr/lib/systemd/system/elb-drain.service"
+    );
+    assert_installed_idle(&c);
+
+    // Configured: the operator's own file in place of the example (an edited conffile), then the stop.
+    c.sh(&format!("install -m 0640 {CONFIGURED} {CONFIG}"));
+    start_sim(&c);
+    c.systemctl(&["start", "app", "elb-drain"]);
+    assert_eq!(c.main_exe("elb-drain"), "/usr/bin/elb-drain");
+    stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout(&c);
+
+    // An upgrade under a running agent: the same agent keeps serving (a restart would drain the server),
+    // and the operator's configuration stays, the new example set aside.
+    c.systemctl(&["restart", "elb-sim"]);
+    start_sim(&c);
+    c.systemctl(&["start", "app", "elb-drain"]);
+    let pid = c.show("elb-drain", "MainPID");
+    let next = format!("{}-2", env!("CARGO_PKG_VERSION"));
+    c.sh(&format!(
+        "dpkg-deb -R /root/elb-drain.deb /root/next && \
+         sed -i 's/^Version: .*/Version: {next}/' /root/next/DEBIAN/control && \
+         echo '# a comment the next version added' >> /root/next{CONFIG} && \
+         dpkg-deb -b /root/next /root/elb-drain-next.deb >/dev/null"
+    ));
+    // unattended-upgrades' choice at a conffile prompt: keep the administrator's file.
+    c.sh("dpkg -i --force-confdef --force-confold /root/elb-drain-next.deb");
+    assert_eq!(
+        c.sh("dpkg-query -W -f '${Version}' elb-drain"),
+        next,
+        "upgraded"
+    );
+    assert_eq!(
+        (
+            c.show("elb-drain", "ActiveState"),
+            c.show("elb-drain", "MainPID")
+        ),
+        ("active".to_owned(), pid),
+        "the upgrade restarted the agent; journal:\n{}",
+        c.journal("elb-drain")
+    );
+    assert!(
+        deletes(&c.requests()).is_empty(),
+        "the upgrade drained the server"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFIG}")),
+        c.sh(&format!("cat {CONFIGURED}"))
+    );
+    assert!(
+        c.sh(&format!("cat {CONFIG}.dpkg-dist"))
+            .ends_with("# a comment the next version added"),
+        "the new version's example is kept beside it"
+    );
+
+    // `dpkg -r` of the running agent: its stop drains (the DELETE, then waiting for the held connection)
+    // while the package's files are still there, and only then are they removed.
+    let mut held = hold_a_connection(&c);
+    let remove_began_us = monotonic_us();
+    let mut remove = ProcGuard::spawn(c.command(&["dpkg", "-r", "elb-drain"]));
+    let delete = wait_for_delete(&c);
+    let deleted = Instant::now();
+    while deleted.elapsed() < HOLD_REMOVE {
+        let running = remove.is_running();
+        let agent = c.show("elb-drain", "ActiveState");
+        let binary = c
+            .run(
+                &["test", "-x", "/usr/bin/elb-drain"],
+                Duration::from_secs(10),
+            )
+            .0;
+        assert!(
+            running && agent == "deactivating" && binary.success(),
+            "{:?} after the DELETE: dpkg -r running: {running}, elb-drain {agent}, /usr/bin/elb-drain \
+             there: {}; dpkg: {}{}",
+            deleted.elapsed(),
+            binary.success(),
+            remove.stdout(),
+            remove.stderr()
+        );
+        // The pace of these checks, not a synchronisation: the drain lasts as long as the test holds.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(echo(&mut held, "still served").unwrap(), "still served");
+    drop(held);
+    let done = remove
+        .wait_timeout(Duration::from_secs(20))
+        .expect("dpkg -r returns once the connection closed");
+    assert!(
+        done.success(),
+        "dpkg -r: {}{}",
+        remove.stdout(),
+        remove.stderr()
+    );
+    assert!(remove_began_us < delete.mono_ns / 1_000);
+    let journal = c.journal_since("elb-drain", remove_began_us);
+    assert!(journal.contains("drained"), "{journal}");
+    for bad in ["timed out", "SIGKILL", "Killing process"] {
+        assert!(!journal.contains(bad), "{bad:?} in the journal:\n{journal}");
+    }
+    assert!(
+        !c.run(
+            &["test", "-e", "/usr/bin/elb-drain"],
+            Duration::from_secs(10)
+        )
+        .0
+        .success()
+    );
+    assert!(
+        !c.run(
+            &["test", "-e", "/usr/lib/systemd/system/elb-drain.service"],
+            Duration::from_secs(10)
+        )
+        .0
+        .success()
+    );
+    assert_eq!(
+        c.show("app", "ActiveState"),
+        "active",
+        "removing the agent stopped the app"
+    );
+    assert_eq!(
+        c.sh("dpkg-query -W -f '${Status}' elb-drain"),
+        "deinstall ok config-files"
+    );
+    assert_eq!(
+        c.sh(&format!("cat {CONFIG}")),
+        c.sh(&format!("cat {CONFIGURED}"))
+    );
+
+    // `dpkg --purge`: the configuration (and the set-aside example) and the state go; the
+    // administrator's own secret stays theirs.
+    c.sh("test -f /var/lib/private/elb-drain/state.json && test -L /var/lib/elb-drain");
+    c.sh("dpkg --purge elb-drain");
+    for gone in [
+        CONFIG.to_owned(),
+        format!("{CONFIG}.dpkg-dist"),
+        "/var/lib/elb-drain".to_owned(),
+        "/var/lib/private/elb-drain".to_owned(),
+        "/etc/systemd/system/multi-user.target.wants/elb-drain.service".to_owned(),
+    ] {
+        let (status, ..) = c.run(&["test", "-e", &gone], Duration::from_secs(10));
+        assert!(!status.success(), "{gone} is still there after the purge");
+    }
+    c.sh("test -f /etc/elb-drain/password");
+}
+
+#[test]
+fn the_static_binary_installs_the_same_unit_which_runs_it_from_usr_local_bin() {
+    let Some((cache, _shared)) = root_cache() else {
+        return;
+    };
+    let binary = std::env::var_os("ELB_DRAIN_STATIC_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_elb-drain")),
+        PathBuf::from,
+    );
+    let elb_sim = sim_binary();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = Container::boot(
+        &cache.join("rootfs"),
+        |upper| stage(upper, repo),
+        &[
+            (binary.as_path(), "/root/elb-drain"),
             (elb_sim.as_path(), "/usr/local/bin/elb-sim"),
             (
                 &repo.join("config/elb-sim.toml"),
@@ -75,64 +272,169 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
         ],
     );
 
+    // What an image bake or cloud-init does with the one file from the artifact store.
+    c.sh("install -m 0755 /root/elb-drain /usr/local/bin/elb-drain && /usr/local/bin/elb-drain install-units");
+    assert_eq!(
+        c.sh("/usr/local/bin/elb-drain --version"),
+        built_version(&binary)
+    );
+    assert_eq!(
+        c.sh("cat /usr/local/lib/systemd/system/elb-drain.service"),
+        include_str!("../systemd/elb-drain.service").trim_end(),
+        "one unit text for both routes"
+    );
+    assert_eq!(
+        c.show("elb-drain", "FragmentPath"),
+        "/usr/local/lib/systemd/system/elb-drain.service"
+    );
+    assert_installed_idle(&c);
+
+    c.sh(&format!("install -m 0640 {CONFIGURED} {CONFIG}"));
+    start_sim(&c);
+    c.systemctl(&["start", "app", "elb-drain"]);
+    assert_eq!(c.main_exe("elb-drain"), "/usr/local/bin/elb-drain");
+    c.systemctl(&["stop", "app"]);
+    let delete = wait_for_delete(&c);
+    assert_eq!(delete.status, 204);
+    for unit in ["elb-drain", "app"] {
+        assert_eq!(
+            (c.show(unit, "ActiveState"), c.show(unit, "Result")),
+            ("inactive".to_owned(), "success".to_owned()),
+            "{unit}:\n{}",
+            c.journal(unit)
+        );
+    }
+    assert_eq!(c.show("elb-drain", "ExecMainStatus"), "0");
+}
+
+/// Just installed (either route): the unit is enabled for boot and not running, and a start, which is
+/// what boot does, is skipped rather than failed while the configuration is the example. The agent
+/// itself never ran, so nothing reached for a cloud.
+fn assert_installed_idle(c: &Container) {
+    let journal = c.journal_since("elb-drain", 0);
+    assert!(
+        journal.is_empty(),
+        "the install started the unit:\n{journal}"
+    );
+    assert_eq!(c.show("elb-drain", "UnitFileState"), "enabled");
+    let wanted_by = c.show("elb-drain", "WantedBy");
+    assert!(
+        wanted_by.split(' ').any(|u| u == "multi-user.target"),
+        "WantedBy={wanted_by}"
+    );
+    assert_eq!(c.show("elb-drain", "ActiveState"), "inactive");
+    assert!(
+        c.sh(&format!("cat {CONFIG}"))
+            .contains("\nexample = true\n")
+    );
+    assert_eq!(
+        c.sh(&format!("stat -c '%a %U:%G' {CONFIG}")),
+        "640 root:root"
+    );
+
+    c.systemctl(&["start", "elb-drain"]);
+    let state =
+        ["ActiveState", "Result", "ExecMainPID", "NRestarts"].map(|p| c.show("elb-drain", p));
+    assert_eq!(
+        state,
+        ["inactive", "exec-condition", "0", "0"],
+        "[ActiveState, Result, ExecMainPID, NRestarts] after a start of the example; journal:\n{}",
+        c.journal("elb-drain")
+    );
+    let journal = c.journal("elb-drain");
+    assert!(journal.contains("still the example"), "{journal}");
+    let (_, failed, _) = c.run(
+        &[
+            "systemctl",
+            "list-units",
+            "--failed",
+            "--plain",
+            "--no-legend",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(!failed.contains("elb-drain"), "failed units: {failed}");
+}
+
+/// What the package holds: the agent and not elb-sim, the unit, the example as a conffile, a man page
+/// for every command this build's CLI has, completions for bash and zsh that know every command.
+fn assert_packaged_files(c: &Container) {
+    let files = c.sh("dpkg -L elb-drain");
+    let files: Vec<&str> = files.lines().collect();
+    let mut want = vec![
+        "/usr/bin/elb-drain".to_owned(),
+        "/usr/lib/systemd/system/elb-drain.service".to_owned(),
+        CONFIG.to_owned(),
+        "/usr/share/man/man1/elb-drain.1.gz".to_owned(),
+        "/usr/share/bash-completion/completions/elb-drain".to_owned(),
+        "/usr/share/zsh/vendor-completions/_elb-drain".to_owned(),
+    ];
+    let cli = elb_drain::cli::Args::command();
+    let commands: Vec<String> = cli
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    want.extend(
+        commands
+            .iter()
+            .map(|name| format!("/usr/share/man/man1/elb-drain-{name}.1.gz")),
+    );
+    for path in &want {
+        assert!(
+            files.contains(&path.as_str()),
+            "{path} is not in the package:\n{files:#?}"
+        );
+    }
+    assert!(
+        !files.iter().any(|f| f.contains("elb-sim")),
+        "elb-sim in the package:\n{files:#?}"
+    );
+    assert_eq!(
+        c.sh("dpkg-query -W -f '${Conffiles}' elb-drain")
+            .split_whitespace()
+            .next(),
+        Some(CONFIG)
+    );
+    let page = c.sh("zcat /usr/share/man/man1/elb-drain.1.gz");
+    let bash = c.sh("cat /usr/share/bash-completion/completions/elb-drain");
+    let zsh = c.sh("cat /usr/share/zsh/vendor-completions/_elb-drain");
+    for name in &commands {
+        let roff = format!("elb\\-drain\\-{}(1)", name.replace('-', "\\-"));
+        assert!(page.contains(&roff), "the man page does not list {name}");
+        assert!(
+            bash.contains(&format!("elb__drain,{name})")),
+            "bash does not complete {name}"
+        );
+        assert!(
+            zsh.contains(&format!("'{name}:")),
+            "zsh does not complete {name}"
+        );
+    }
+}
+
+/// The test's part of stopping the app with a configured agent: one connection held through the load
+/// balancer for [`HOLD`] while `systemctl stop app` runs.
+fn stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout(c: &Container) {
     // The drop-in is in effect: without the agent's extensions systemd would kill it after 3 s.
     assert_eq!(
         c.show("elb-drain", "TimeoutStopUSec"),
         format!("{}s", TIMEOUT_STOP.as_secs())
     );
-
-    c.systemctl(&["start", "elb-sim"]);
-    assert!(
-        wait_until(Duration::from_secs(20), || c
-            .http_get(ADMIN, "/log")
-            .is_ok()),
-        "elb-sim's admin API never answered; journal:\n{}",
-        c.journal("elb-sim")
-    );
-    // app.service Wants= elb-drain, which is ordered after it; naming both waits for the agent's READY=1.
-    c.systemctl(&["start", "app", "elb-drain"]);
     assert_eq!(c.show("elb-drain", "ActiveState"), "active");
     assert!(
         c.show("elb-drain", "StatusText").contains("serving"),
         "ready status: {}",
         c.show("elb-drain", "StatusText")
     );
-
-    // A long connection through the load balancer. The scenario's other member has no server, so retry
-    // until one reaches our app (before the health check marks the other down).
-    let mut held = None;
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            held = c
-                .connect(LB)
-                .ok()
-                .and_then(|mut s| (echo(&mut s, "hello").ok()? == "hello").then_some(s));
-            held.is_some()
-        }),
-        "no echo through the load balancer"
-    );
-    let mut held = held.expect("a held connection");
+    let mut held = hold_a_connection(c);
 
     let stop_began = Instant::now();
     let stop_began_us = monotonic_us();
     let mut stop = ProcGuard::spawn(c.command(&["systemctl", "stop", "app"]));
 
     // The DELETE goes out first, while the app still serves the held connection.
-    let mut delete = None;
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            delete = c
-                .requests()
-                .into_iter()
-                .find(|r| r.method == "DELETE" && r.path.contains(POOL) && r.path.contains(MEMBER));
-            delete.is_some()
-        }),
-        "no DELETE of our membership; agent journal:\n{}",
-        c.journal("elb-drain")
-    );
-    let delete = delete.expect("the DELETE");
-    assert_eq!(delete.status, 204);
-    assert!(delete.path.contains(PROJECT));
+    let delete = wait_for_delete(c);
 
     // (b) `systemctl status` shows the agent's live STATUS= line during the drain.
     let mut status = String::new();
@@ -182,13 +484,13 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
     // the test asked for the stop -> DELETE -> the test closed its connection -> systemd began
     // stopping the app (it logs "Stopping" before it sends the signal). The units' own
     // ActiveExitTimestamp is gone by now: a stopped unit nothing refers to is unloaded.
-    let app_stop = c.stopping_logged("app");
+    let app_stop = c.stopping_logged("app", stop_began_us);
     let delete_at = delete.mono_ns / 1_000;
     assert!(
         stop_began_us < delete_at && delete_at < closed_at && closed_at <= app_stop,
         "stop {stop_began_us} DELETE {delete_at} close {closed_at} app stopping {app_stop} (usec)"
     );
-    let agent_stop = c.stopping_logged("elb-drain");
+    let agent_stop = c.stopping_logged("elb-drain", stop_began_us);
 
     // (c) A clean stop: no timeout, no SIGKILL, the agent exited 0 (drained).
     for unit in ["elb-drain", "app"] {
@@ -200,7 +502,7 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
         );
     }
     assert_eq!(c.show("elb-drain", "ExecMainStatus"), "0");
-    let journal = c.journal("elb-drain");
+    let journal = c.journal_since("elb-drain", stop_began_us);
     for bad in ["timed out", "SIGKILL", "Killing process"] {
         assert!(!journal.contains(bad), "{bad:?} in the journal:\n{journal}");
     }
@@ -212,6 +514,93 @@ fn systemctl_stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeo
         agent_stop.saturating_sub(stop_began_us),
         delete_at - stop_began_us
     );
+}
+
+/// Starts elb-sim (or waits for the one just restarted) until its admin API answers.
+fn start_sim(c: &Container) {
+    c.systemctl(&["start", "elb-sim"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .http_get(ADMIN, "/log")
+            .is_ok()),
+        "elb-sim's admin API never answered; journal:\n{}",
+        c.journal("elb-sim")
+    );
+}
+
+/// A long connection through the load balancer to the app. The scenario's other member has no
+/// server, so retry until one reaches our app (before the health check marks the other down).
+fn hold_a_connection(c: &Container) -> TcpStream {
+    let mut held = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            held = c
+                .connect(LB)
+                .ok()
+                .and_then(|mut s| (echo(&mut s, "hello").ok()? == "hello").then_some(s));
+            held.is_some()
+        }),
+        "no echo through the load balancer"
+    );
+    held.expect("a held connection")
+}
+
+/// The DELETE of our membership, once elb-sim has logged it (answered 204, in our project).
+fn wait_for_delete(c: &Container) -> elb_sim::LoggedRequest {
+    let mut delete = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            delete = deletes(&c.requests()).into_iter().next();
+            delete.is_some()
+        }),
+        "no DELETE of our membership; agent journal:\n{}",
+        c.journal("elb-drain")
+    );
+    let delete = delete.expect("the DELETE");
+    assert_eq!(delete.status, 204);
+    assert!(delete.path.contains(PROJECT));
+    delete
+}
+
+fn deletes(log: &[elb_sim::LoggedRequest]) -> Vec<elb_sim::LoggedRequest> {
+    log.iter()
+        .filter(|r| r.method == "DELETE" && r.path.contains(POOL) && r.path.contains(MEMBER))
+        .cloned()
+        .collect()
+}
+
+/// What `BINARY --version` prints.
+fn built_version(binary: &Path) -> String {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// The package under test: `ELB_DRAIN_DEB`, required once the root is there.
+fn package() -> PathBuf {
+    let deb = std::env::var_os("ELB_DRAIN_DEB").map(PathBuf::from);
+    match deb {
+        Some(deb) if deb.is_file() => deb,
+        _ => panic!(
+            "ELB_DRAIN_DEB={deb:?} names no package: build it with `cargo xtask deb` and set \
+             ELB_DRAIN_DEB=target/debian/elb-drain_..._amd64.deb (.ci/run does both)"
+        ),
+    }
+}
+
+fn sim_binary() -> PathBuf {
+    let elb_sim = PathBuf::from(env!("CARGO_BIN_EXE_elb-drain")).with_file_name("elb-sim");
+    assert!(
+        elb_sim.is_file(),
+        "{} is missing: `cargo build -p elb-sim` (cargo test --workspace builds it)",
+        elb_sim.display()
+    );
+    elb_sim
 }
 
 /// The cached root's directory, with a shared lock on it that keeps `build-root.sh` from replacing the
@@ -261,27 +650,28 @@ fn root_cache() -> Option<(PathBuf, File)> {
     Some((cache, lock))
 }
 
-/// Writes the container's own files into the overlay's upper layer before it is mounted: the project's
-/// units unchanged, the test's drop-ins, the agent's config and password, the demo app, elb-sim's unit.
+/// Writes the container's own files into the overlay's upper layer before it is mounted: what the
+/// operator adds to the package (the drop-in binding the agent to the app and handing over the password,
+/// the password itself, their configuration, staged until the test puts it in place), the test's
+/// drop-in, the demo app from the example unit, elb-sim's unit.
 fn stage(upper: &Path, repo: &Path) {
     let units = upper.join("etc/systemd/system");
-    copy(
-        &repo.join("systemd/elb-drain.service"),
-        &units.join("elb-drain.service"),
-    );
-    copy(
-        &repo.join("systemd/examples/app.service"),
-        &units.join("app.service"),
+    put(
+        &units.join("elb-drain.service.d/app.conf"),
+        0o644,
+        "# The binding README.md documents: after the app, stopped with it (and first).\n\
+         [Unit]\nAfter=app.service\nPartOf=app.service\n\
+         [Service]\nLoadCredential=password:/etc/elb-drain/password\n",
     );
     put(
         &units.join("elb-drain.service.d/test.conf"),
         0o644,
-        "# The test's cloud is elb-sim with password auth: the password comes in as a credential.\n\
-         [Service]\n\
-         LoadCredential=\n\
-         LoadCredential=password:/etc/elb-drain/password\n\
-         # Short on purpose: only the agent's EXTEND_TIMEOUT_USEC keeps a longer drain alive.\n\
-         TimeoutStopSec=3s\n",
+        "# Short on purpose: only the agent's EXTEND_TIMEOUT_USEC keeps a longer drain alive.\n\
+         [Service]\nTimeoutStopSec=3s\n",
+    );
+    copy(
+        &repo.join("systemd/examples/app.service"),
+        &units.join("app.service"),
     );
     put(
         &units.join("app.service.d/test.conf"),
@@ -309,8 +699,8 @@ fn stage(upper: &Path, repo: &Path) {
     );
     put(&upper.join("etc/elb-drain/password"), 0o600, "change-me");
     put(
-        &upper.join("etc/elb-drain/elb-drain.toml"),
-        0o644,
+        &upper.join(CONFIGURED.trim_start_matches('/')),
+        0o640,
         &format!(
             "[cloud]\nproject_id = \"{PROJECT}\"\n\
              elb_endpoint = \"http://127.0.0.1:8443\"\niam_endpoint = \"http://127.0.0.1:8443\"\n\
@@ -562,25 +952,60 @@ impl Container {
         .1
     }
 
-    /// When systemd logged "Stopping UNIT.service" (journald's CLOCK_MONOTONIC stamp, in usec).
-    fn stopping_logged(&self, unit: &str) -> u64 {
+    /// `UNIT`'s journal entries stamped at or after `since` (CLOCK_MONOTONIC, usec): (stamp, message).
+    fn journal_entries(&self, unit: &str, since: u64) -> Vec<(u64, String)> {
         let journal = self
             .run(
                 &["journalctl", "--no-pager", "-o", "json", "-u", unit],
                 Duration::from_secs(30),
             )
             .1;
-        let stopping = format!("Stopping {unit}.service");
         journal
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|e| {
-                e["MESSAGE"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(&stopping))
+            .filter_map(|e| {
+                let at = e["__MONOTONIC_TIMESTAMP"].as_str()?.parse().ok()?;
+                Some((at, e["MESSAGE"].as_str()?.to_owned()))
             })
-            .and_then(|e| e["__MONOTONIC_TIMESTAMP"].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("no \"{stopping}\" in the journal:\n{journal}"))
+            .filter(|(at, _)| *at >= since)
+            .collect()
+    }
+
+    /// `UNIT`'s journal since `since` (CLOCK_MONOTONIC, usec), one message a line.
+    fn journal_since(&self, unit: &str, since: u64) -> String {
+        self.journal_entries(unit, since)
+            .into_iter()
+            .map(|(_, m)| m + "\n")
+            .collect()
+    }
+
+    /// When systemd first logged "Stopping UNIT.service" at or after `since` (journald's
+    /// CLOCK_MONOTONIC stamp, in usec).
+    fn stopping_logged(&self, unit: &str, since: u64) -> u64 {
+        let stopping = format!("Stopping {unit}.service");
+        self.journal_entries(unit, since)
+            .into_iter()
+            .find(|(_, m)| m.starts_with(&stopping))
+            .map(|(at, _)| at)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no \"{stopping}\" in the journal since {since}:\n{}",
+                    self.journal(unit)
+                )
+            })
+    }
+
+    /// `sh -c SCRIPT` inside, which must succeed; its stdout, trimmed.
+    fn sh(&self, script: &str) -> String {
+        let (status, out, err) = self.run(&["sh", "-c", script], Duration::from_secs(120));
+        assert!(status.success(), "`{script}`: {status}\n{out}{err}");
+        out.trim().to_owned()
+    }
+
+    /// The executable of UNIT's main process.
+    fn main_exe(&self, unit: &str) -> String {
+        let pid = self.show(unit, "MainPID");
+        self.sh(&format!("readlink /proc/{pid}/exe"))
     }
 
     /// A TCP connection to `addr` inside the container's network namespace (its loopback).
