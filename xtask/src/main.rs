@@ -107,29 +107,15 @@ fn deb(args: Vec<String>) -> Result<(), String> {
     )
 }
 
-/// `cargo`, without the variables `cargo run` set for this program (as `elb_sim::demo::cargo` does for
-/// the demo): ring's build script tracks CARGO_MANIFEST_DIR, so with them the release build here and
-/// every plain one after it would each rebuild ring and what depends on it (a minute each).
+/// elb-sim's, shared as a file rather than a dependency: xtask needs only these few lines of it.
+#[path = "../../elb-sim/src/nested_cargo.rs"]
+mod nested_cargo;
+
+/// `cargo` in the workspace, without the variables `cargo run` set for this program: with them the
+/// release build here and every plain one after it would each rebuild ring and what depends on it.
 fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = nested_cargo::cargo();
     cmd.current_dir(workspace());
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo_run = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name);
-        if set_by_cargo_run {
-            cmd.env_remove(name);
-        }
-    }
     cmd
 }
 
