@@ -31,6 +31,8 @@
 //! process itself is killed, `PR_SET_PDEATHSIG` and `unshare --kill-child` still end the container.
 
 mod common;
+#[path = "../xtask/src/coverage.rs"]
+mod coverage;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -357,7 +359,8 @@ fn assert_installed_idle(c: &Container) {
 }
 
 /// What the package holds: the agent and not elb-sim, the unit, the example as a conffile, a man page
-/// for every command this build's CLI has, completions for bash and zsh that know every command.
+/// for every command this build's CLI has, completions for bash and zsh that know every command and
+/// option (checked as xtask's tests check the files it generates).
 fn assert_packaged_files(c: &Container) {
     let files = c.sh("dpkg -L elb-drain");
     let files: Vec<&str> = files.lines().collect();
@@ -396,21 +399,15 @@ fn assert_packaged_files(c: &Container) {
             .next(),
         Some(CONFIG)
     );
-    let page = c.sh("zcat /usr/share/man/man1/elb-drain.1.gz");
-    let bash = c.sh("cat /usr/share/bash-completion/completions/elb-drain");
-    let zsh = c.sh("cat /usr/share/zsh/vendor-completions/_elb-drain");
-    for name in &commands {
-        let roff = format!("elb\\-drain\\-{}(1)", name.replace('-', "\\-"));
-        assert!(page.contains(&roff), "the man page does not list {name}");
-        assert!(
-            bash.contains(&format!("elb__drain,{name})")),
-            "bash does not complete {name}"
-        );
-        assert!(
-            zsh.contains(&format!("'{name}:")),
-            "zsh does not complete {name}"
-        );
-    }
+    coverage::assert_covers(
+        &cli,
+        &coverage::Assets {
+            main_page: &c.sh("zcat /usr/share/man/man1/elb-drain.1.gz"),
+            command_page: &|name| c.sh(&format!("zcat /usr/share/man/man1/elb-drain-{name}.1.gz")),
+            bash: &c.sh("cat /usr/share/bash-completion/completions/elb-drain"),
+            zsh: &c.sh("cat /usr/share/zsh/vendor-completions/_elb-drain"),
+        },
+    );
 }
 
 /// The test's part of stopping the app with a configured agent: one connection held through the load
