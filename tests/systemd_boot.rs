@@ -13,7 +13,8 @@
 //! stale one, and one `systemctl stop app` shows what `agent_systemd.rs` can only show with a fake notify
 //! socket: the stop blocks until the drain finished, `systemctl status` shows the agent's live `STATUS=`
 //! line, and `EXTEND_TIMEOUT_USEC` keeps a 3 s `TimeoutStopSec` from killing a longer drain; an upgrade
-//! under a running agent keeps the edited configuration and the agent (no drain); `dpkg -r` of a running agent drains before the files go; `dpkg --purge` takes the
+//! under a running agent keeps the edited configuration, the agent (no drain) and a disabled unit
+//! disabled; `dpkg -r` of a running agent drains before the files go; `dpkg --purge` takes the
 //! configuration and the state; installed again over another unit that overrides its own, it says so.
 //! The static binary: the same unit text from /usr/local naming /usr/local/bin/elb-drain, skipped until
 //! configured; configured, a start whose check cannot run (an older binary, none) fails rather than
@@ -136,11 +137,13 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
     stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout(&c);
 
     // An upgrade under a running agent: the same agent keeps serving (a restart would drain the server),
-    // and the operator's configuration stays, the new example set aside.
+    // and the operator's configuration stays, the new example set aside. The unit disabled, as the
+    // README says to where the application runs the agent itself, stays disabled.
     c.systemctl(&["restart", "elb-sim"]);
     start_sim(&c);
     c.systemctl(&["start", "app", "elb-drain"]);
     let pid = c.show("elb-drain", "MainPID");
+    c.systemctl(&["disable", "elb-drain"]);
     let next = format!("{}-2", env!("CARGO_PKG_VERSION"));
     c.sh(&format!(
         "dpkg-deb -R /root/elb-drain.deb /root/next && \
@@ -168,6 +171,12 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
         deletes(&c.requests()).is_empty(),
         "the upgrade drained the server"
     );
+    assert_eq!(
+        c.show("elb-drain", "UnitFileState"),
+        "disabled",
+        "the upgrade enabled the unit again"
+    );
+    c.systemctl(&["enable", "elb-drain"]);
     assert_eq!(
         c.sh(&format!("cat {CONFIG}")),
         c.sh(&format!("cat {CONFIGURED}"))
