@@ -94,9 +94,9 @@ pub enum Command {
     ///
     /// What the Debian package does: the unit goes to /usr/local/lib/systemd/system, naming this binary
     /// by the path it runs from (install it where it stays first: a binary in /tmp or a home directory,
-    /// which the unit's sandbox hides, is refused), the example to /etc/elb-drain/elb-drain.toml (mode
-    /// 0640) unless a file is there already, then `systemctl enable`. The unit starts once the
-    /// configuration describes this server.
+    /// which the unit's sandbox hides, is refused; so is the package's own), the example to
+    /// /etc/elb-drain/elb-drain.toml (mode 0640) unless a file is there already, then `systemctl
+    /// enable`. The unit starts once the configuration describes this server.
     InstallUnits {
         /// Install into this root (an image being built) instead of the running system. This binary
         /// must be in it: run the copy inside the root, or put a copy at the same path there.

@@ -24,6 +24,8 @@ use crate::logging::eprintln;
 pub const UNIT: &str = include_str!("../systemd/elb-drain.service");
 /// The binary [`UNIT`]'s Exec lines name: the package's.
 pub const PACKAGE_BINARY: &str = "/usr/bin/elb-drain";
+/// Where the package puts [`UNIT`].
+const PACKAGE_UNIT: &str = "/usr/lib/systemd/system/elb-drain.service";
 /// `config/elb-drain.toml`, byte for byte: still marked `example = true`.
 pub const EXAMPLE: &str = include_str!("../config/elb-drain.toml");
 
@@ -69,6 +71,7 @@ pub fn install_units(root: &Path) -> Result<Exit, Exit> {
     let binary = std::env::current_exe()
         .map_err(BinaryError::CurrentExe)
         .and_then(|exe| UnitBinary::find(&exe, root))
+        .and_then(|binary| binary.not_packaged(root))
         .map_err(|e| {
             eprintln!("elb-drain: install-units: {e}");
             Exit::Failure
@@ -149,6 +152,12 @@ pub enum BinaryError {
         root: PathBuf,
         in_root: PathBuf,
     },
+    #[error(
+        "{binary} and {unit} are the Debian package's, which installed and enabled the unit already; \
+         install-units is for the static binary (a unit of its own would override the package's, and \
+         its upgrades)"
+    )]
+    Packaged { binary: String, unit: PathBuf },
 }
 
 /// Where the unit's sandbox (PrivateTmp=, ProtectHome=, PrivateDevices=) puts something else, and why.
@@ -194,6 +203,22 @@ impl UnitBinary {
             return Err(BinaryError::Unquotable(path));
         }
         Ok(UnitBinary(text.to_owned()))
+    }
+}
+
+impl UnitBinary {
+    /// Refuses the package's own binary where the package's unit is installed: install-units would put
+    /// a copy of that unit where systemd prefers it to the package's, and the package's next versions
+    /// of it would never run.
+    fn not_packaged(self, root: &Path) -> Result<UnitBinary, BinaryError> {
+        let unit = root.join(PACKAGE_UNIT.trim_start_matches('/'));
+        if self.0 == PACKAGE_BINARY && unit.exists() {
+            return Err(BinaryError::Packaged {
+                binary: self.0,
+                unit,
+            });
+        }
+        Ok(self)
     }
 }
 

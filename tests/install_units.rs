@@ -136,8 +136,8 @@ fn install_units_writes_the_unit_and_the_example_enables_it_and_keeps_an_edited_
 
 /// install-units names the binary it runs from in the unit, so it refuses to install a unit that
 /// could not run it: one that is not in the image being built, or that the unit's sandbox would hide
-/// (PrivateTmp=: `curl -o /tmp/elb-drain ... && sudo /tmp/elb-drain install-units`). Nothing is
-/// written then.
+/// (PrivateTmp=: `curl -o /tmp/elb-drain ... && sudo /tmp/elb-drain install-units`). And the package's
+/// binary, whose unit the package installed. Nothing is written then.
 #[test]
 fn install_units_refuses_a_binary_the_unit_could_not_run() {
     let root = tempfile::tempdir().unwrap();
@@ -158,6 +158,18 @@ fn install_units_refuses_a_binary_the_unit_could_not_run() {
         err.contains("/tmp/elb-drain: the unit's sandbox hides /tmp") && err.contains("PrivateTmp"),
         "{err}"
     );
+
+    // The package's own binary, with the package's unit there: the unit is installed and enabled
+    // already, and a copy in /usr/local/lib would override it and its upgrades.
+    let binary = copy_into(root.path(), "/usr/bin/elb-drain");
+    let packaged = root.path().join("usr/lib/systemd/system/elb-drain.service");
+    std::fs::create_dir_all(packaged.parent().unwrap()).unwrap();
+    std::fs::write(&packaged, include_str!("../systemd/elb-drain.service")).unwrap();
+    let out = run(&binary, &["install-units", &root_arg]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("are the Debian package's"), "{err}");
+
     let unit = root
         .path()
         .join("usr/local/lib/systemd/system/elb-drain.service");
