@@ -8,7 +8,6 @@
 //! with uncommitted changes still reports its last commit.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[path = "build/commit.rs"]
 mod commit;
@@ -24,36 +23,24 @@ fn main() {
 }
 
 fn from_git(dir: &Path) -> Option<String> {
-    let top = git(dir, &["rev-parse", "--show-toplevel"])?;
-    if Path::new(&top).canonicalize().ok()? != dir.canonicalize().ok()? {
+    if !commit::is_top(dir) {
         return None;
     }
     // Rerun when HEAD moves to another branch or commit, or the branch itself moves (a loose ref, or
     // packed-refs once git packed it). Only files that exist: cargo reruns a script on every build
     // while a file it watches is missing.
     let mut watch = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
-    if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
+    if let Some(branch) = commit::git(dir, &["symbolic-ref", "-q", "HEAD"]) {
         watch.push(branch);
     }
     for name in watch {
-        if let Some(path) = git(dir, &["rev-parse", "--git-path", &name]) {
+        if let Some(path) = commit::git(dir, &["rev-parse", "--git-path", &name]) {
             let path = dir.join(path);
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }
     }
-    git(dir, &["rev-parse", "--short=12", "HEAD"])
-}
-
-/// `git ARGS` in `dir`: its trimmed stdout when it succeeded.
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    // Asked after the watches are set: a repository without a commit yet gets one later.
+    commit::head(dir)
 }

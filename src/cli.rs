@@ -86,16 +86,20 @@ pub enum Command {
     /// Whether the configuration file describes this server yet (the systemd unit's ExecCondition=).
     ///
     /// Exit 0 when it does, 1 while it is absent or still the example (`example = true`), so that an
-    /// install that is not configured yet starts nothing. Reads that file only and validates nothing
-    /// (`check` does): a broken or unreadable file counts as a configuration, which `run` then refuses.
+    /// install that is not configured yet starts nothing; the unit fails its start on any other exit.
+    /// Reads that file only and validates nothing (`check` does): a broken or unreadable file counts
+    /// as a configuration, which `run` then refuses.
     IsConfigured,
     /// Install the systemd unit and the example configuration, and enable the unit (static binary).
     ///
-    /// What the Debian package does: the unit goes to /usr/local/lib/systemd/system, the example to
-    /// /etc/elb-drain/elb-drain.toml (mode 0640) unless a file is there already, then `systemctl enable`.
-    /// The unit starts once the configuration describes this server.
+    /// What the Debian package does: the unit goes to /usr/local/lib/systemd/system, naming this binary
+    /// by the path it runs from (install it where it stays first: a binary in /tmp or a home directory,
+    /// which the unit's sandbox hides, is refused; so is the package's own), the example to
+    /// /etc/elb-drain/elb-drain.toml (mode 0640) unless a file is there already, then `systemctl
+    /// enable`. The unit starts once the configuration describes this server.
     InstallUnits {
-        /// Install into this root (an image being built) instead of the running system.
+        /// Install into this root (an image being built) instead of the running system. This binary
+        /// must be in it: run the copy inside the root, or put a copy at the same path there.
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
@@ -107,14 +111,21 @@ pub fn main() -> ExitCode {
     crate::signals::hold();
     let args = Args::parse();
     logging::init(args.log_format);
-    let exit = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(e) => {
-            eprintln!("elb-drain: cannot start the runtime: {e}");
-            Exit::Failure
+    let exit = if matches!(args.command, Command::IsConfigured) {
+        // Without a runtime: the unit skips its start when this exits 1, so 1 must mean "not
+        // configured" and nothing else, and a runtime that cannot start exits 1 too.
+        crate::signals::release();
+        crate::install::is_configured(&args).unwrap_or_else(|e| e)
+    } else {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(run(args)),
+            Err(e) => {
+                eprintln!("elb-drain: cannot start the runtime: {e}");
+                Exit::Failure
+            }
         }
     };
     // Neither waits on a reader that has stalled: see their modules.
@@ -159,6 +170,7 @@ async fn run(args: Args) -> Exit {
         Command::Register { json } => crate::commands::register(&args, *json).await,
         Command::Check { json } => crate::commands::check(&args, *json).await,
         Command::Status { json } => crate::commands::status(&args, *json).await,
+        // `main` runs it before this, without a runtime.
         Command::IsConfigured => crate::install::is_configured(&args),
         Command::InstallUnits { root } => crate::install::install_units(root),
     };

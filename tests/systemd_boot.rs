@@ -7,14 +7,18 @@
 //! `systemd/examples/app.service`, and the agent from the installed unit and configuration, bound to the
 //! app by the drop-in the README documents, and given a short `TimeoutStopSec=` by one of the test's own.
 //!
-//! The package's life, in one container: `dpkg -i` enables the unit and starts nothing; a start (what
-//! boot does) is skipped, not failed, while the configuration is still the example; once configured, one
-//! `systemctl stop app` shows what `agent_systemd.rs` can only show with a fake notify socket: the stop
-//! blocks until the drain finished, `systemctl status` shows the agent's live `STATUS=` line, and
-//! `EXTEND_TIMEOUT_USEC` keeps a 3 s `TimeoutStopSec` from killing a longer drain; an upgrade under a
-//! running agent keeps both the edited configuration and the agent (no drain); `dpkg -r` of a running
-//! agent drains before the files go; `dpkg --purge` takes the configuration and the state. The static
-//! binary: the same unit text from /usr/local, skipped until configured, then a stop that drains.
+//! The package's life, in one container: `dpkg -i` over a stale `/usr/local/bin/elb-drain` warns of it,
+//! enables the unit and starts nothing; a start (what boot does) is skipped, not failed, while the
+//! configuration is still the example; once configured, the unit runs the package's binary, not the
+//! stale one, and one `systemctl stop app` shows what `agent_systemd.rs` can only show with a fake notify
+//! socket: the stop blocks until the drain finished, `systemctl status` shows the agent's live `STATUS=`
+//! line, and `EXTEND_TIMEOUT_USEC` keeps a 3 s `TimeoutStopSec` from killing a longer drain; an upgrade
+//! under a running agent keeps the edited configuration, the agent (no drain) and a disabled unit
+//! disabled; `dpkg -r` of a running agent drains before the files go; `dpkg --purge` takes the
+//! configuration and the state; installed again over another unit that overrides its own, it says so.
+//! The static binary: the same unit text from /usr/local naming /usr/local/bin/elb-drain, skipped until
+//! configured; configured, a start whose check cannot run (an older binary, none) fails rather than
+//! being skipped; then a stop that drains.
 //!
 //! Runs when `ELB_DRAIN_SYSTEMD_ROOT` names the cache directory; it then fails if anything is missing,
 //! including the package, which `ELB_DRAIN_DEB` names (`cargo xtask deb` builds it; `.ci/run` builds the
@@ -31,6 +35,8 @@
 //! process itself is killed, `PR_SET_PDEATHSIG` and `unshare --kill-child` still end the container.
 
 mod common;
+#[path = "../xtask/src/coverage.rs"]
+mod coverage;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -75,7 +81,12 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let c = Container::boot(
         &cache.join("rootfs"),
-        |upper| stage(upper, repo),
+        |upper| {
+            stage(upper, repo);
+            // Where the binary went before the package, left behind: it comes first on systemd's
+            // search path, so a unit naming a bare `elb-drain` would run it.
+            put(&upper.join("usr/local/bin/elb-drain"), 0o755, STALE_BINARY);
+        },
         &[
             (deb.as_path(), "/root/elb-drain.deb"),
             (elb_sim.as_path(), "/usr/local/bin/elb-sim"),
@@ -87,8 +98,18 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
     );
     let version = format!("{}-1", env!("CARGO_PKG_VERSION"));
 
-    // Installed: the agent, the unit enabled, the example as a conffile; nothing started.
-    c.sh("dpkg -i /root/elb-drain.deb");
+    // Installed: the agent, the unit enabled, the example as a conffile; nothing started. The stale
+    // copy in /usr/local/bin is pointed out (it is the administrator's to remove).
+    let (status, out, err) = c.run(
+        &["dpkg", "-i", "/root/elb-drain.deb"],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "dpkg -i: {status}\n{out}{err}");
+    assert!(
+        err.contains("warning: /usr/local/bin/elb-drain is there too")
+            && err.contains("runs /usr/bin/elb-drain"),
+        "dpkg -i says nothing of the stale binary:\n{out}{err}"
+    );
     assert_eq!(
         c.sh("dpkg-query -W -f '${Status} ${Version}' elb-drain"),
         format!("install ok installed {version}")
@@ -110,15 +131,19 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
     c.sh(&format!("install -m 0640 {CONFIGURED} {CONFIG}"));
     start_sim(&c);
     c.systemctl(&["start", "app", "elb-drain"]);
+    // The package's binary, not the stale one before it on the search path (which, run as the
+    // condition, would have had the start skipped: MainPID 0).
     assert_eq!(c.main_exe("elb-drain"), "/usr/bin/elb-drain");
     stop_app_waits_for_the_drain_shows_status_and_extends_a_short_timeout(&c);
 
     // An upgrade under a running agent: the same agent keeps serving (a restart would drain the server),
-    // and the operator's configuration stays, the new example set aside.
+    // and the operator's configuration stays, the new example set aside. The unit disabled, as the
+    // README says to where the application runs the agent itself, stays disabled.
     c.systemctl(&["restart", "elb-sim"]);
     start_sim(&c);
     c.systemctl(&["start", "app", "elb-drain"]);
     let pid = c.show("elb-drain", "MainPID");
+    c.systemctl(&["disable", "elb-drain"]);
     let next = format!("{}-2", env!("CARGO_PKG_VERSION"));
     c.sh(&format!(
         "dpkg-deb -R /root/elb-drain.deb /root/next && \
@@ -146,6 +171,12 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
         deletes(&c.requests()).is_empty(),
         "the upgrade drained the server"
     );
+    assert_eq!(
+        c.show("elb-drain", "UnitFileState"),
+        "disabled",
+        "the upgrade enabled the unit again"
+    );
+    c.systemctl(&["enable", "elb-drain"]);
     assert_eq!(
         c.sh(&format!("cat {CONFIG}")),
         c.sh(&format!("cat {CONFIGURED}"))
@@ -246,7 +277,36 @@ fn the_package_starts_nothing_unconfigured_drains_on_stop_survives_an_upgrade_an
         assert!(!status.success(), "{gone} is still there after the purge");
     }
     c.sh("test -f /etc/elb-drain/password");
+
+    // The package over what the static route installed: install-units' unit in /usr/local/lib comes
+    // before the package's, and dpkg -i says so.
+    c.sh("mkdir -p /usr/local/lib/systemd/system && \
+         cp /root/next/usr/lib/systemd/system/elb-drain.service /usr/local/lib/systemd/system/");
+    let (status, out, err) = c.run(
+        &["dpkg", "-i", "/root/elb-drain.deb"],
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "dpkg -i: {status}\n{out}{err}");
+    assert!(
+        err.contains(
+            "warning: /usr/local/lib/systemd/system/elb-drain.service overrides this package's unit"
+        ),
+        "dpkg -i says nothing of the unit that overrides its own:\n{out}{err}"
+    );
+    assert_eq!(
+        c.show("elb-drain", "FragmentPath"),
+        "/usr/local/lib/systemd/system/elb-drain.service"
+    );
 }
+
+/// An elb-drain from before `is-configured` existed, as clap answers a command it does not know; any
+/// other use of it is a test failure that names it.
+const STALE_BINARY: &str = "#!/bin/sh\n\
+    # An elb-drain older than is-configured, left where the binary used to be installed.\n\
+    for a; do case $a in is-configured|install-units)\n\
+      echo \"error: unrecognized subcommand '$a'\" >&2; exit 2;; esac; done\n\
+    echo \"a stale elb-drain was run: $*\" >&2\n\
+    exit 1\n";
 
 #[test]
 fn the_static_binary_installs_the_same_unit_which_runs_it_from_usr_local_bin() {
@@ -278,10 +338,20 @@ fn the_static_binary_installs_the_same_unit_which_runs_it_from_usr_local_bin() {
         c.sh("/usr/local/bin/elb-drain --version"),
         built_version(&binary)
     );
+    // One unit text for both routes, naming the binary that installed it in place of the package's.
+    let unit: String = include_str!("../systemd/elb-drain.service")
+        .lines()
+        .map(|l| {
+            if l.starts_with("Exec") {
+                l.replace("/usr/bin/elb-drain", "/usr/local/bin/elb-drain") + "\n"
+            } else {
+                l.to_owned() + "\n"
+            }
+        })
+        .collect();
     assert_eq!(
         c.sh("cat /usr/local/lib/systemd/system/elb-drain.service"),
-        include_str!("../systemd/elb-drain.service").trim_end(),
-        "one unit text for both routes"
+        unit.trim_end()
     );
     assert_eq!(
         c.show("elb-drain", "FragmentPath"),
@@ -290,6 +360,16 @@ fn the_static_binary_installs_the_same_unit_which_runs_it_from_usr_local_bin() {
     assert_installed_idle(&c);
 
     c.sh(&format!("install -m 0640 {CONFIGURED} {CONFIG}"));
+    // Configured, but the binary the unit names cannot answer: replaced by an old one, then gone.
+    // Either must fail the start where it is seen, not skip it as the example is skipped.
+    c.sh(&format!(
+        "cat > /usr/local/bin/elb-drain <<'EOF'\n{STALE_BINARY}EOF"
+    ));
+    assert_start_fails_loudly(&c, "exited 2");
+    c.sh("rm /usr/local/bin/elb-drain");
+    assert_start_fails_loudly(&c, "exited 127");
+    c.sh("install -m 0755 /root/elb-drain /usr/local/bin/elb-drain");
+
     start_sim(&c);
     c.systemctl(&["start", "app", "elb-drain"]);
     assert_eq!(c.main_exe("elb-drain"), "/usr/local/bin/elb-drain");
@@ -356,8 +436,36 @@ fn assert_installed_idle(c: &Container) {
     assert!(!failed.contains("elb-drain"), "failed units: {failed}");
 }
 
+/// A configured server whose unit cannot run its check (`why`: how the check ended): `systemctl start`
+/// fails, the unit's result is a failure and not a skip, and the journal says why. Then stopped (its
+/// `Restart=` would try again) and reset, leaving it as it was.
+fn assert_start_fails_loudly(c: &Container, why: &str) {
+    let since = monotonic_us();
+    let (status, out, err) = c.run(
+        &["systemctl", "start", "elb-drain"],
+        Duration::from_secs(60),
+    );
+    let journal = c.journal_since("elb-drain", since);
+    assert!(
+        !status.success(),
+        "`systemctl start elb-drain` succeeded with a check that {why}: {out}{err}\njournal:\n{journal}"
+    );
+    assert_eq!(
+        c.show("elb-drain", "Result"),
+        "exit-code",
+        "check {why}; journal:\n{journal}"
+    );
+    assert!(
+        journal.contains(&format!("is-configured {why}")) && journal.contains("failing the start"),
+        "check {why}; journal:\n{journal}"
+    );
+    c.systemctl(&["stop", "elb-drain"]);
+    c.systemctl(&["reset-failed", "elb-drain"]);
+}
+
 /// What the package holds: the agent and not elb-sim, the unit, the example as a conffile, a man page
-/// for every command this build's CLI has, completions for bash and zsh that know every command.
+/// for every command this build's CLI has, completions for bash and zsh that know every command and
+/// option (checked as xtask's tests check the files it generates).
 fn assert_packaged_files(c: &Container) {
     let files = c.sh("dpkg -L elb-drain");
     let files: Vec<&str> = files.lines().collect();
@@ -396,21 +504,15 @@ fn assert_packaged_files(c: &Container) {
             .next(),
         Some(CONFIG)
     );
-    let page = c.sh("zcat /usr/share/man/man1/elb-drain.1.gz");
-    let bash = c.sh("cat /usr/share/bash-completion/completions/elb-drain");
-    let zsh = c.sh("cat /usr/share/zsh/vendor-completions/_elb-drain");
-    for name in &commands {
-        let roff = format!("elb\\-drain\\-{}(1)", name.replace('-', "\\-"));
-        assert!(page.contains(&roff), "the man page does not list {name}");
-        assert!(
-            bash.contains(&format!("elb__drain,{name})")),
-            "bash does not complete {name}"
-        );
-        assert!(
-            zsh.contains(&format!("'{name}:")),
-            "zsh does not complete {name}"
-        );
-    }
+    coverage::assert_covers(
+        &cli,
+        &coverage::Assets {
+            main_page: &c.sh("zcat /usr/share/man/man1/elb-drain.1.gz"),
+            command_page: &|name| c.sh(&format!("zcat /usr/share/man/man1/elb-drain-{name}.1.gz")),
+            bash: &c.sh("cat /usr/share/bash-completion/completions/elb-drain"),
+            zsh: &c.sh("cat /usr/share/zsh/vendor-completions/_elb-drain"),
+        },
+    );
 }
 
 /// The test's part of stopping the app with a configured agent: one connection held through the load

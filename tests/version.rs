@@ -18,31 +18,14 @@ fn version_of(binary: &Path) -> String {
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
-/// What git says HEAD of this source tree is, as `build.rs` asks it; `None` outside a git checkout.
-fn head() -> Option<String> {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()?;
-        let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-        out.status.success().then_some(text)
-    };
-    let top = git(&["rev-parse", "--show-toplevel"])?;
-    (Path::new(&top).canonicalize().ok()? == Path::new(dir).canonicalize().ok()?)
-        .then(|| git(&["rev-parse", "--short=12", "HEAD"]))?
-}
-
 #[test]
 fn version_names_the_version_and_the_commit_of_this_source_tree() {
     let version = version_of(Path::new(env!("CARGO_BIN_EXE_elb-drain")));
     // An explicit ELB_DRAIN_COMMIT at build time wins over git (a packager's choice); CI sets none.
     let commit = match std::env::var("ELB_DRAIN_COMMIT") {
         Ok(c) if !c.trim().is_empty() => c.trim().to_owned(),
-        _ => head().unwrap_or_else(|| "unknown".to_owned()),
+        _ => commit::head(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|| "unknown".to_owned()),
     };
     assert_eq!(
         version,

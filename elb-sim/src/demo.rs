@@ -269,33 +269,8 @@ fn agent_binary() -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo built elb-drain but named no executable".into())
 }
 
-/// `cargo` (the one running this program under `cargo run`, else the one on PATH), without the
-/// variables cargo sets for a program it runs. A build script that tracks one of them (ring tracks
-/// `CARGO_MANIFEST_DIR`) would otherwise be rebuilt by this nested build and again by the next plain
-/// one, every time.
-pub fn cargo() -> std::process::Command {
-    let mut cmd =
-        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name);
-        if set_by_cargo {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
+/// `cargo` for a build nested in a program cargo runs: see [`crate::nested_cargo`].
+pub use crate::nested_cargo::cargo;
 
 /// The executable cargo built (or found fresh) for binary `bin`, from the compiler-artifact messages
 /// of its `--message-format=json` output.

@@ -9,6 +9,7 @@
 //! * [`dataplane`]: a real TCP load balancer in front of the members;
 //! * [`health`]: TCP health checks that drive `operating_status`;
 //! * [`demo`]: `elb-sim demo`, a stop with and without elb-drain, side by side;
+//! * [`nested_cargo`]: a `cargo` command for builds started from under cargo (the demo, benches, xtask);
 //! * [`tls`]: optional https on the API listener, with a throwaway CA for tests.
 //!
 //! [`Sim::start`] runs it all in-process on `127.0.0.1:0` ports; the `elb-sim` binary runs it as a
@@ -24,6 +25,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod health;
 pub mod metadata;
+pub mod nested_cargo;
 pub mod scenario;
 pub mod state;
 pub mod tls;

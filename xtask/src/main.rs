@@ -107,29 +107,15 @@ fn deb(args: Vec<String>) -> Result<(), String> {
     )
 }
 
-/// `cargo`, without the variables `cargo run` set for this program (as `elb_sim::demo::cargo` does for
-/// the demo): ring's build script tracks CARGO_MANIFEST_DIR, so with them the release build here and
-/// every plain one after it would each rebuild ring and what depends on it (a minute each).
+/// elb-sim's, shared as a file rather than a dependency: xtask needs only these few lines of it.
+#[path = "../../elb-sim/src/nested_cargo.rs"]
+mod nested_cargo;
+
+/// `cargo` in the workspace, without the variables `cargo run` set for this program: with them the
+/// release build here and every plain one after it would each rebuild ring and what depends on it.
 fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = nested_cargo::cargo();
     cmd.current_dir(workspace());
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        let set_by_cargo_run = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name);
-        if set_by_cargo_run {
-            cmd.env_remove(name);
-        }
-    }
     cmd
 }
 
@@ -142,6 +128,9 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod coverage;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -152,46 +141,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assets(dir.path()).unwrap();
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
-        let main_page = read("man/elb-drain.1");
-        let bash = read("completions/elb-drain.bash");
-        let zsh = read("completions/_elb-drain");
-        assert!(main_page.contains(elb_drain::cli::VERSION), "{main_page}");
-
-        let cli = elb_drain::cli::Args::command();
-        let commands: Vec<_> = cli.get_subcommands().filter(|c| !c.is_hide_set()).collect();
-        assert!(commands.len() >= 9, "{:?}", commands.len());
-        for cmd in commands {
-            let name = cmd.get_name();
-            // roff escapes '-' as '\-'.
-            let roff_name = name.replace('-', "\\-");
-            assert!(
-                main_page.contains(&format!("elb\\-drain\\-{roff_name}(1)")),
-                "the main page does not list {name}"
-            );
-            let page = read(&format!("man/elb-drain-{name}.1"));
-            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
-                if let Some(long) = arg.get_long() {
-                    let flag = format!("\\-\\-{}", long.replace('-', "\\-"));
-                    assert!(page.contains(&flag), "elb-drain-{name}.1 lacks {flag}");
-                    assert!(
-                        bash.contains(&format!("--{long}")),
-                        "bash lacks {name} --{long}"
-                    );
-                    assert!(
-                        zsh.contains(&format!("--{long}")),
-                        "zsh lacks {name} --{long}"
-                    );
-                }
-            }
-            assert!(
-                bash.contains(&format!("elb__drain,{name})")),
-                "bash does not complete {name}"
-            );
-            assert!(
-                zsh.contains(&format!("'{name}:")),
-                "zsh does not complete {name}"
-            );
-        }
+        coverage::assert_covers(
+            &elb_drain::cli::Args::command(),
+            &coverage::Assets {
+                main_page: &read("man/elb-drain.1"),
+                command_page: &|name| read(&format!("man/elb-drain-{name}.1")),
+                bash: &read("completions/elb-drain.bash"),
+                zsh: &read("completions/_elb-drain"),
+            },
+        );
     }
 
     /// The bash script, run by bash the way bash-completion runs it: `elb-drain <TAB>` offers every
