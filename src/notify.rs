@@ -18,7 +18,8 @@
 //! not fit waits in an outbox that holds at most one of each field:
 //!
 //! * `STATUS=` lines are coalesced, the latest wins: at most one a second (or one per poll interval, if
-//!   that is longer), except that a change of phase (and the final verdict) is always sent at once.
+//!   that is longer), counted from when the previous line was sent, except that a change of phase
+//!   (and the final verdict) is always sent at once.
 //!   While the queue is full a pending line is replaced by the next, and dropped if it cannot go.
 //! * `READY=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` and `WATCHDOG=1` are retried in this module's own
 //!   small task (the caller never waits): after 10 ms, doubling up to 250 ms apart, for [`RETRY_FOR`]
@@ -409,7 +410,9 @@ impl Link {
                 None => Err(io::Error::from(io::ErrorKind::NotConnected)),
             };
             match sent {
-                Ok(()) => outbox.sent(&datagram, now),
+                // Pacing counts from the send itself: the manager sees progress lines at least a
+                // status interval apart even when this thread was delayed between `now` and here.
+                Ok(()) => outbox.sent(&datagram, Instant::now().max(now)),
                 Err(e) => {
                     let full = matches!(
                         e.kind(),

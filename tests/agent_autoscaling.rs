@@ -132,7 +132,7 @@ async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_conne
         notify.all()
     );
     assert!(
-        notify.received("STOPPING=1").unwrap() > notify.received("READY=1").unwrap(),
+        notify.sent_at("STOPPING=1").unwrap() > notify.sent_at("READY=1").unwrap(),
         "{:?}",
         notify.all()
     );
