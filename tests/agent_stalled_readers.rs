@@ -92,11 +92,14 @@ async fn drain_stops_in_time_when_the_notify_socket_is_never_read() {
     assert_eq!(warnings_about_notify(&agent.stderr()), 1);
 }
 
-/// A manager that is only slow: it stops reading after READY and reads again while the stop is under
-/// way, within the retry bound. What could not be sent meanwhile was retried, not lost: STOPPING=1 and
-/// the extension reach it, and the drain's last word is the verdict.
+/// A manager that is only slow: it stops reading after READY and reads again as soon as the stop's
+/// first send has found its queue full, well within the retry bound. What could not be sent meanwhile
+/// was retried, not lost: STOPPING=1 and an extension reach it while the drain goes on, and the
+/// drain's last word is the verdict. (A test thread delayed past the bound changes nothing here:
+/// STOPPING is tried until it is taken, and the draining phase earns another extension.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_that_reads_again_within_the_bound_gets_the_stop() {
+    use elb_drain::notify::{RETRY_FOR, RETRY_SLOW};
     let s = setup().await;
     let notify = NotifySocket::bind_stalling(s.dir.path(), "READY=1");
     let config = s.config(&quick(""));
@@ -117,10 +120,14 @@ async fn a_manager_that_reads_again_within_the_bound_gets_the_stop() {
         "a send found the queue full: {}",
         agent.stderr()
     );
-    std::thread::sleep(Duration::from_millis(300)); // a manager busy for a moment
     notify.resume();
+    // The connection is still open: the drain goes on until both have arrived.
     assert!(
-        wait_until(elb_drain::notify::RETRY_FOR, || notify.has("STOPPING=1")),
+        wait_until(RETRY_FOR + RETRY_SLOW * 2, || notify.has("STOPPING=1")
+            && notify
+                .fields()
+                .iter()
+                .any(|f| f.starts_with("EXTEND_TIMEOUT_USEC="))),
         "{:?}\n{}",
         notify.all(),
         agent.stderr()
@@ -128,8 +135,61 @@ async fn a_manager_that_reads_again_within_the_bound_gets_the_stop() {
     let (code, _) = finish_stop(&s, &mut agent, held);
     assert_eq!(code, Some(0), "{}", agent.stderr());
     let fields = notify.fields();
+    assert_eq!(
+        fields.last().map(String::as_str),
+        Some("STATUS=drained"),
+        "{fields:?}"
+    );
+}
+
+/// A manager that stops reading before the agent is ready and reads again only after the retry
+/// bound (a PID 1 busy for 3 s). While serving, the agent sends nothing else (no `WatchdogSec=`), so
+/// READY=1 must be retried on its own: the manager gets it within a second of reading again, and the
+/// stop after it as usual. Before, READY waited for a next message that never came: systemd would
+/// have given up the start at `TimeoutStartSec=` and stopped (drained) a server that was serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_that_reads_again_after_the_bound_still_gets_ready() {
+    use elb_drain::notify::{RETRY_FOR, RETRY_SLOW};
+    let s = setup().await;
+    let notify = NotifySocket::bind_stalling(s.dir.path(), "");
+    assert!(wait_until(Duration::from_secs(5), || notify.stalled()));
+    let config = s.config(&quick(""));
+    let held = s.connections_to_us(1);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
     assert!(
-        fields.iter().any(|f| f.starts_with("EXTEND_TIMEOUT_USEC=")),
+        wait_until(Duration::from_secs(10), || {
+            let err = agent.stderr();
+            err.contains("ready: waiting for SIGTERM") && err.contains("notify: not sent")
+        }),
+        "ready, and READY=1 did not fit: {}",
+        agent.stderr()
+    );
+    // The manager is busy for longer than the retry bound (the scenario, not a synchronisation).
+    std::thread::sleep(RETRY_FOR + Duration::from_secs(1));
+    assert!(notify.all().is_empty(), "{:?}", notify.all());
+    let resumed = mono_ns();
+    notify.resume();
+    assert!(
+        wait_until(RETRY_SLOW * 5, || notify.has("READY=1")),
+        "READY never came: {:?}\n{}",
+        notify.all(),
+        agent.stderr()
+    );
+    let ready = notify.sent_at("READY=1").unwrap();
+    eprintln!(
+        "READY sent {} ms after the manager read again",
+        ready.saturating_sub(resumed) / 1_000_000
+    );
+    // Serving: the stop goes as usual, the manager told.
+    agent.signal(libc::SIGTERM);
+    let (code, _) = finish_stop(&s, &mut agent, held);
+    assert_eq!(code, Some(0), "{}", agent.stderr());
+    let fields = notify.fields();
+    let at = |f: &str| fields.iter().position(|x| x == f);
+    assert!(
+        at("READY=1") < at("STOPPING=1") && at("STOPPING=1").is_some(),
         "{fields:?}"
     );
     assert_eq!(

@@ -732,7 +732,10 @@ impl NotifySocket {
             }
         };
         std::thread::spawn(move || {
+            // Stalls once: once resumed, the manager reads for good.
+            let mut until = until;
             if until.as_deref() == Some("") {
+                until = None;
                 stall();
             }
             let mut buf = [0u8; 4096];
@@ -744,6 +747,7 @@ impl NotifySocket {
                 let last = until.as_deref().is_some_and(|u| text.contains(u));
                 into.lock().unwrap().push((at, text));
                 if last {
+                    until = None;
                     stall();
                 }
             }
