@@ -197,6 +197,7 @@ async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_conne
             agent.stderr()
         );
     }
+    notify.caught_up();
     assert_eq!(
         notify.all().last().map(|m| m.trim_end()),
         Some("STATUS=drained"),

@@ -134,6 +134,7 @@ async fn a_manager_that_reads_again_within_the_bound_gets_the_stop() {
     );
     let (code, _) = finish_stop(&s, &mut agent, held);
     assert_eq!(code, Some(0), "{}", agent.stderr());
+    notify.caught_up();
     let fields = notify.fields();
     assert_eq!(
         fields.last().map(String::as_str),
@@ -186,6 +187,7 @@ async fn a_manager_that_reads_again_after_the_bound_still_gets_ready() {
     agent.signal(libc::SIGTERM);
     let (code, _) = finish_stop(&s, &mut agent, held);
     assert_eq!(code, Some(0), "{}", agent.stderr());
+    notify.caught_up();
     let fields = notify.fields();
     let at = |f: &str| fields.iter().position(|x| x == f);
     assert!(
@@ -221,6 +223,7 @@ async fn a_stderr_nobody_reads_holds_neither_the_start_nor_the_stop() {
     let (code, after_close) = finish_stop(&s, &mut agent, held);
     eprintln!("exit {after_close:?} after the last close, stderr never read");
     assert_eq!(code, Some(0), "{:?}", notify.all());
+    notify.caught_up();
     assert_eq!(
         notify.fields().last().map(String::as_str),
         Some("STATUS=drained")

@@ -150,6 +150,7 @@ async fn ready_status_stopping_extend_and_the_final_status() {
         "{}",
         agent.stderr()
     );
+    notify.caught_up();
 
     let all = notify.all();
     // What is said at one moment is one datagram: the stop's first.
@@ -501,6 +502,7 @@ async fn a_three_connection_stop_is_told_in_few_messages() {
     }
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    notify.caught_up();
     let took = stop.elapsed().as_secs_f64().ceil() as usize;
     let sent = notify.all()[before..].to_vec();
     let statuses = sent

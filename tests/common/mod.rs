@@ -679,6 +679,8 @@ pub struct NotifySocket {
     messages: Arc<Mutex<Vec<(u64, String)>>>,
     /// Whether the reader reads (a stalled manager: false), and a signal when that changes.
     reading: Arc<(Mutex<Reader>, std::sync::Condvar)>,
+    /// The last of the test's own marks the reader has read (see [`NotifySocket::caught_up`]).
+    marks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -692,6 +694,9 @@ enum Reader {
 
 /// What the stalled test's own fill-up datagrams say; never counted as the agent's.
 const FILLER: &str = "X_TEST_FILLER=1";
+
+/// What [`NotifySocket::caught_up`]'s marks say, before their number; never counted either.
+const MARK: &str = "X_TEST_MARK=";
 
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
@@ -713,7 +718,13 @@ impl NotifySocket {
         stamp_arrivals(&sock);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let reading = Arc::new((Mutex::new(Reader::Reading), std::sync::Condvar::new()));
-        let (into, state, to) = (messages.clone(), reading.clone(), path.clone());
+        let marks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (into, state, to, seen) = (
+            messages.clone(),
+            reading.clone(),
+            path.clone(),
+            marks.clone(),
+        );
         let stall = move || {
             let filler = UnixDatagram::unbound().unwrap();
             filler.set_nonblocking(true).unwrap();
@@ -744,6 +755,11 @@ impl NotifySocket {
                 if text == FILLER {
                     continue;
                 }
+                if let Some(n) = text.strip_prefix(MARK) {
+                    let n = n.parse().expect("a mark's number");
+                    seen.store(n, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
                 let last = until.as_deref().is_some_and(|u| text.contains(u));
                 into.lock().unwrap().push((at, text));
                 if last {
@@ -756,7 +772,41 @@ impl NotifySocket {
             path,
             messages,
             reading,
+            marks,
         }
+    }
+
+    /// Returns once the reader has recorded every datagram sent before this call: for a process that
+    /// has exited, everything it said. (The reader is a thread of its own, which a loaded machine
+    /// can leave behind the socket's queue.) The queue is first in, first out, so a mark of the
+    /// test's own, sent now, is read after all of them. A stalled reader has nothing to catch up on.
+    pub fn caught_up(&self) {
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::atomic::Ordering;
+        if !matches!(
+            *self.reading.0.lock().unwrap(),
+            Reader::Reading | Reader::Resumed
+        ) {
+            return;
+        }
+        let n = self.marks.load(Ordering::SeqCst) + 1;
+        let mark = format!("{MARK}{n}");
+        let from = UnixDatagram::unbound().unwrap();
+        from.set_nonblocking(true).unwrap();
+        // A full queue (a reader far behind) takes the mark once it has read some.
+        assert!(
+            wait_until(Duration::from_secs(10), || from
+                .send_to(mark.as_bytes(), &self.path)
+                .is_ok()),
+            "the notify socket's queue stayed full"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .marks
+                .load(Ordering::SeqCst)
+                >= n),
+            "the notify socket's reader never caught up"
+        );
     }
 
     /// Whether the reader has stopped and the queue is full.
