@@ -254,7 +254,7 @@ async fn a_stderr_read_again_gets_every_line_held_meanwhile() {
     pipe.resume();
     let (code, _) = finish_stop(&s, &mut agent, held);
     assert_eq!(code, Some(0));
-    let err = pipe.text();
+    let err = pipe.text_to_end();
     let order = [
         "signal handlers installed",
         "ready: waiting for SIGTERM",

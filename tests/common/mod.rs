@@ -270,6 +270,8 @@ pub struct StalledPipe {
     read: Option<std::fs::File>,
     /// What was read after [`StalledPipe::resume`], the filler left out.
     pub text: Arc<Mutex<String>>,
+    /// The reader has read to the end: every writer has closed the pipe.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The filler's byte: never in the agent's output.
@@ -307,6 +309,7 @@ impl StalledPipe {
             StalledPipe {
                 read: Some(read),
                 text: Arc::new(Mutex::new(String::new())),
+                ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             Stdio::from(write),
         )
@@ -315,12 +318,13 @@ impl StalledPipe {
     /// The journal reads again: from now on into `text`.
     pub fn resume(&mut self) {
         if let Some(read) = self.read.take() {
-            let into = self.text.clone();
+            let (into, ended) = (self.text.clone(), self.ended.clone());
             std::thread::spawn(move || {
                 let mut read = read;
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = read.read(&mut buf) {
                     if n == 0 {
+                        ended.store(true, std::sync::atomic::Ordering::SeqCst);
                         return;
                     }
                     let kept: Vec<u8> = buf[..n]
@@ -338,6 +342,18 @@ impl StalledPipe {
 
     pub fn text(&self) -> String {
         self.text.lock().unwrap().clone()
+    }
+
+    /// Everything written, once the writers have exited: waits (bounded) for the reader, a thread
+    /// of its own that a loaded machine can leave behind, to reach the end of the pipe.
+    pub fn text_to_end(&self) -> String {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .ended
+                .load(std::sync::atomic::Ordering::SeqCst)),
+            "the pipe was not read to its end (is a writer still running?)"
+        );
+        self.text()
     }
 }
 
