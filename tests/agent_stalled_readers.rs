@@ -1,7 +1,8 @@
 //! Everything the agent writes to on its way out, misbehaving: a notify socket whose manager stopped
-//! reading, a stderr (the journal) that nobody reads, status clients that connect and never read, a
-//! state directory on a full filesystem. Each stop still ends in its usual time, with its usual exit
-//! code. (`exec`, `register` and the scale-in hook have theirs in their own test files.)
+//! reading (and one that reads again, within the retry bound and after it), a stderr (the journal)
+//! that nobody reads, a state directory on a full filesystem: each stop still ends in its usual time,
+//! with its usual exit code. And status clients that connect and never read: the agent holds few of
+//! them, none for long. (`exec`, `register` and the scale-in hook have theirs in their own files.)
 
 mod common;
 
