@@ -23,9 +23,9 @@
 //!
 //! | writes to | how | bounded by |
 //! |---|---|---|
-//! | the notify socket ([`notify`]) | non-blocking `sendto`; what does not fit waits in an outbox of one of each field, retried by its own task | 2 s of retries, then dropped (READY/STOPPING ride with the next message); one try at exit |
+//! | the notify socket ([`notify`]) | non-blocking `sendto`; what does not fit waits in an outbox of one of each field, retried by its own task | 2 s of retries, then dropped, except READY/STOPPING: tried once a second until taken (nothing else would say them); one try at exit |
 //! | stderr: log, error lines, progress bar ([`logging`]) | a queue of 1024 lines, written by one thread | lossy when full (the loss counted); 500 ms to write it out at exit |
-//! | status socket clients ([`status`]) | a task per client, never the drain | 1 s per answer, 16 clients at a time, the rest in the kernel's backlog |
+//! | status socket clients ([`status`]) | a task per client, never the drain; the document rendered once per change, not per client | 1 s per answer, 16 clients at a time, the rest in the kernel's backlog |
 //! | the state file ([`state`]) | a temporary file, fsync, rename, after the DELETEs | fails at once on a full disk (ENOSPC): the old file is kept, the stop goes on. A filesystem that hangs (NFS) is not bounded: `StateDirectory=` is local |
 //! | the cloud: DELETE, weight 0, the hook's EXTEND and answer ([`cloud`], [`hook`]) | HTTP | `cloud.request_timeout` a request (sending included), `cloud.retry_deadline` in all; the hook's heartbeat is dropped when the drain ends |
 //! | the `exec` child ([`supervise`]) | signals (`kill`, never blocks) | its stop: `--grace`, then SIGKILL, also for a child that blocks on its own stdio (inherited: the agent writes nothing for it) |

@@ -18,13 +18,21 @@
 //! not fit waits in an outbox that holds at most one of each field:
 //!
 //! * `STATUS=` lines are coalesced, the latest wins: at most one a second (or one per poll interval, if
-//!   that is longer), except that a change of phase (and the final verdict) is always sent at once.
+//!   that is longer), counted from when the previous line was sent, except that a change of phase
+//!   (and the final verdict) is always sent at once.
 //!   While the queue is full a pending line is replaced by the next, and dropped if it cannot go.
 //! * `READY=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=` and `WATCHDOG=1` are retried in this module's own
 //!   small task (the caller never waits): after 10 ms, doubling up to 250 ms apart, for [`RETRY_FOR`]
 //!   (2 s). Then the extension, ping and status are dropped (their successors follow while they still
-//!   matter), while READY and STOPPING, which say what state the service is in, ride along with the
-//!   next message sent.
+//!   matter). READY and STOPPING say what state the service is in, and nothing else says it again:
+//!   a READY lost while serving (which sends nothing more unless `WatchdogSec=` is set) would leave
+//!   the manager waiting until its `TimeoutStartSec=`, and then stopping (draining) a server that is
+//!   serving. So while one of them is still not taken, it is tried once every [`RETRY_SLOW`] (1 s),
+//!   for as long as the queue stays full, and goes with anything new meanwhile (which gets a 2 s of
+//!   its own). These are the only wake-ups a stalled manager costs; once everything is taken, or
+//!   given up, the task sleeps until there is something new to say.
+//! * A send that fails for another reason than a full queue (the socket is gone: the manager is not
+//!   listening at all) is not retried: READY and STOPPING then wait for the next message to ride along.
 //! * Whatever is pending is sent as one datagram, so a queue that frees one slot takes all of it.
 //! * The first loss is said once in the log (not per message); at exit one last non-blocking send is
 //!   tried and what is left is dropped: the process's exit is the news the manager acts on then.
@@ -60,6 +68,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 pub const RETRY_FOR: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX_GAP: Duration = Duration::from_millis(250);
+
+/// How often READY or STOPPING is tried once [`RETRY_FOR`] has passed with the queue still full: until
+/// it is taken, since nothing else would say it (a manager that reads again after 10 s gets READY
+/// within a second, not at its `TimeoutStartSec=`). One wake-up a second while the manager is not
+/// reading, none once it has taken them.
+pub const RETRY_SLOW: Duration = Duration::from_secs(1);
 
 pub struct Notifier {
     link: Option<Arc<Link>>,
@@ -409,14 +423,33 @@ impl Link {
                 None => Err(io::Error::from(io::ErrorKind::NotConnected)),
             };
             match sent {
-                Ok(()) => outbox.sent(&datagram, now),
+                // Pacing counts from the send itself: the manager sees progress lines at least a
+                // status interval apart even when this thread was delayed between `now` and here.
+                Ok(()) => {
+                    if outbox.slow {
+                        tracing::debug!(message = %datagram.text.trim_end(), "notify: taken at last");
+                    }
+                    outbox.sent(&datagram, Instant::now().max(now));
+                }
                 Err(e) => {
                     let full = matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) || e.raw_os_error() == Some(libc::ENOBUFS);
-                    tracing::debug!(error = %e, message = %datagram.text.trim_end(), "notify: not sent");
+                    // Tried once a second while READY/STOPPING wait for a stalled manager: said
+                    // when that begins, not at every try.
+                    let was_slow = outbox.slow;
+                    if !was_slow {
+                        tracing::debug!(error = %e, message = %datagram.text.trim_end(), "notify: not sent");
+                    }
                     outbox.failed(now, full && !last);
+                    if outbox.slow && !was_slow {
+                        tracing::debug!(
+                            failing_ms = RETRY_FOR.as_millis() as u64,
+                            retry_every_ms = RETRY_SLOW.as_millis() as u64,
+                            "notify: the manager is not reading; READY/STOPPING are tried until taken"
+                        );
+                    }
                     if !full {
                         self.warn_once(&e.to_string());
                     }
@@ -497,7 +530,11 @@ struct Outbox {
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     retry_gap: Duration,
-    /// Retries given up: what is left (READY, STOPPING) waits for the next message to ride along.
+    /// Past [`RETRY_FOR`] with the queue still full and READY or STOPPING not taken: tried every
+    /// [`RETRY_SLOW`] until they are.
+    slow: bool,
+    /// Retries given up (the socket is gone, not full): what is left (READY, STOPPING) waits for the
+    /// next message to ride along.
     parked: bool,
     /// Fields that never reached the manager.
     dropped: u64,
@@ -518,6 +555,7 @@ impl Outbox {
             failing_since: None,
             retry_at: None,
             retry_gap: RETRY_FIRST,
+            slow: false,
             parked: false,
             dropped: 0,
             datagrams: 0,
@@ -525,8 +563,15 @@ impl Outbox {
     }
 
     fn push(&mut self, m: Message, now: Instant) {
-        // Something new to say: worth new tries, for it and for what was parked.
-        self.parked = false;
+        // Something new to say: worth new tries at once, with a bound of its own, for it and for
+        // what was parked or is being tried slowly.
+        if self.parked || self.slow {
+            self.parked = false;
+            self.slow = false;
+            self.failing_since = None;
+            self.retry_at = None;
+            self.retry_gap = RETRY_FIRST;
+        }
         match m {
             Message::Ready => self.ready = true,
             Message::Stopping => self.stopping = true,
@@ -600,10 +645,12 @@ impl Outbox {
         self.failing_since = None;
         self.retry_at = None;
         self.retry_gap = RETRY_FIRST;
+        self.slow = false;
     }
 
-    /// The send failed. `again`: the queue was full (worth a retry, within [`RETRY_FOR`]); otherwise
-    /// (the socket is gone, or the process is exiting) what can only go now is dropped at once.
+    /// The send failed. `again`: the queue was full (worth a retry, within [`RETRY_FOR`]; READY and
+    /// STOPPING until taken); otherwise (the socket is gone, or the process is exiting) what can only
+    /// go now is dropped at once.
     fn failed(&mut self, now: Instant, again: bool) {
         let since = *self.failing_since.get_or_insert(now);
         if again && now.saturating_duration_since(since) < RETRY_FOR {
@@ -615,13 +662,21 @@ impl Outbox {
             + u64::from(self.extend.take().is_some())
             + u64::from(std::mem::take(&mut self.watchdog));
         self.status_due = None;
-        self.retry_at = None;
         self.retry_gap = RETRY_FIRST;
+        if again && (self.ready || self.stopping) {
+            // Still failing since `since`: a later failure lands here again, until taken.
+            self.slow = true;
+            self.retry_at = Some(now + RETRY_SLOW);
+            return;
+        }
+        self.retry_at = None;
         self.failing_since = None;
+        self.slow = false;
         self.parked = true;
     }
 
-    /// When something pending can next be tried: a retry, or a held progress line's turn.
+    /// When something pending can next be tried: a retry, or a held progress line's turn. `None`:
+    /// nothing is (no wake-ups until something new is pushed).
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         if self.parked {
             return None;
@@ -847,11 +902,30 @@ mod tests {
         assert_eq!(send_due(&mut ob, t0), None);
     }
 
+    /// Drives `ob` as the retry task would, every send failing with a full queue, from `now` until
+    /// `until`: the instants it tried at (ms after `t0`).
+    fn fail_until(ob: &mut Outbox, t0: Instant, mut now: Instant, until: Instant) -> Vec<u128> {
+        let mut tries = Vec::new();
+        while now <= until {
+            if ob.compose(now, false).is_some() {
+                tries.push(now.duration_since(t0).as_millis());
+                ob.failed(now, true);
+            }
+            match ob.next_wake(now) {
+                Some(at) => now = at,
+                None => break,
+            }
+            assert!(tries.len() < 1_000, "bounded");
+        }
+        tries
+    }
+
     /// The queue stays full: the stop's messages are retried with growing gaps for RETRY_FOR, the
-    /// statuses coalesced and counted as dropped, then the retries stop (no more wake-ups) and
-    /// STOPPING rides along with the next message, which is tried afresh.
+    /// statuses coalesced and counted as dropped, then the status and the extension are given up,
+    /// while STOPPING, which nothing would say again, is tried once a second until it is taken; then
+    /// nothing is pending and the task sleeps.
     #[test]
-    fn a_full_queue_is_retried_with_backoff_within_the_bound_then_given_up() {
+    fn a_full_queue_is_retried_with_backoff_within_the_bound_then_only_the_state_once_a_second() {
         let t0 = Instant::now();
         let mut ob = Outbox::new(Duration::from_secs(1));
         ob.push(Message::Stopping, t0);
@@ -868,28 +942,85 @@ mod tests {
                 ob.push(Message::Progress("newer".into()), now);
                 assert_eq!(ob.dropped, 1);
             }
-            match ob.next_wake(now) {
-                Some(at) => now = at,
-                None => break,
+            now = ob.next_wake(now).expect("STOPPING is never given up");
+            if now > t0 + ms(6_000) {
+                break;
             }
             assert!(tries.len() < 100, "bounded");
         }
         assert_eq!(
             tries,
             [
-                0, 10, 30, 70, 150, 310, 560, 810, 1_060, 1_310, 1_560, 1_810, 2_060
-            ]
+                0, 10, 30, 70, 150, 310, 560, 810, 1_060, 1_310, 1_560, 1_810, 2_060, 3_060, 4_060,
+                5_060
+            ],
+            "backoff for 2 s, then once a second"
         );
-        assert!(ob.parked && ob.next_wake(now).is_none(), "given up: asleep");
         assert_eq!(
             ob.dropped, 3,
-            "the first status, the newer one, the extension"
+            "the first status, the newer one, the extension: given up at 2 s"
         );
-        assert_eq!(ob.compose(now + ms(5_000), false).map(|d| d.text), None);
-        // The next message goes out with STOPPING, which the manager must not miss.
-        ob.push(Message::Watchdog, now + ms(5_000));
+        // The manager reads again: STOPPING alone, at the next slow try (6,060 ms).
         assert_eq!(
-            send_due(&mut ob, now + ms(5_000)).as_deref(),
+            send_due(&mut ob, now).as_deref(),
+            Some("STOPPING=1\n"),
+            "taken at last"
+        );
+        assert_eq!(ob.next_wake(now), None, "nothing pending: asleep");
+        assert_eq!(ob.dropped, 3);
+    }
+
+    /// Serving, READY not taken: without a watchdog nothing else is sent, so READY alone keeps
+    /// (slow) tries going. Something new meanwhile (a watchdog ping) is tried at once, READY with it,
+    /// with its own 2 s of backoff, after which READY is back to once a second.
+    #[test]
+    fn a_ready_not_taken_is_tried_once_a_second_and_anything_new_goes_with_it_at_once() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(Duration::from_secs(1));
+        ob.push(Message::Ready, t0);
+        ob.push(Message::Status("serving".into()), t0);
+        let tries = fail_until(&mut ob, t0, t0, t0 + ms(4_500));
+        assert_eq!(&tries[tries.len() - 4..], [1_810, 2_060, 3_060, 4_060]);
+        assert!(ob.slow && ob.next_wake(t0 + ms(4_500)) == Some(t0 + ms(5_060)));
+        ob.push(Message::Watchdog, t0 + ms(4_500));
+        assert_eq!(
+            ob.next_wake(t0 + ms(4_500)),
+            Some(t0 + ms(4_500)),
+            "at once"
+        );
+        let tries = fail_until(&mut ob, t0, t0 + ms(4_500), t0 + ms(8_000));
+        assert_eq!(
+            tries,
+            [
+                4_500, 4_510, 4_530, 4_570, 4_650, 4_810, 5_060, 5_310, 5_560, 5_810, 6_060, 6_310,
+                6_560, 7_560
+            ],
+            "the ping's own 2 s, then READY once a second"
+        );
+        assert_eq!(ob.dropped, 2, "the status, the ping");
+        assert_eq!(
+            send_due(&mut ob, t0 + ms(8_560)).as_deref(),
+            Some("READY=1\n")
+        );
+        assert_eq!(ob.next_wake(t0 + ms(8_560)), None);
+    }
+
+    /// The socket is gone (not full): nothing is retried, so a manager that is not there costs no
+    /// wake-ups; READY and STOPPING ride along with the next message.
+    #[test]
+    fn a_socket_that_is_gone_costs_no_wake_ups_and_the_state_rides_with_the_next_message() {
+        let t0 = Instant::now();
+        let mut ob = Outbox::new(Duration::from_secs(1));
+        ob.push(Message::Stopping, t0);
+        ob.push(Message::Extend(Duration::from_secs(30)), t0);
+        assert!(ob.compose(t0, false).is_some());
+        ob.failed(t0, false);
+        assert!(ob.parked && ob.next_wake(t0).is_none(), "given up: asleep");
+        assert_eq!(ob.dropped, 1, "the extension");
+        assert_eq!(ob.compose(t0 + ms(5_000), false).map(|d| d.text), None);
+        ob.push(Message::Watchdog, t0 + ms(5_000));
+        assert_eq!(
+            send_due(&mut ob, t0 + ms(5_000)).as_deref(),
             Some("STOPPING=1\nWATCHDOG=1\n")
         );
     }
@@ -934,6 +1065,48 @@ mod tests {
             }
         }
         assert_eq!(got, ["STOPPING=1\nSTATUS=phase 49\n"]);
+    }
+
+    /// A manager that stops reading before READY and reads again only after the retry bound: READY
+    /// still reaches it (within a slow retry of its reading again), although nothing else is sent
+    /// while serving; then nothing is pending and the task sleeps.
+    #[tokio::test]
+    async fn a_manager_that_reads_again_after_the_bound_still_gets_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let reader = UnixDatagram::bind(&path).unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let filler = UnixDatagram::unbound().unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while filler.send_to(b"FILLER=1", &path).is_ok() {
+            queued += 1;
+            assert!(queued < 100_000);
+        }
+        let link = Link::open(SocketAddr::from_pathname(&path).unwrap(), ms(200));
+        let sent = Instant::now();
+        link.deliver(vec![Message::Ready, Message::Status("serving".into())]);
+        // A manager busy for longer than the bound (the scenario, not a synchronisation).
+        tokio::time::sleep(RETRY_FOR + ms(500)).await;
+        assert!(link.outbox().slow, "past the bound, still trying");
+        let resumed = Instant::now();
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while got.is_empty() && resumed.elapsed() < RETRY_SLOW * 5 {
+            match reader.recv(&mut buf) {
+                Ok(n) if &buf[..n] == b"FILLER=1" => {}
+                Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) => tokio::time::sleep(ms(5)).await,
+            }
+        }
+        assert_eq!(got, ["READY=1\n"], "the status was given up, READY never");
+        eprintln!(
+            "READY taken {:?} after it was first tried, {:?} after the reader resumed",
+            sent.elapsed(),
+            resumed.elapsed()
+        );
+        assert_eq!(link.outbox().next_wake(Instant::now()), None, "asleep");
+        assert_eq!(link.outbox().dropped, 1, "the status");
     }
 
     #[test]

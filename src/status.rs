@@ -7,7 +7,10 @@
 //! [`ANSWER_WITHIN`] before the connection is closed; at most [`CLIENTS_AT_ONCE`] are answered at a
 //! time, the others waiting in the listen backlog (the kernel's, not the agent's file descriptors,
 //! which the DELETEs and the census need); and a failed `accept` (out of file descriptors) pauses the
-//! server instead of ending it.
+//! server instead of ending it. A client queued behind N silent ones is answered after about N / 16
+//! seconds. This matters only when the document outgrows a socket's send buffer (208 KiB by default,
+//! some 1,300 memberships): a smaller one is written whole at once, read or not. The document is
+//! rendered once per change and shared by every answer, so a flood of clients costs no CPU per client.
 
 use std::fmt::Write;
 use std::io::IsTerminal;
@@ -31,27 +34,54 @@ pub fn default_socket(env: crate::config::Env<'_>) -> PathBuf {
 
 /// What the daemon is doing, kept current by the drain's events and the command.
 #[derive(Clone)]
-pub struct Board(Arc<Mutex<Value>>);
+pub struct Board(Arc<Mutex<Doc>>);
+
+struct Doc {
+    value: Value,
+    /// `value` as sent, rendered at the first answer after a change and shared by every answer until
+    /// the next: a flood of clients costs one rendering, not one each (a document listing thousands
+    /// of memberships takes milliseconds to render, which the answers would otherwise queue behind).
+    text: Option<Arc<str>>,
+}
 
 impl Board {
     pub fn new(memberships: Value) -> Board {
-        Board(Arc::new(Mutex::new(json!({
-            "pid": std::process::id(),
-            "phase": "starting",
-            "memberships": memberships,
-            "deregistered": 0,
-            "established": null,
-            "deadline_in_s": null,
-            "since": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        }))))
+        Board(Arc::new(Mutex::new(Doc {
+            value: json!({
+                "pid": std::process::id(),
+                "phase": "starting",
+                "memberships": memberships,
+                "deregistered": 0,
+                "established": null,
+                "deadline_in_s": null,
+                "since": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            }),
+            text: None,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Doc> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set(&self, key: &str, value: Value) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())[key] = value;
+        let mut doc = self.lock();
+        if doc.value[key] != value {
+            doc.value[key] = value;
+            doc.text = None;
+        }
     }
 
     pub fn snapshot(&self) -> Value {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lock().value.clone()
+    }
+
+    /// The document as one answer: JSON and a newline.
+    fn rendered(&self) -> Arc<str> {
+        let mut doc = self.lock();
+        let Doc { value, text } = &mut *doc;
+        text.get_or_insert_with(|| format!("{value}\n").into())
+            .clone()
     }
 
     /// Serves the board on `path` until the process exits. The socket is created with mode 0660 (the
@@ -75,7 +105,7 @@ impl Board {
                 };
                 match listener.accept().await {
                     Ok((conn, _)) => {
-                        let doc = format!("{}\n", board.snapshot());
+                        let doc = board.rendered();
                         tokio::spawn(async move {
                             answer(conn, doc.as_bytes(), ANSWER_WITHIN).await;
                             drop(turn);
@@ -92,7 +122,8 @@ impl Board {
     }
 }
 
-/// How long one client has to read its answer (a few KiB, which `elb-drain status` reads at once).
+/// How long one client has to read its answer (usually a few KiB, which `elb-drain status` reads at
+/// once, and which fit the socket's buffer anyway).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// Clients answered at the same time.
@@ -209,6 +240,23 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::time::Instant;
+
+    /// Every answer between two changes is the same rendering; a change renders anew, and setting
+    /// a field to what it already is changes nothing.
+    #[test]
+    fn the_document_is_rendered_once_per_change() {
+        let board = Board::new(json!([]));
+        let first = board.rendered();
+        assert!(Arc::ptr_eq(&first, &board.rendered()));
+        board.set("phase", json!("starting"));
+        assert!(Arc::ptr_eq(&first, &board.rendered()), "unchanged");
+        board.set("phase", json!("serving"));
+        let second = board.rendered();
+        assert!(!Arc::ptr_eq(&first, &second));
+        let doc: Value = serde_json::from_str(&second).unwrap();
+        assert_eq!(doc["phase"], "serving");
+        assert!(second.ends_with('\n'));
+    }
 
     #[tokio::test]
     async fn an_answer_nobody_reads_is_given_up_after_its_time() {

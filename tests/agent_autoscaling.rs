@@ -132,7 +132,7 @@ async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_conne
         notify.all()
     );
     assert!(
-        notify.received("STOPPING=1").unwrap() > notify.received("READY=1").unwrap(),
+        notify.sent_at("STOPPING=1").unwrap() > notify.sent_at("READY=1").unwrap(),
         "{:?}",
         notify.all()
     );
@@ -197,6 +197,7 @@ async fn a_hanging_hook_drains_is_extended_and_is_continued_after_the_last_conne
             agent.stderr()
         );
     }
+    notify.caught_up();
     assert_eq!(
         notify.all().last().map(|m| m.trim_end()),
         Some("STATUS=drained"),

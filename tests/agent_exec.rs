@@ -128,6 +128,7 @@ async fn under_systemd_the_childs_grace_period_is_asked_for() {
     agent.signal(libc::SIGTERM);
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(3), "{}", agent.stderr());
+    notify.caught_up();
     // Field by field: what is sent at one moment may share a datagram.
     let all: Vec<String> = notify
         .all()

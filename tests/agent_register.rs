@@ -211,7 +211,7 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
         notify.all(),
         agent.stderr()
     );
-    let ready = notify.received("READY=1").unwrap();
+    let ready = notify.sent_at("READY=1").unwrap();
     assert_eq!(at_port(&s, port)[0]["operating_status"], "ONLINE");
     // The answer READY followed was to a ShowMember asked after the application listened: none before
     // could have said ONLINE.

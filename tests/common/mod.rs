@@ -270,6 +270,8 @@ pub struct StalledPipe {
     read: Option<std::fs::File>,
     /// What was read after [`StalledPipe::resume`], the filler left out.
     pub text: Arc<Mutex<String>>,
+    /// The reader has read to the end: every writer has closed the pipe.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The filler's byte: never in the agent's output.
@@ -307,6 +309,7 @@ impl StalledPipe {
             StalledPipe {
                 read: Some(read),
                 text: Arc::new(Mutex::new(String::new())),
+                ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             Stdio::from(write),
         )
@@ -315,12 +318,13 @@ impl StalledPipe {
     /// The journal reads again: from now on into `text`.
     pub fn resume(&mut self) {
         if let Some(read) = self.read.take() {
-            let into = self.text.clone();
+            let (into, ended) = (self.text.clone(), self.ended.clone());
             std::thread::spawn(move || {
                 let mut read = read;
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = read.read(&mut buf) {
                     if n == 0 {
+                        ended.store(true, std::sync::atomic::Ordering::SeqCst);
                         return;
                     }
                     let kept: Vec<u8> = buf[..n]
@@ -338,6 +342,18 @@ impl StalledPipe {
 
     pub fn text(&self) -> String {
         self.text.lock().unwrap().clone()
+    }
+
+    /// Everything written, once the writers have exited: waits (bounded) for the reader, a thread
+    /// of its own that a loaded machine can leave behind, to reach the end of the pipe.
+    pub fn text_to_end(&self) -> String {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .ended
+                .load(std::sync::atomic::Ordering::SeqCst)),
+            "the pipe was not read to its end (is a writer still running?)"
+        );
+        self.text()
     }
 }
 
@@ -671,12 +687,16 @@ pub fn mono_ns() -> u64 {
 }
 
 /// A systemd notify socket the test binds (`NOTIFY_SOCKET` for the agent): every datagram, with the
-/// monotonic time it was received at.
+/// monotonic time the agent sent it at. That is the kernel's stamp (`SO_TIMESTAMPNS`, taken in the
+/// sender's `sendto`), so a reader thread that is scheduled late (two loaded CI cores) moves no
+/// message's time, nor the gap between two messages.
 pub struct NotifySocket {
     pub path: PathBuf,
     messages: Arc<Mutex<Vec<(u64, String)>>>,
     /// Whether the reader reads (a stalled manager: false), and a signal when that changes.
     reading: Arc<(Mutex<Reader>, std::sync::Condvar)>,
+    /// The last of the test's own marks the reader has read (see [`NotifySocket::caught_up`]).
+    marks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -690,6 +710,9 @@ enum Reader {
 
 /// What the stalled test's own fill-up datagrams say; never counted as the agent's.
 const FILLER: &str = "X_TEST_FILLER=1";
+
+/// What [`NotifySocket::caught_up`]'s marks say, before their number; never counted either.
+const MARK: &str = "X_TEST_MARK=";
 
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
@@ -708,9 +731,16 @@ impl NotifySocket {
         use std::os::unix::net::UnixDatagram;
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+        stamp_arrivals(&sock);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let reading = Arc::new((Mutex::new(Reader::Reading), std::sync::Condvar::new()));
-        let (into, state, to) = (messages.clone(), reading.clone(), path.clone());
+        let marks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (into, state, to, seen) = (
+            messages.clone(),
+            reading.clone(),
+            path.clone(),
+            marks.clone(),
+        );
         let stall = move || {
             let filler = UnixDatagram::unbound().unwrap();
             filler.set_nonblocking(true).unwrap();
@@ -729,19 +759,27 @@ impl NotifySocket {
             }
         };
         std::thread::spawn(move || {
+            // Stalls once: once resumed, the manager reads for good.
+            let mut until = until;
             if until.as_deref() == Some("") {
+                until = None;
                 stall();
             }
             let mut buf = [0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let at = mono_ns();
+            while let Ok((n, at)) = recv_stamped(&sock, &mut buf) {
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 if text == FILLER {
+                    continue;
+                }
+                if let Some(n) = text.strip_prefix(MARK) {
+                    let n = n.parse().expect("a mark's number");
+                    seen.store(n, std::sync::atomic::Ordering::SeqCst);
                     continue;
                 }
                 let last = until.as_deref().is_some_and(|u| text.contains(u));
                 into.lock().unwrap().push((at, text));
                 if last {
+                    until = None;
                     stall();
                 }
             }
@@ -750,7 +788,41 @@ impl NotifySocket {
             path,
             messages,
             reading,
+            marks,
         }
+    }
+
+    /// Returns once the reader has recorded every datagram sent before this call: for a process that
+    /// has exited, everything it said. (The reader is a thread of its own, which a loaded machine
+    /// can leave behind the socket's queue.) The queue is first in, first out, so a mark of the
+    /// test's own, sent now, is read after all of them. A stalled reader has nothing to catch up on.
+    pub fn caught_up(&self) {
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::atomic::Ordering;
+        if !matches!(
+            *self.reading.0.lock().unwrap(),
+            Reader::Reading | Reader::Resumed
+        ) {
+            return;
+        }
+        let n = self.marks.load(Ordering::SeqCst) + 1;
+        let mark = format!("{MARK}{n}");
+        let from = UnixDatagram::unbound().unwrap();
+        from.set_nonblocking(true).unwrap();
+        // A full queue (a reader far behind) takes the mark once it has read some.
+        assert!(
+            wait_until(Duration::from_secs(10), || from
+                .send_to(mark.as_bytes(), &self.path)
+                .is_ok()),
+            "the notify socket's queue stayed full"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .marks
+                .load(Ordering::SeqCst)
+                >= n),
+            "the notify socket's reader never caught up"
+        );
     }
 
     /// Whether the reader has stopped and the queue is full.
@@ -770,13 +842,13 @@ impl NotifySocket {
         self.timed().into_iter().map(|(_, m)| m).collect()
     }
 
-    /// The messages so far with their receipt times ([`mono_ns`]).
+    /// The messages so far with the times they were sent ([`mono_ns`]).
     pub fn timed(&self) -> Vec<(u64, String)> {
         self.messages.lock().unwrap().clone()
     }
 
     /// Field by field (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`), with the time their datagram was
-    /// received: what is said at one moment may share a datagram.
+    /// sent: what is said at one moment may share a datagram.
     pub fn timed_fields(&self) -> Vec<(u64, String)> {
         self.timed()
             .into_iter()
@@ -792,11 +864,76 @@ impl NotifySocket {
         self.all().iter().any(|m| m.contains(needle))
     }
 
-    /// When the first message containing `needle` was received.
-    pub fn received(&self, needle: &str) -> Option<u64> {
+    /// When the first message containing `needle` was sent.
+    pub fn sent_at(&self, needle: &str) -> Option<u64> {
         self.timed()
             .into_iter()
             .find(|(_, m)| m.contains(needle))
             .map(|(t, _)| t)
     }
+}
+
+/// Asks the kernel to stamp each datagram queued on `sock` with the time it was sent.
+fn stamp_arrivals(sock: &std::os::unix::net::UnixDatagram) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+}
+
+/// One datagram, and when it was sent on [`mono_ns`]'s clock. The kernel stamps it on
+/// CLOCK_REALTIME when the sender queues it; it is moved to CLOCK_MONOTONIC by the two clocks'
+/// offset read right after the receive (they drift apart only by NTP's slew, at most 0.5 ms a
+/// second). Without a stamp, the time of the receipt.
+fn recv_stamped(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, u64)> {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one SCM_TIMESTAMPNS (a timespec), aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg into buffers we own, described by `msg`.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let received = mono_ns();
+    let now_real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    let mut at = received;
+    // SAFETY: walking the control messages the kernel wrote into `control`, as `msg` describes.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let sent_real = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+                let ago = (now_real - sent_real).max(0);
+                at = received.saturating_sub(u64::try_from(ago).unwrap_or(u64::MAX));
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    Ok((n as usize, at))
 }
