@@ -520,9 +520,13 @@ pub async fn drive(
                         next = next.min(early_from.max(Instant::now()));
                     }
                     Some(n) => {
-                        let left = estimate.unwrap_or(0).saturating_sub(n);
+                        let before = estimate.unwrap_or(0);
+                        let left = before.saturating_sub(n);
                         estimate = Some(left);
                         if left == 0 {
+                            if before > 0 {
+                                tracing::debug!("count-down: none left; a census confirms");
+                            }
                             next = next.min(early_from.max(Instant::now()));
                         } else {
                             unreported = Some(left);
@@ -553,6 +557,9 @@ pub async fn drive(
                 // read at once.
                 let confirm_zero = matches!(engine.phase(), Phase::Settling | Phase::Draining)
                     && estimate != Some(0);
+                // What the count-down said going in, for the log line: a census that reads more
+                // than this shows the count-down went low.
+                let counted_down = estimate;
                 let begun = Instant::now();
                 let (back, result, cost) = tokio::task::spawn_blocking(move || {
                     let begun = thread_cpu_time();
@@ -623,13 +630,14 @@ pub async fn drive(
                     Step::CensusBy(_) => next.saturating_duration_since(now).as_millis() as u64,
                     Step::Done(_) => 0,
                 };
+                let counted_down = counted_down.map_or("-".to_owned(), |e| e.to_string());
                 tracing::debug!(
                     established,
                     arrived,
                     took_us = (now - begun).as_micros() as u64,
                     cpu_us = cost.as_micros() as u64,
                     next_ms,
-                    "census: {established} established, {arrived} new, in {} us ({} us of CPU); next in {next_ms} ms",
+                    "census: {established} established, {arrived} new, in {} us ({} us of CPU), counted down to {counted_down}; next in {next_ms} ms",
                     (now - begun).as_micros(),
                     cost.as_micros(),
                 );
