@@ -52,6 +52,9 @@ struct Knobs {
     /// only up to 10k connections unless `ELB_BENCH_DETECT_PROC_LARGE` is set: each census of 100k
     /// takes a third of a second there, polled every seven).
     detect_paths: Vec<CensusPath>,
+    /// `ELB_BENCH_DETECT_LOGS`: a directory that keeps each drain's timeline and the agent's debug
+    /// log (`N-path-seed.log`), to read where the time between the last close and the exit went.
+    detect_logs: Option<PathBuf>,
     /// `ELB_BENCH_CPU_SECS`: how long the agent's CPU is measured while it waits on the largest detect
     /// size (default 60).
     cpu: Duration,
@@ -113,6 +116,7 @@ impl Knobs {
                     ),
                 })
                 .collect(),
+            detect_logs: std::env::var_os("ELB_BENCH_DETECT_LOGS").map(PathBuf::from),
             cpu: secs("ELB_BENCH_CPU_SECS", 60, 5),
             idle: secs("ELB_BENCH_IDLE_SECS", 60, 5),
             footprint_runs: one("ELB_BENCH_FOOTPRINT_RUNS", 5, 5),
@@ -1351,6 +1355,7 @@ fn detect_one(
     path: CensusPath,
     octet: &mut u8,
     cpu: Option<Duration>,
+    logs: Option<&Path>,
 ) -> (Detection, Option<(f64, u64, u64)>) {
     // Both ends react the same way: the application closes on EOF as the clients do.
     let probe = Closing::generate(seed, n, true);
@@ -1408,6 +1413,8 @@ fn detect_one(
         .map(|c| c.parse().expect("a count"))
         .collect();
     let mut truth = (0u64, 0u64);
+    // (CLOCK_MONOTONIC after the wave's last system call, what it was), for the kept log.
+    let mut timeline: Vec<(u64, String)> = Vec::new();
     for (op, count, at) in &closing.waves {
         let due = draining + at.resolve(interval);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -1446,6 +1453,14 @@ fn detect_one(
             left[i] -= share;
             truth = (truth.0.max(f[1]), truth.1.max(f[2]));
         }
+        timeline.push((
+            truth.1,
+            format!(
+                "BENCH wave ended: {} {count} ({:?} first, planned at {at:?})",
+                op.name(),
+                closing.first
+            ),
+        ));
     }
     assert!(
         left.iter().all(|&l| l == 0),
@@ -1462,6 +1477,10 @@ fn detect_one(
     );
     drop(sim);
     let (before, after) = truth;
+    if let Some(dir) = logs {
+        timeline.push((exit_ns, "BENCH agent exited".to_owned()));
+        keep_log(dir, n, path, seed, &closing, after, &timeline, &a.stderr());
+    }
     (
         Detection {
             after_ms: (exit_ns as f64 - after as f64) / 1e6,
@@ -1472,6 +1491,66 @@ fn detect_one(
         },
         cpu_row,
     )
+}
+
+/// Writes one drain's timeline into the agent's log, in the log's own time format (UTC, microseconds),
+/// each line also in ms from the last close: `dir/N-path-seed.log`.
+#[allow(clippy::too_many_arguments)]
+fn keep_log(
+    dir: &Path,
+    n: usize,
+    path: CensusPath,
+    seed: u64,
+    closing: &Closing,
+    last_close: u64,
+    timeline: &[(u64, String)],
+    log: &str,
+) {
+    // CLOCK_MONOTONIC to the wall clock the agent's log lines carry.
+    let (wall, mono) = (std::time::SystemTime::now(), mono_ns());
+    let at = |ns: u64| {
+        let t = if ns <= mono {
+            wall - Duration::from_nanos(mono - ns)
+        } else {
+            wall + Duration::from_nanos(ns - mono)
+        };
+        humantime::format_rfc3339_micros(t).to_string()
+    };
+    let close_wall = at(last_close);
+    let stamp = |line: &str| line.split(' ').next().unwrap_or("").to_owned();
+    let from_close = |t: &str| {
+        let parse = |s: &str| humantime::parse_rfc3339(s).ok();
+        match (parse(t), parse(&close_wall)) {
+            (Some(t), Some(c)) => match t.duration_since(c) {
+                Ok(d) => format!("{:+9.1}", d.as_secs_f64() * 1e3),
+                Err(e) => format!("{:+9.1}", -e.duration().as_secs_f64() * 1e3),
+            },
+            _ => " ".repeat(9),
+        }
+    };
+    let mut lines: Vec<String> = log.lines().map(str::to_owned).collect();
+    lines.extend(
+        timeline
+            .iter()
+            .map(|(ns, what)| format!("{} {what}", at(*ns))),
+    );
+    // One timestamp format on every line: sorting by it is sorting by time (stable for equal ones).
+    lines.sort_by_key(|l| stamp(l));
+    let mut out = format!(
+        "# {n} connections, {}, seed {seed}\n# {closing:?}\n# first column: ms from the last close\n",
+        path.label()
+    );
+    for l in lines {
+        out.push_str(&format!("{} {l}\n", from_close(&stamp(&l))));
+    }
+    std::fs::create_dir_all(dir).expect("ELB_BENCH_DETECT_LOGS: a directory");
+    let label = match path {
+        CensusPath::CountDown => "countdown",
+        CensusPath::Polling => "polling",
+        CensusPath::Proc => "proc",
+    };
+    let file = dir.join(format!("{n}-{label}-{seed}.log"));
+    std::fs::write(&file, out).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
 }
 
 fn p99(v: &[f64]) -> f64 {
@@ -1542,6 +1621,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
                     *path,
                     &mut octet,
                     cpu,
+                    knobs.detect_logs.as_deref(),
                 );
                 if let Some(c) = c {
                     cpu_row = Some((n, c));

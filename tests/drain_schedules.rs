@@ -35,7 +35,8 @@
 //! side by side see only their own sockets. The seed of each failing schedule is printed;
 //! `ELB_DRAIN_SCHEDULE_SEED=<seed>` replays that one schedule on every path, printing its timeline and
 //! the agent's log. `ELB_DRAIN_SCHEDULES` sets how many schedules run (default 200) and
-//! `ELB_DRAIN_SCHEDULES_SEED` the first seed (default: random, printed).
+//! `ELB_DRAIN_SCHEDULES_SEED` the first seed (default: random, printed); `ELB_DRAIN_SCHEDULES_EACH=1`
+//! prints every drain's result (to compare two builds on the same seeds).
 
 mod common;
 
@@ -934,6 +935,16 @@ fn every_census_path_exits_after_the_last_counted_close_and_within_a_poll() {
             percentile(&after, 1.0),
             after.len()
         );
+    }
+    if std::env::var_os("ELB_DRAIN_SCHEDULES_EACH").is_some() {
+        let mut each: Vec<&Outcome> = outcomes.iter().collect();
+        each.sort_by_key(|o| (o.seed, o.path as u8));
+        for o in each {
+            eprintln!(
+                "each: seed {} {:?} {:.1} ms ({})",
+                o.seed, o.path, o.after_last_ms, o.summary
+            );
+        }
     }
     let retried: Vec<&Outcome> = outcomes.iter().filter(|o| o.late_once.is_some()).collect();
     eprintln!(

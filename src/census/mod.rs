@@ -17,8 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
-pub use cookies::{CookieSet, Horizon};
-pub use destroy::DestroyWatch;
+pub use cookies::{CookieSet, Horizon, Latest};
+pub use destroy::{Counted, DestroyWatch, Destroyed};
 pub use netlink::{DumpMode, NetlinkCensus};
 pub use procfs::ProcCensus;
 
@@ -98,8 +98,8 @@ pub enum CensusError {
 pub trait Census: Send {
     fn count(&mut self) -> Result<Count, CensusError>;
     fn backend(&self) -> Backend;
-    /// Which sockets the latest census saw, for a [`DestroyWatch`] to tell counted sockets from others.
-    /// Only the netlink census has socket cookies.
+    /// Which sockets the latest census counted, and its number, for a [`DestroyWatch`] to count each
+    /// destroy against the census that counted the socket. Only the netlink census has socket cookies.
     fn horizon(&self) -> Option<Horizon> {
         None
     }
@@ -131,16 +131,15 @@ pub fn choose(spec: &CensusSpec) -> (Box<dyn Census>, Option<CensusError>) {
     }
 }
 
-/// [`open`] plus socket-destroy notifications as a channel of "this many counted sockets went away",
-/// counting only sockets the latest census counted (by cookie). The subscription comes first, so no
-/// destroy between it and the first census is missed. The channel is `None` where the kernel refuses
-/// the subscription (see [`destroy`]); the drain then polls. Needs a tokio runtime (the watch runs as a
-/// task).
+/// [`open`] plus socket-destroy notifications as a channel of "this many sockets that census counted
+/// went away" ([`Destroyed`]), exact by cookie. The subscription comes first, so no destroy between it
+/// and the first census is missed. The channel is `None` where the kernel refuses the subscription
+/// (see [`destroy`]); the drain then polls. Needs a tokio runtime (the watch runs as a task).
 pub fn open_with_destroy(
     spec: &CensusSpec,
 ) -> (
     Box<dyn Census>,
-    Option<tokio::sync::mpsc::UnboundedReceiver<usize>>,
+    Option<tokio::sync::mpsc::UnboundedReceiver<Destroyed>>,
 ) {
     let watch = DestroyWatch::subscribe(spec);
     let census = open(spec);

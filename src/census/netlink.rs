@@ -2,7 +2,9 @@
 //!
 //! A dump asks only for ESTABLISHED sockets and carries an `INET_DIAG_REQ_BYTECODE` filter on the local
 //! port, so the kernel sends only the sockets we count. The reply is walked in place in one reused
-//! buffer: a census costs no allocation per socket, and its memory does not grow with the socket table.
+//! buffer: a census costs no allocation per socket. What it keeps of the sockets it counted is their
+//! cookies, in a compressed set ([`super::cookies`]: tens of KiB at 100k sockets), for the destroy
+//! count-down and to tell new connections from known ones.
 //!
 //! IPv4 and IPv6 TCP sockets live in one kernel hash, and every dump walks all of it whatever family it
 //! asks for, so two per-family dumps cost two walks. The legacy `TCPDIAG_GETSOCK` request (still served
@@ -20,6 +22,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use super::cookies::{CookieSet, Horizon};
 use super::{Backend, Census, CensusError, CensusSpec, Count, v4, v6};
@@ -346,9 +349,9 @@ pub struct NetlinkCensus {
     v6_listen: Vec<u8>,
     /// `None` until the first dump tried [`DumpMode::Combined`].
     mode: Option<DumpMode>,
-    /// The cookies of the previous census, to tell arrivals (`None` before the first).
-    previous: Option<CookieSet>,
-    current: CookieSet,
+    /// The cookies of the previous census, to tell arrivals (`None` before the first); the same set
+    /// the horizon publishes.
+    previous: Option<Arc<CookieSet>>,
     horizon: Horizon,
     /// Socket messages the kernel sent in the latest census, before the check in user space.
     kernel_messages: usize,
@@ -371,7 +374,6 @@ impl NetlinkCensus {
             buf: vec![0; RECV_BUF],
             mode: None,
             previous: None,
-            current: CookieSet::default(),
             horizon: Horizon::default(),
             kernel_messages: 0,
         })
@@ -427,37 +429,43 @@ impl NetlinkCensus {
         }
     }
 
+    /// One census: the dumps, counting each counted socket once (a dump resumed in a changing table
+    /// can report one twice), and its cookies published for the destroy watch.
     fn tally(&mut self, dumps: &[Dump]) -> Result<Count, CensusError> {
         let (mut established, mut arrived, mut messages) = (0usize, 0usize, 0usize);
         let spec = &self.spec;
-        let previous = self.previous.as_ref();
-        let current = &mut self.current;
-        current.clear();
+        let previous = self.previous.as_deref();
+        let mut current = CookieSet::new();
         let mut each = |m: &[u8]| {
             messages += 1;
             let s = parse(m);
-            if s.state == TCP_ESTABLISHED && spec.counts(s.local_port, s.peer) {
+            if s.state == TCP_ESTABLISHED
+                && spec.counts(s.local_port, s.peer)
+                && current.insert(s.cookie)
+            {
                 established += 1;
-                current.insert(s.cookie);
-                if previous.is_some_and(|p| !p.knew(s.cookie)) {
+                if previous.is_some_and(|p| !p.contains(s.cookie)) {
                     arrived += 1;
                 }
             }
         };
+        // Before the first request: a socket destroyed from here on may be in this census' set.
+        self.horizon.begin();
         for dump in dumps {
             let (request, what) = match dump {
                 Dump::Combined => (&mut self.combined, "dump (both families)"),
                 Dump::V4 => (&mut self.v4, "IPv4 dump"),
                 Dump::V6 => (&mut self.v6, "IPv6 dump"),
             };
-            self.socket
-                .dump(request, &mut self.buf, &mut each)
-                .map_err(|source| CensusError::Netlink { what, source })?;
+            if let Err(source) = self.socket.dump(request, &mut self.buf, &mut each) {
+                self.horizon.abandon();
+                return Err(CensusError::Netlink { what, source });
+            }
         }
         self.kernel_messages = messages;
-        self.horizon.publish(&self.current);
-        let previous = self.previous.get_or_insert_with(CookieSet::default);
-        std::mem::swap(previous, &mut self.current);
+        let current = Arc::new(current);
+        self.horizon.publish(current.clone());
+        self.previous = Some(current);
         Ok(Count {
             established,
             arrived,
