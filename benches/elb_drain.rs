@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{ProcGuard, wait_until};
+use common::{ProcGuard, exit_clock, mono_ns, wait_until};
 use elb_drain::census::{Census, CensusSpec, NetlinkCensus, ProcCensus};
 use elb_sim::demo::{Stop, Summary};
 use elb_sim::{Scenario, Sim};
@@ -163,10 +163,6 @@ fn build_agent() -> PathBuf {
         .expect("cargo names the elb-drain executable")
 }
 
-fn mono_ns() -> u64 {
-    elb_sim::state::monotonic_ns()
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -254,29 +250,6 @@ fn status_field_at(proc_path: &str, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// A thread that records CLOCK_MONOTONIC the moment child `pid` exits. `waitid` with `WNOWAIT` leaves
-/// the child for its guard to reap.
-fn exit_clock(pid: i32) -> mpsc::Receiver<u64> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: a zeroed siginfo_t is valid; waitid on our own child, without reaping it.
-        let rc = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        let at = mono_ns();
-        if rc == 0 {
-            let _ = tx.send(at);
-        }
-    });
-    rx
 }
 
 /// Whether child `pid` has exited (still unreaped).

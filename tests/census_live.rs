@@ -567,7 +567,7 @@ fn census_cost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000)
         .min(60_000);
-    raise_nofile(4 * n as u64 + 10_000);
+    common::raise_nofile(4 * n as u64 + 10_000);
     let target = Server::bind("127.0.0.1:0");
     let noise = Server::bind("127.0.0.1:0");
     let pile = |server: &Server, n: usize| -> (Vec<TcpStream>, Vec<TcpStream>) {
@@ -652,16 +652,5 @@ fn connect_from(src: [u8; 4], port: u16) -> TcpStream {
             std::io::Error::last_os_error()
         );
         stream
-    }
-}
-
-fn raise_nofile(want: u64) {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
     }
 }

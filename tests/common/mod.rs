@@ -686,6 +686,49 @@ pub fn mono_ns() -> u64 {
     elb_sim::state::monotonic_ns()
 }
 
+/// A thread that reads CLOCK_MONOTONIC the moment child `pid` exits. `waitid` with `WNOWAIT` leaves
+/// the child for its guard to reap.
+pub fn exit_clock(pid: i32) -> std::sync::mpsc::Receiver<u64> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: a zeroed siginfo_t is valid; waitid on our own child, without reaping it.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        let at = mono_ns();
+        if rc == 0 {
+            let _ = tx.send(at);
+        }
+    });
+    rx
+}
+
+/// Raises this process' soft limit on open descriptors to `want` (at most the hard limit); returns
+/// the soft limit in force afterwards.
+pub fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < want {
+            let old = r.rlim_cur;
+            r.rlim_cur = want.min(r.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return old;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
 /// A systemd notify socket the test binds (`NOTIFY_SOCKET` for the agent): every datagram, with the
 /// monotonic time the agent sent it at. That is the kernel's stamp (`SO_TIMESTAMPNS`, taken in the
 /// sender's `sendto`), so a reader thread that is scheduled late (two loaded CI cores) moves no
