@@ -409,6 +409,17 @@ pub const COST_RATIO: u32 = 20;
 /// the notifications of the others sees them soon.
 pub const ACTIVE_RATIO: u32 = 5;
 
+/// While draining, the sockets the latest census counted are looked up one by one this often
+/// ([`Census::recheck`], where the census can: at most [`crate::census::netlink::RECHECK_MAX`] of
+/// them), or every [`RECHECK_RATIO`] times a recheck's CPU cost if that is longer. A connection that
+/// leaves ESTABLISHED without its socket being freed (the client half-closed and the application has
+/// not closed yet, or the other way round) sends no destroy notification: without rechecks only the
+/// next census, up to a poll interval later, sees it.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
+
+/// See [`RECHECK_EVERY`]: rechecks take at most 1/50 of a core.
+pub const RECHECK_RATIO: u32 = 50;
+
 /// The poll interval, following the recent cost of a census both ways: `COST_RATIO` times a smoothed
 /// cost, never below `poll_interval`.
 ///
@@ -500,17 +511,26 @@ pub async fn drive(
     // closes is one status line, not thousands.
     let mut unreported: Option<usize> = None;
     let mut report_at = Instant::now();
-    // A census the count-down brings forward starts no earlier than this: the previous census' CPU
-    // time after it ended, so censuses brought forward take at most half a core however sockets come
-    // and go (short connections arriving while draining: a census counts some, they are freed, the
-    // count-down is at zero again). CPU time, not wall time: a census that overlaps a wave of closes
-    // waits on the kernel (the table's locks, the closes' softirq work) far longer than it computes,
-    // 0.4 to 1.6 s for 40 to 90 ms of CPU at 100k connections, and the census that confirmed the end
-    // was held back that long after the last socket was freed.
+    // A census the count-down (or a recheck) brings forward starts no earlier than this: at once
+    // after a census at its regular time, but the previous census' CPU time after one that was itself
+    // brought forward, so censuses brought forward back to back take at most half a core however
+    // sockets come and go (short connections arriving while draining: a census counts some, they are
+    // freed, the count-down is at zero again). CPU time, not wall time: a census that overlaps a wave
+    // of closes waits on the kernel (the table's locks, the closes' softirq work) far longer than it
+    // computes, 0.4 to 1.6 s for 40 to 90 ms of CPU at 100k connections, and the census that
+    // confirmed the end was held back that long after the last socket was freed.
     let mut early_from = Instant::now();
+    // When the next census is due by the poll interval alone; one that starts before it was brought
+    // forward.
+    let mut regular = Instant::now();
     // A census starts no earlier than this when the count-down moved since the previous one (see
     // [`ACTIVE_RATIO`]).
     let mut active_from = Instant::now();
+    // The next recheck of the latest census' sockets (see [`RECHECK_EVERY`]), while draining.
+    let mut recheck_at: Option<Instant> = None;
+    // A recheck found every socket of the latest census gone: like a count-down at zero, that
+    // agrees with a census that reads zero.
+    let mut rechecked_zero = false;
     loop {
         tokio::select! {
             biased;
@@ -574,18 +594,45 @@ pub async fn drive(
                 }
                 report_at = now + plan.poll_interval;
             }
+            _ = sleep_until_some(recheck_at), if recheck_at.is_some() && census.is_some() => {
+                let counting = census.as_mut().expect("guarded");
+                // On this thread: a lookup is answered within the request, nothing waits.
+                let begun = thread_cpu_time();
+                let result = counting.recheck();
+                let cost = thread_cpu_time().saturating_sub(begun);
+                let now = Instant::now();
+                recheck_at = match result {
+                    Some(Ok(0)) => {
+                        tracing::debug!(
+                            "recheck: none of the counted connections is established; a census confirms"
+                        );
+                        next = next.min(early_from.max(now));
+                        rechecked_zero = true;
+                        None
+                    }
+                    Some(Ok(_)) => Some(now + RECHECK_EVERY.max(cost * RECHECK_RATIO)),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "recheck failed; until the next census, censuses only");
+                        None
+                    }
+                    None => None,
+                };
+            }
             _ = tokio::time::sleep_until(next), if census.is_some() => {
                 let mut counting = census.take().expect("guarded");
                 // A census reads the socket table in pieces (a netlink dump, /proc/net/tcp), which the
                 // kernel resumes by position, so a table changing meanwhile can make it skip a socket.
                 // A zero ends the drain (the census that ends settling may end it too): unless the
-                // count-down from destroy notifications agrees with it, it is confirmed by a second
-                // read at once.
+                // count-down from destroy notifications or a recheck agrees with it (every socket the
+                // previous census counted is gone), it is confirmed by a second read at once.
                 let confirm_zero = matches!(engine.phase(), Phase::Settling | Phase::Draining)
-                    && estimate.is_none_or(|down| down.left > 0);
+                    && estimate.is_none_or(|down| down.left > 0)
+                    && !rechecked_zero;
+                rechecked_zero = false;
                 // What the count-down said going in, for the log line.
                 let counted_down = estimate.map(|down| down.left);
                 let begun = Instant::now();
+                let brought_forward = begun < regular;
                 let (back, result, cost, number) = tokio::task::spawn_blocking(move || {
                     let begun = thread_cpu_time();
                     let mut r = counting.count();
@@ -648,8 +695,9 @@ pub async fn drive(
                     said_interval = interval;
                     sink.emit(&Event::PollInterval { interval, census_cost: cost });
                 }
-                early_from = now + cost;
+                early_from = if brought_forward { now + cost } else { now };
                 active_from = now + cost * ACTIVE_RATIO;
+                recheck_at = (engine.phase() == Phase::Draining).then(|| now + RECHECK_EVERY);
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -658,6 +706,7 @@ pub async fn drive(
                     // FIN_WAIT2 until the peer does), and only a census sees that.
                     let later = interval - plan.poll_interval;
                     next = (at + later).min(engine.give_up());
+                    regular = next;
                     // Everything it counted was destroyed while it ran: confirm. Notifications
                     // lost while it ran may have been of sockets it counted: count again.
                     if lost || estimate.is_some_and(|down| down.left == 0) {
@@ -707,6 +756,13 @@ fn result_counts(result: &Result<Count, crate::census::CensusError>) -> (usize, 
     result
         .as_ref()
         .map_or((0, 0), |c| (c.established, c.arrived))
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Destroyed>>) -> Option<Destroyed> {
@@ -1448,6 +1504,62 @@ mod tests {
         );
     }
 
+    /// Short connections that keep coming while draining: each census counts one, it is freed at
+    /// once, the count-down is at zero again. The first census brought forward after a regular one
+    /// runs at once; those brought forward back to back wait each other's CPU time (at most half a
+    /// core).
+    #[tokio::test(start_paused = true)]
+    async fn censuses_brought_forward_back_to_back_keep_to_half_a_core() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut census = Numbered::new(&[1], |_| {});
+        census.during = Box::new(|_| {
+            // 4 ms of CPU per census.
+            let begun = thread_cpu_time();
+            let limit = std::time::Instant::now() + Duration::from_secs(60);
+            let mut spins = 0u64;
+            while thread_cpu_time() - begun < ms(4) && std::time::Instant::now() < limit {
+                spins = std::hint::black_box(spins + 1);
+            }
+        });
+        let (calls, horizon) = (census.calls.clone(), census.horizon.clone());
+        let sink = Collect(Default::default());
+        let plan = Plan {
+            settle: ms(10),
+            timeout: Duration::from_secs(600),
+            poll_interval: ms(1000),
+        };
+        let t0 = Instant::now();
+        let churn = async {
+            // Draining from 10 ms on: whatever each census counted is freed right after it.
+            let mut seen = 0;
+            loop {
+                let n = horizon.number();
+                if n > seen && t0.elapsed() >= ms(10) {
+                    seen = n;
+                    tx.send(gone(n, 1)).unwrap();
+                }
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => unreachable!(),
+            _ = churn => unreachable!(),
+            _ = tokio::time::sleep(ms(500)) => {}
+        }
+        let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
+        let during: Vec<Duration> = at.iter().copied().filter(|t| *t >= ms(20)).collect();
+        assert!(during.len() >= 10, "censuses kept coming: {at:?}");
+        assert!(
+            during.windows(2).all(|w| w[1] - w[0] >= ms(4)),
+            "at least one census' CPU time (4 ms) apart: {at:?}"
+        );
+        assert!(
+            during.len() <= 480 / 4 + 1,
+            "no more than half a core's worth: {} censuses",
+            during.len()
+        );
+    }
+
     /// Notifications lost (a burst overran the receive buffer) while a census ran may have been of
     /// sockets it counted: its count-down could never reach zero. It used to be ignored there (a
     /// loss in the queue counted as nothing destroyed), and the end was seen at the next poll.
@@ -1479,6 +1591,122 @@ mod tests {
             t0.elapsed(),
             calls.lock().unwrap()
         );
+    }
+
+    /// A census whose counted connections leave ESTABLISHED without being freed (no destroy
+    /// notification says so) when `open` drops; it rechecks them one by one when `rechecks`, and
+    /// fails its rechecks from the `fail_from`-th on. Records when each census and recheck ran.
+    struct Rechecking {
+        open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        rechecks: bool,
+        fail_from: usize,
+        censuses: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+        rechecked: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    }
+
+    impl Rechecking {
+        fn new(open: usize, rechecks: bool) -> Rechecking {
+            Rechecking {
+                open: std::sync::Arc::new(open.into()),
+                rechecks,
+                fail_from: usize::MAX,
+                censuses: Default::default(),
+                rechecked: Default::default(),
+            }
+        }
+    }
+
+    impl Census for Rechecking {
+        fn count(&mut self) -> Result<Count, crate::census::CensusError> {
+            self.censuses.lock().unwrap().push(Instant::now());
+            Ok(count(
+                self.open.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+            ))
+        }
+        fn backend(&self) -> crate::census::Backend {
+            crate::census::Backend::Netlink
+        }
+        fn recheck(&mut self) -> Option<Result<usize, crate::census::CensusError>> {
+            if !self.rechecks {
+                return None;
+            }
+            let mut rechecked = self.rechecked.lock().unwrap();
+            rechecked.push(Instant::now());
+            Some(if rechecked.len() >= self.fail_from {
+                Err(crate::census::CensusError::DestroyLost)
+            } else {
+                Ok(self.open.load(std::sync::atomic::Ordering::SeqCst))
+            })
+        }
+    }
+
+    /// Drives a [`Rechecking`] census whose two connections leave ESTABLISHED at 400 ms (draining
+    /// from 100 ms on, polls 1000 ms apart): when the drain ended, and the census and recheck times.
+    async fn leave_at_400(census: Rechecking) -> (Duration, Vec<Duration>, Vec<Duration>) {
+        let (open, censuses, rechecked) = (
+            census.open.clone(),
+            census.censuses.clone(),
+            census.rechecked.clone(),
+        );
+        let (_tx, rx) = mpsc::unbounded_channel::<Destroyed>();
+        let sink = Collect(Default::default());
+        let plan = Plan {
+            settle: ms(100),
+            timeout: Duration::from_secs(600),
+            poll_interval: ms(1000),
+        };
+        let t0 = Instant::now();
+        let closer = async {
+            tokio::time::sleep(ms(400)).await;
+            open.store(0, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await
+        };
+        let verdict = tokio::select! {
+            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
+            _ = closer => unreachable!(),
+        };
+        assert_eq!(verdict, Verdict::Drained);
+        let since = |v: &std::sync::Mutex<Vec<Instant>>| -> Vec<Duration> {
+            v.lock().unwrap().iter().map(|t| *t - t0).collect()
+        };
+        (t0.elapsed(), since(&censuses), since(&rechecked))
+    }
+
+    /// What kept the p99 of drain detection at a poll interval (BENCHMARKS.md §3): the last
+    /// connection left ESTABLISHED (half-closed; the application had not closed it yet), no destroy
+    /// notification came, and only the next census saw it. Rechecks see it within one.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_leaving_established_unfreed_is_seen_by_a_recheck_not_a_poll_later() {
+        let (ended, censuses, rechecked) = leave_at_400(Rechecking::new(2, true)).await;
+        assert!(
+            ended >= ms(400) && ended <= ms(400) + RECHECK_EVERY + ms(1),
+            "ended {ended:?}; censuses {censuses:?}"
+        );
+        assert!(
+            rechecked.iter().all(|t| *t > ms(100)),
+            "rechecks only once draining: {rechecked:?}"
+        );
+        // The same without rechecks: the poll at 1100 sees it.
+        let (ended, ..) = leave_at_400(Rechecking::new(2, false)).await;
+        assert!(ended >= ms(1100), "ended {ended:?}");
+    }
+
+    /// A recheck that fails stops the rechecks until the next census, which starts them again.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_recheck_leaves_the_census_in_charge_until_the_next_one() {
+        let mut census = Rechecking::new(2, true);
+        census.fail_from = 3;
+        let (ended, censuses, rechecked) = leave_at_400(census).await;
+        // Rechecks at 100 + 1, 2 and 3 x RECHECK_EVERY, the third failing; none until the census
+        // at 1100, whose count (0) ends the drain.
+        let every = RECHECK_EVERY;
+        assert_eq!(
+            rechecked,
+            vec![ms(100) + every, ms(100) + every * 2, ms(100) + every * 3],
+            "{censuses:?}"
+        );
+        assert!(ended >= ms(1100), "ended {ended:?}");
     }
 
     /// What the randomized schedules of `tests/drain_schedules.rs` found: while counting down, a census

@@ -257,6 +257,165 @@ fn ipv6_and_dual_stack_listeners_are_counted() {
     );
 }
 
+/// Waits until a recheck finds every socket of the latest census gone (0).
+fn rechecks_to_zero(census: &mut dyn Census, why: &str) {
+    let mut seen = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            seen = Some(
+                census
+                    .recheck()
+                    .expect("netlink rechecks")
+                    .expect("recheck"),
+            );
+            seen == Some(0)
+        }),
+        "{why}: rechecked {seen:?}, want 0"
+    );
+}
+
+/// A recheck says 0 only once every connection the census counted left ESTABLISHED, whichever way
+/// it left: the client or the application half-closed it (the socket lives on, CLOSE_WAIT or
+/// FIN_WAIT2), both closed it, either reset it.
+#[test]
+fn a_recheck_sees_a_connection_leave_established_whichever_way_it_leaves() {
+    type Leave = fn(&mut Vec<TcpStream>, &mut Vec<TcpStream>);
+    let ways: [(&str, Leave); 5] = [
+        ("client half-closed", |c, _| {
+            c[0].shutdown(std::net::Shutdown::Write).unwrap()
+        }),
+        ("application half-closed", |_, s| {
+            s[0].shutdown(std::net::Shutdown::Write).unwrap()
+        }),
+        ("both closed", |c, s| {
+            c.clear();
+            s.clear();
+        }),
+        ("client reset", |c, _| common::reset(c.remove(0))),
+        ("application reset", |_, s| common::reset(s.remove(0))),
+    ];
+    for (why, leave) in ways {
+        let mut server = Server::bind("127.0.0.1:0");
+        let port = server.addr().port();
+        let mut clients = server.connect(server.addr(), 1);
+        for mode in [DumpMode::Combined, DumpMode::PerFamily] {
+            let mut census = NetlinkCensus::with_mode(spec(&[port], &[]), mode).expect("netlink");
+            assert_eq!(census.count().unwrap().established, 1, "{why}");
+            assert_eq!(census.recheck().unwrap().unwrap(), 1, "{why}: open");
+            assert_eq!(census.recheck().unwrap().unwrap(), 1, "{why}: still open");
+        }
+        let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+        assert_eq!(census.count().unwrap().established, 1);
+        leave(&mut clients, &mut server.accepted);
+        rechecks_to_zero(&mut census, why);
+        assert_eq!(
+            census.count().unwrap().established,
+            0,
+            "{why}: the census agrees"
+        );
+    }
+}
+
+/// With many connections a recheck never says 0 while one is left, wherever it is in the census'
+/// order; connections that arrived after the census are not among those it rechecks (the census
+/// counts them).
+#[test]
+fn a_recheck_says_zero_only_when_the_last_counted_connection_left() {
+    let mut server = Server::bind("127.0.0.1:0");
+    let port = server.addr().port();
+    let clients = server.connect(server.addr(), 40);
+    let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    assert_eq!(census.count().unwrap().established, 40);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut open: Vec<usize> = (0..40).collect();
+    rng.shuffle(&mut open);
+    let last = open.pop().unwrap();
+    for (n, &i) in open.iter().enumerate() {
+        clients[i].shutdown(std::net::Shutdown::Write).unwrap();
+        let left = 40 - n - 1;
+        // Let the FIN land; whatever the recheck has seen, it must not be 0.
+        for _ in 0..3 {
+            let said = census.recheck().unwrap().unwrap();
+            assert!((1..=40).contains(&said), "{left} open, recheck said {said}");
+        }
+    }
+    let arrived = server.connect(server.addr(), 2);
+    clients[last].shutdown(std::net::Shutdown::Write).unwrap();
+    rechecks_to_zero(&mut census, "the last counted one left");
+    assert_eq!(
+        census.count().unwrap().established,
+        2,
+        "the arrivals are the census' to count"
+    );
+    assert_eq!(
+        census.recheck().unwrap().unwrap(),
+        2,
+        "and the next rechecks follow them"
+    );
+    drop(arrived);
+}
+
+/// A census that counted more than it keeps identities for cannot recheck; one that counted fewer
+/// again can; /proc never can.
+#[test]
+fn rechecks_only_follow_a_census_of_few_connections() {
+    let mut server = Server::bind("127.0.0.1:0");
+    let port = server.addr().port();
+    let max = elb_drain::census::netlink::RECHECK_MAX;
+    common::raise_nofile(2 * max as u64 + 1_000);
+    // In steps the listen backlog takes without dropping SYNs.
+    let mut clients = Vec::new();
+    while clients.len() < max + 1 {
+        let n = (max + 1 - clients.len()).min(64);
+        clients.extend(server.connect(server.addr(), n));
+    }
+    let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    assert_eq!(census.count().unwrap().established, max + 1);
+    assert!(census.recheck().is_none(), "{} counted", max + 1);
+    clients.pop();
+    server.accepted.pop();
+    assert!(
+        wait_until(Duration::from_secs(5), || census
+            .count()
+            .is_ok_and(|c| c.established == max)),
+        "one closed"
+    );
+    assert_eq!(census.recheck().unwrap().unwrap(), max, "at the limit");
+    let mut proc = ProcCensus::new(spec(&[port], &[]));
+    proc.count().unwrap();
+    assert!(proc.recheck().is_none(), "/proc has no lookup");
+}
+
+/// Rechecks of v4-mapped and IPv6 sockets (a dual-stack listener): each is looked up in its family.
+#[test]
+fn rechecks_follow_ipv6_and_v4_mapped_connections() {
+    let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    let Ok(listener) = TcpListener::bind("[::]:0") else {
+        eprintln!("SKIP: no IPv6 here");
+        return;
+    };
+    if bindv6only.trim() != "0" || TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: no dual-stack IPv6 loopback here");
+        return;
+    }
+    let mut dual = Server {
+        listener,
+        accepted: Vec::new(),
+    };
+    let port = dual.addr().port();
+    let c4 = dual.connect(SocketAddr::from(([127, 0, 0, 1], port)), 2);
+    let c6 = dual.connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), 2);
+    let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    assert_eq!(census.count().unwrap().established, 4);
+    assert_eq!(census.recheck().unwrap().unwrap(), 4, "v4-mapped and IPv6");
+    c4[0].shutdown(std::net::Shutdown::Write).unwrap();
+    c6[0].shutdown(std::net::Shutdown::Write).unwrap();
+    c4[1].shutdown(std::net::Shutdown::Write).unwrap();
+    assert_ne!(census.recheck().unwrap().unwrap(), 0, "an IPv6 one is open");
+    c6[1].shutdown(std::net::Shutdown::Write).unwrap();
+    rechecks_to_zero(&mut census, "all half-closed by the clients");
+}
+
 #[test]
 fn listeners_are_listed_with_their_addresses() {
     let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -614,9 +773,26 @@ fn census_cost() {
         ss = ss.min(t.elapsed());
         assert_eq!(out.stdout.iter().filter(|&&b| b == b'\n').count(), n);
     }
+    // A recheck while every counted socket is open (it stops at the first): what the drain pays
+    // every `RECHECK_EVERY` while connections wait, where the census counted few enough to keep.
+    let recheck = {
+        let mut c = NetlinkCensus::new(spec.clone()).unwrap();
+        c.count().unwrap();
+        match c.recheck() {
+            None => None,
+            Some(_) => {
+                let t = Instant::now();
+                for _ in 0..10_000 {
+                    assert_eq!(c.recheck().unwrap().unwrap(), n);
+                }
+                Some(t.elapsed() / 10_000)
+            }
+        }
+    };
     println!(
         "census of {n} sockets (+2000 noise, best of 5): netlink combined {combined:?}, \
-         netlink per family {per_family:?}, /proc {proc:?}, ss {ss:?}"
+         netlink per family {per_family:?}, /proc {proc:?}, ss {ss:?}; a recheck {recheck:?} \
+         (mean of 10,000; None: more than it keeps)"
     );
 }
 

@@ -47,7 +47,8 @@ use std::time::{Duration, Instant};
 
 use common::confine::{Confine, can_confine, confine};
 use common::{
-    MEMBER, POOL, PROJECT, ProcGuard, exit_clock, mono_ns, raise_nofile, wait_until, write_file,
+    MEMBER, POOL, PROJECT, ProcGuard, exit_clock, mono_ns, raise_nofile, reset, wait_until,
+    write_file,
 };
 use elb_drain::census::{Census, CensusSpec, DestroyWatch, NetlinkCensus};
 use elb_drain::drain::COST_RATIO;
@@ -466,22 +467,9 @@ fn perform(conn: &mut Conn, side: Side, op: Op) {
     match op {
         Op::Close => drop(end.take()),
         Op::Reset => {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt on a descriptor this stream owns, with a linger struct of ours.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(stream),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as u32,
-                )
-            };
-            assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-            drop(end.take());
+            if let Some(stream) = end.take() {
+                reset(stream);
+            }
         }
         // After the peer reset it, a shutdown may say ENOTCONN: the connection is over anyway.
         Op::ShutWr => {

@@ -15,6 +15,19 @@
 //! LISTEN-only dump walks the small listening hash, not the established one, so it costs microseconds
 //! and a listener that appears later is never missed.
 //!
+//! **Rechecks.** While a census counted at most [`RECHECK_MAX`] sockets, it keeps each one's identity
+//! (`inet_diag_sockid`: addresses, ports, interface, cookie), and [`Census::recheck`] asks the kernel
+//! about them one by one: a `SOCK_DIAG_BY_FAMILY` request without `NLM_F_DUMP` is a lookup in the
+//! established hash, not a walk of it, and the cookie makes it exact (a new socket on the same addresses
+//! is `ESTALE`, a freed one `ENOENT`, a TIME_WAIT stand-in not ESTABLISHED). That is how the drain sees
+//! a connection leave ESTABLISHED without its socket being freed (half-closed, CLOSE_WAIT until the
+//! application closes it, FIN_WAIT2 until the peer does), which no destroy notification says, well
+//! before the next census. A recheck only needs to know whether any is left: it stops at the first
+//! socket still ESTABLISHED (looking up 1, then 2, 4, ... at a time) and forgets those found gone, which
+//! are never looked up again. So while connections are open a recheck costs one lookup or a few, and
+//! over a whole drain each socket is found gone once: the cost of rechecking often is about one lookup
+//! per recheck plus one per connection.
+//!
 //! Written against the raw structures rather than through `netlink-packet-sock-diag`: decoding each
 //! message into owned values costs about 0.45 µs per socket, which at 100k sockets is a quarter of the
 //! census; the layout used here is the stable kernel ABI (`linux/inet_diag.h`, `linux/netlink.h`).
@@ -45,6 +58,16 @@ pub(crate) const TCP_LISTEN: u8 = 10;
 pub(crate) const DIAG_MSG_LEN: usize = 72;
 /// The kernel fills a dump reply up to 32 KiB; the rest is headroom so a reply is never truncated.
 const RECV_BUF: usize = 256 * 1024;
+/// A census that counts at most this many sockets keeps their identities for [`Census::recheck`]:
+/// 49 bytes each, 100 KiB at most, kept (not allocated again) from one census to the next.
+pub const RECHECK_MAX: usize = 2048;
+/// At most this many lookups in one datagram: their answers (one small datagram each) fit the
+/// default receive buffer many times over, so none is dropped before it is read.
+const RECHECK_BATCH: usize = 32;
+/// `struct inet_diag_sockid`, as the kernel reports a socket and as a lookup names one.
+const SOCKID_LEN: usize = 48;
+/// Where the sockid starts in an `inet_diag_msg` (after family, state, timer, retrans).
+const SOCKID_AT: usize = 4;
 
 fn truncated(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("truncated {what}"))
@@ -114,6 +137,10 @@ impl DiagSocket {
     /// One datagram. MSG_TRUNC makes the kernel report its real length, so a reply larger than the
     /// buffer is an error instead of silently cut messages.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_flags(buf, 0)
+    }
+
+    fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
             let n = unsafe {
@@ -121,7 +148,7 @@ impl DiagSocket {
                     self.fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
-                    libc::MSG_TRUNC,
+                    libc::MSG_TRUNC | flags,
                 )
             };
             if n >= 0 {
@@ -285,6 +312,83 @@ pub(crate) fn combined_request(states: u32, ports: &[u16]) -> Vec<u8> {
     finish(msg, ports)
 }
 
+/// Lookups of single sockets (`SOCK_DIAG_BY_FAMILY` without `NLM_F_DUMP`), one message each, numbered
+/// from `seq` on.
+pub(crate) fn lookup_requests(sockets: &[Tracked], seq: u32) -> Vec<u8> {
+    const LEN: usize = NLMSG_HDRLEN + 8 + SOCKID_LEN;
+    let mut msg = Vec::with_capacity(sockets.len() * LEN);
+    for (i, t) in sockets.iter().enumerate() {
+        msg.extend_from_slice(&(LEN as u32).to_ne_bytes());
+        msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        msg.extend_from_slice(&seq.wrapping_add(i as u32).to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[t.family, libc::IPPROTO_TCP as u8, 0, 0]);
+        msg.extend_from_slice(&u32::MAX.to_ne_bytes()); // states: a lookup ignores them
+        msg.extend_from_slice(&t.id);
+    }
+    msg
+}
+
+/// A socket a census counted, as a lookup names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tracked {
+    family: u8,
+    id: [u8; SOCKID_LEN],
+}
+
+impl Tracked {
+    fn of(msg: &[u8]) -> Tracked {
+        let mut id = [0u8; SOCKID_LEN];
+        id.copy_from_slice(&msg[SOCKID_AT..SOCKID_AT + SOCKID_LEN]);
+        Tracked { family: msg[0], id }
+    }
+}
+
+/// The answers to lookups numbered `seq..seq + n` in one datagram: calls `answer(index, established)`
+/// for each (a socket freed, or replaced by another on the same addresses, is an answer too: not
+/// established). Other numbers are skipped (the rest of an earlier batch or dump).
+fn lookup_answers(
+    buf: &[u8],
+    seq: u32,
+    n: usize,
+    answer: &mut dyn FnMut(usize, bool),
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let Some(header) = buf.get(at..at + NLMSG_HDRLEN) else {
+            return Err(truncated("netlink header"));
+        };
+        let len = ne_u32(header, 0) as usize;
+        let kind = u16::from_ne_bytes([header[4], header[5]]);
+        if len < NLMSG_HDRLEN || len > buf.len() - at {
+            return Err(truncated("netlink message"));
+        }
+        let index = ne_u32(header, 8).wrapping_sub(seq) as usize;
+        let payload = &buf[at + NLMSG_HDRLEN..at + len];
+        if index < n {
+            match kind {
+                SOCK_DIAG_BY_FAMILY => match payload.get(..DIAG_MSG_LEN) {
+                    Some(msg) => answer(index, msg[1] == TCP_ESTABLISHED),
+                    None => return Err(truncated("inet_diag_msg")),
+                },
+                NLMSG_ERROR => {
+                    let Some(b) = payload.get(..4) else {
+                        return Err(truncated("netlink error"));
+                    };
+                    match i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_neg() {
+                        libc::ENOENT | libc::ESTALE => answer(index, false),
+                        errno => return Err(io::Error::from_raw_os_error(errno)),
+                    }
+                }
+                _ => {}
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(())
+}
+
 /// The fields of one `inet_diag_msg` the census needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiagSock {
@@ -355,6 +459,11 @@ pub struct NetlinkCensus {
     horizon: Horizon,
     /// Socket messages the kernel sent in the latest census, before the check in user space.
     kernel_messages: usize,
+    /// The sockets the latest census counted that no recheck found gone yet, in the order to look
+    /// them up (one found ESTABLISHED first); valid when `tracking`.
+    tracked: Vec<Tracked>,
+    /// The latest census counted at most [`RECHECK_MAX`] sockets, all in `tracked`.
+    tracking: bool,
 }
 
 impl NetlinkCensus {
@@ -376,6 +485,8 @@ impl NetlinkCensus {
             previous: None,
             horizon: Horizon::default(),
             kernel_messages: 0,
+            tracked: Vec::new(),
+            tracking: false,
         })
     }
 
@@ -429,6 +540,29 @@ impl NetlinkCensus {
         }
     }
 
+    /// Looks up the first `n` tracked sockets (at most [`RECHECK_BATCH`]); `up[i]` says whether the
+    /// `i`-th is still ESTABLISHED.
+    fn look_up(&mut self, n: usize, up: &mut [bool]) -> io::Result<()> {
+        let seq = self.socket.seq.wrapping_add(1);
+        self.socket.seq = seq.wrapping_add(n as u32 - 1);
+        self.socket
+            .send(&lookup_requests(&self.tracked[..n], seq))?;
+        // The kernel answers each lookup within the send: everything is queued by now, so nothing
+        // here waits (an answer missing is an error, not a hang).
+        let mut answered = vec![false; n];
+        let mut left = n;
+        while left > 0 {
+            let len = self.socket.recv_flags(&mut self.buf, libc::MSG_DONTWAIT)?;
+            lookup_answers(&self.buf[..len], seq, n, &mut |i, established| {
+                if !std::mem::replace(&mut answered[i], true) {
+                    left -= 1;
+                    up[i] = established;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// One census: the dumps, counting each counted socket once (a dump resumed in a changing table
     /// can report one twice), and its cookies published for the destroy watch.
     fn tally(&mut self, dumps: &[Dump]) -> Result<Count, CensusError> {
@@ -436,6 +570,8 @@ impl NetlinkCensus {
         let spec = &self.spec;
         let previous = self.previous.as_deref();
         let mut current = CookieSet::new();
+        let tracked = &mut self.tracked;
+        tracked.clear();
         let mut each = |m: &[u8]| {
             messages += 1;
             let s = parse(m);
@@ -444,6 +580,9 @@ impl NetlinkCensus {
                 && current.insert(s.cookie)
             {
                 established += 1;
+                if established <= RECHECK_MAX {
+                    tracked.push(Tracked::of(m));
+                }
                 if previous.is_some_and(|p| !p.contains(s.cookie)) {
                     arrived += 1;
                 }
@@ -459,10 +598,12 @@ impl NetlinkCensus {
             };
             if let Err(source) = self.socket.dump(request, &mut self.buf, &mut each) {
                 self.horizon.abandon();
+                self.tracking = false;
                 return Err(CensusError::Netlink { what, source });
             }
         }
         self.kernel_messages = messages;
+        self.tracking = established <= RECHECK_MAX;
         let current = Arc::new(current);
         self.horizon.publish(current.clone());
         self.previous = Some(current);
@@ -511,6 +652,35 @@ impl Census for NetlinkCensus {
 
     fn horizon(&self) -> Option<Horizon> {
         Some(self.horizon.clone())
+    }
+
+    fn recheck(&mut self) -> Option<Result<usize, CensusError>> {
+        if !self.tracking {
+            return None;
+        }
+        let mut size = 1;
+        while !self.tracked.is_empty() {
+            let n = size.min(self.tracked.len());
+            let mut up = vec![false; n];
+            if let Err(source) = self.look_up(n, &mut up) {
+                return Some(Err(CensusError::Netlink {
+                    what: "recheck of counted sockets",
+                    source,
+                }));
+            }
+            let still: Vec<Tracked> = self.tracked[..n]
+                .iter()
+                .zip(&up)
+                .filter_map(|(t, &up)| up.then_some(*t))
+                .collect();
+            let any = !still.is_empty();
+            self.tracked.splice(..n, still);
+            if any {
+                break;
+            }
+            size = (size * 2).min(RECHECK_BATCH);
+        }
+        Some(Ok(self.tracked.len()))
     }
 }
 
@@ -667,6 +837,59 @@ mod tests {
         m[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
         m[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
         m
+    }
+
+    #[test]
+    fn a_lookup_names_the_socket_as_the_kernel_reported_it() {
+        let mut reported = diag(8080, 0x1122_3344_5566_7788);
+        reported[0] = libc::AF_INET6 as u8;
+        reported[8..24].copy_from_slice(&[7; 16]);
+        let t = Tracked::of(&reported);
+        let msg = lookup_requests(&[t, t], 41);
+        assert_eq!(msg.len(), 2 * 72);
+        let one = &msg[..72];
+        assert_eq!(ne_u32(one, 0), 72);
+        assert_eq!(u16::from_ne_bytes([one[4], one[5]]), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(
+            u16::from_ne_bytes([one[6], one[7]]),
+            NLM_F_REQUEST,
+            "a lookup, not a dump"
+        );
+        assert_eq!((ne_u32(one, 8), ne_u32(&msg[72..], 8)), (41, 42));
+        assert_eq!(
+            &one[16..18],
+            &[libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8]
+        );
+        assert_eq!(
+            &one[24..72],
+            &reported[4..52],
+            "ports, addresses, interface and cookie, as reported"
+        );
+    }
+
+    #[test]
+    fn lookup_answers_are_matched_to_their_requests() {
+        let mut closing = diag(1, 1);
+        closing[1] = 8; // CLOSE_WAIT
+        let mut buf = message(SOCK_DIAG_BY_FAMILY, 10, &diag(1, 1));
+        buf.extend(message(SOCK_DIAG_BY_FAMILY, 11, &closing));
+        buf.extend(message(NLMSG_ERROR, 12, &(-libc::ENOENT).to_ne_bytes()));
+        buf.extend(message(NLMSG_ERROR, 13, &(-libc::ESTALE).to_ne_bytes()));
+        buf.extend(message(SOCK_DIAG_BY_FAMILY, 9, &diag(1, 1))); // an earlier batch
+        buf.extend(message(SOCK_DIAG_BY_FAMILY, 14, &diag(1, 1))); // beyond this one
+        let mut seen = Vec::new();
+        lookup_answers(&buf, 10, 4, &mut |i, up| seen.push((i, up))).unwrap();
+        assert_eq!(seen, vec![(0, true), (1, false), (2, false), (3, false)]);
+
+        let other = message(NLMSG_ERROR, 10, &(-libc::EPERM).to_ne_bytes());
+        let err = lookup_answers(&other, 10, 1, &mut |_, _| {}).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EPERM),
+            "any other error fails the recheck"
+        );
+        let short = message(SOCK_DIAG_BY_FAMILY, 10, &[0; 8]);
+        assert!(lookup_answers(&short, 10, 1, &mut |_, _| {}).is_err());
     }
 
     #[test]

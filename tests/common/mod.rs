@@ -709,6 +709,26 @@ pub fn exit_clock(pid: i32) -> std::sync::mpsc::Receiver<u64> {
     rx
 }
 
+/// Closes `stream` with a RST: SO_LINGER {on, 0}, then close(2).
+pub fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor this stream owns, with a linger struct of ours.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(stream);
+}
+
 /// Raises this process' soft limit on open descriptors to `want` (at most the hard limit); returns
 /// the soft limit in force afterwards.
 pub fn raise_nofile(want: u64) -> u64 {
