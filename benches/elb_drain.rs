@@ -1358,8 +1358,14 @@ fn detect_one(
         a.stderr()
     );
     let draining = Instant::now();
+    // The census' status line can reach stderr a moment after the phase line (at 100k the census
+    // that ends settling and its line come close together): wait for it rather than read once.
     let counted = format!("draining: {} connections open", pile.held());
-    assert!(a.stderr().contains(&counted), "{}", a.stderr());
+    assert!(
+        a.wait_stderr(&counted, Duration::from_secs(10)),
+        "{}",
+        a.stderr()
+    );
     assert!(path.taken(&a.stderr()), "not on {path:?}: {}", a.stderr());
     let mut cpu_row = None;
     let draining = if let Some(window) = cpu {
