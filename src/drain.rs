@@ -800,6 +800,17 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Spends `cost` of this thread's CPU time, as a census would. Bounded: a thread that gets no CPU
+    /// for a minute fails its test instead of hanging it.
+    fn burn_cpu(cost: Duration) {
+        let begun = thread_cpu_time();
+        let limit = std::time::Instant::now() + Duration::from_secs(60);
+        let mut spins = 0u64;
+        while thread_cpu_time() - begun < cost && std::time::Instant::now() < limit {
+            spins = std::hint::black_box(spins + 1);
+        }
+    }
+
     /// `n` sockets that census number `census` counted were destroyed (0: a census without numbers).
     fn gone(census: u64, n: usize) -> Destroyed {
         Destroyed::Counted(crate::census::Counted {
@@ -1452,15 +1463,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let cookies: Vec<u64> = (1..=100).collect();
         let mut census = Numbered::new(&cookies, |_| {});
-        census.during = Box::new(|_| {
-            // 4 ms of CPU per census.
-            let begun = thread_cpu_time();
-            let limit = std::time::Instant::now() + Duration::from_secs(60);
-            let mut spins = 0u64;
-            while thread_cpu_time() - begun < ms(4) && std::time::Instant::now() < limit {
-                spins = std::hint::black_box(spins + 1);
-            }
-        });
+        census.during = Box::new(|_| burn_cpu(ms(4)));
         let (now, calls, horizon) = (
             census.now.clone(),
             census.calls.clone(),
@@ -1512,15 +1515,7 @@ mod tests {
     async fn censuses_brought_forward_back_to_back_keep_to_half_a_core() {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut census = Numbered::new(&[1], |_| {});
-        census.during = Box::new(|_| {
-            // 4 ms of CPU per census.
-            let begun = thread_cpu_time();
-            let limit = std::time::Instant::now() + Duration::from_secs(60);
-            let mut spins = 0u64;
-            while thread_cpu_time() - begun < ms(4) && std::time::Instant::now() < limit {
-                spins = std::hint::black_box(spins + 1);
-            }
-        });
+        census.during = Box::new(|_| burn_cpu(ms(4)));
         let (calls, horizon) = (census.calls.clone(), census.horizon.clone());
         let sink = Collect(Default::default());
         let plan = Plan {
@@ -1753,13 +1748,7 @@ mod tests {
 
     impl Census for Dear {
         fn count(&mut self) -> Result<Count, crate::census::CensusError> {
-            let begun = thread_cpu_time();
-            let mut spins = 0u64;
-            // Bounded: a thread that gets no CPU for a minute fails the test instead of hanging it.
-            let limit = std::time::Instant::now() + Duration::from_secs(60);
-            while thread_cpu_time() - begun < self.cost && std::time::Instant::now() < limit {
-                spins = std::hint::black_box(spins + 1);
-            }
+            burn_cpu(self.cost);
             Ok(count(*self.left.lock().unwrap(), 0))
         }
         fn backend(&self) -> crate::census::Backend {
@@ -1868,13 +1857,7 @@ mod tests {
             let Some(cost) = cost else {
                 return Ok(count(0, 0));
             };
-            let begun = thread_cpu_time();
-            let mut spins = 0u64;
-            // Bounded: a thread that gets no CPU for a minute fails the test instead of hanging it.
-            let limit = std::time::Instant::now() + Duration::from_secs(60);
-            while thread_cpu_time() - begun < cost && std::time::Instant::now() < limit {
-                spins = std::hint::black_box(spins + 1);
-            }
+            burn_cpu(cost);
             Ok(count(1, 0))
         }
         fn backend(&self) -> crate::census::Backend {
