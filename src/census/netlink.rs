@@ -195,10 +195,12 @@ impl DiagSocket {
     }
 }
 
-/// Walks the netlink messages of one datagram, calling `each` with every `inet_diag_msg` (only those of
-/// sequence `seq` when given). `Ok(true)` at NLMSG_DONE; NLMSG_ERROR (or a DONE carrying an error) is
-/// the kernel's errno.
-pub(crate) fn walk(buf: &[u8], seq: Option<u32>, each: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
+/// Calls `each` with the kind, sequence number and payload of every netlink message in one datagram,
+/// until it returns `Ok(true)`; whether it did. A message cut short is an error.
+fn messages(
+    buf: &[u8],
+    mut each: impl FnMut(u16, u32, &[u8]) -> io::Result<bool>,
+) -> io::Result<bool> {
     let mut at = 0;
     while at < buf.len() {
         let Some(header) = buf.get(at..at + NLMSG_HDRLEN) else {
@@ -206,36 +208,49 @@ pub(crate) fn walk(buf: &[u8], seq: Option<u32>, each: &mut dyn FnMut(&[u8])) ->
         };
         let len = ne_u32(header, 0) as usize;
         let kind = u16::from_ne_bytes([header[4], header[5]]);
-        let msg_seq = ne_u32(header, 8);
         if len < NLMSG_HDRLEN || len > buf.len() - at {
             return Err(truncated("netlink message"));
         }
-        let payload = &buf[at + NLMSG_HDRLEN..at + len];
-        if seq.is_none_or(|s| s == msg_seq) {
-            match kind {
-                NLMSG_DONE | NLMSG_ERROR => {
-                    let errno = match payload.get(..4) {
-                        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-                        None if kind == NLMSG_DONE => 0,
-                        None => return Err(truncated("netlink error")),
-                    };
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
-                    }
-                    if kind == NLMSG_DONE {
-                        return Ok(true);
-                    }
-                }
-                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match payload.get(..DIAG_MSG_LEN) {
-                    Some(msg) => each(msg),
-                    None => return Err(truncated("inet_diag_msg")),
-                },
-                _ => {}
-            }
+        if each(kind, ne_u32(header, 8), &buf[at + NLMSG_HDRLEN..at + len])? {
+            return Ok(true);
         }
         at += (len + 3) & !3;
     }
     Ok(false)
+}
+
+/// The errno an NLMSG_ERROR (or a DONE) payload carries, 0 for none.
+fn errno(kind: u16, payload: &[u8]) -> io::Result<i32> {
+    match payload.get(..4) {
+        Some(b) => Ok(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_neg()),
+        None if kind == NLMSG_DONE => Ok(0),
+        None => Err(truncated("netlink error")),
+    }
+}
+
+/// Walks the netlink messages of one datagram, calling `each` with every `inet_diag_msg` (only those of
+/// sequence `seq` when given). `Ok(true)` at NLMSG_DONE; NLMSG_ERROR (or a DONE carrying an error) is
+/// the kernel's errno.
+pub(crate) fn walk(buf: &[u8], seq: Option<u32>, each: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
+    messages(buf, |kind, msg_seq, payload| {
+        if seq.is_some_and(|s| s != msg_seq) {
+            return Ok(false);
+        }
+        match kind {
+            NLMSG_DONE | NLMSG_ERROR => match errno(kind, payload)? {
+                0 => Ok(kind == NLMSG_DONE),
+                e => Err(io::Error::from_raw_os_error(e)),
+            },
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => match payload.get(..DIAG_MSG_LEN) {
+                Some(msg) => {
+                    each(msg);
+                    Ok(false)
+                }
+                None => Err(truncated("inet_diag_msg")),
+            },
+            _ => Ok(false),
+        }
+    })
 }
 
 /// The bytecode accepting a local port in `ports`: for each port `sport >= p && sport <= p`, OR-ed with
@@ -354,38 +369,24 @@ fn lookup_answers(
     n: usize,
     answer: &mut dyn FnMut(usize, bool),
 ) -> io::Result<()> {
-    let mut at = 0;
-    while at < buf.len() {
-        let Some(header) = buf.get(at..at + NLMSG_HDRLEN) else {
-            return Err(truncated("netlink header"));
-        };
-        let len = ne_u32(header, 0) as usize;
-        let kind = u16::from_ne_bytes([header[4], header[5]]);
-        if len < NLMSG_HDRLEN || len > buf.len() - at {
-            return Err(truncated("netlink message"));
+    messages(buf, |kind, msg_seq, payload| {
+        let index = msg_seq.wrapping_sub(seq) as usize;
+        if index >= n {
+            return Ok(false);
         }
-        let index = ne_u32(header, 8).wrapping_sub(seq) as usize;
-        let payload = &buf[at + NLMSG_HDRLEN..at + len];
-        if index < n {
-            match kind {
-                SOCK_DIAG_BY_FAMILY => match payload.get(..DIAG_MSG_LEN) {
-                    Some(msg) => answer(index, msg[1] == TCP_ESTABLISHED),
-                    None => return Err(truncated("inet_diag_msg")),
-                },
-                NLMSG_ERROR => {
-                    let Some(b) = payload.get(..4) else {
-                        return Err(truncated("netlink error"));
-                    };
-                    match i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_neg() {
-                        libc::ENOENT | libc::ESTALE => answer(index, false),
-                        errno => return Err(io::Error::from_raw_os_error(errno)),
-                    }
-                }
-                _ => {}
-            }
+        match kind {
+            SOCK_DIAG_BY_FAMILY => match payload.get(..DIAG_MSG_LEN) {
+                Some(msg) => answer(index, msg[1] == TCP_ESTABLISHED),
+                None => return Err(truncated("inet_diag_msg")),
+            },
+            NLMSG_ERROR => match errno(kind, payload)? {
+                libc::ENOENT | libc::ESTALE => answer(index, false),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            },
+            _ => {}
         }
-        at += (len + 3) & !3;
-    }
+        Ok(false)
+    })?;
     Ok(())
 }
 
