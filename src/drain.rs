@@ -1115,6 +1115,30 @@ mod tests {
         .await
     }
 
+    /// A plan whose deadline (600 s) never comes in these tests.
+    fn long_plan(settle: Duration, poll_interval: Duration) -> Plan {
+        Plan {
+            settle,
+            timeout: Duration::from_secs(600),
+            poll_interval,
+        }
+    }
+
+    /// [`drive_with`] counting down on `rx`, beside `closer` (which never ends), to its verdict.
+    async fn drive_beside(
+        plan: Plan,
+        started: Instant,
+        census: Box<dyn Census>,
+        rx: mpsc::UnboundedReceiver<Destroyed>,
+        sink: &dyn Sink,
+        closer: impl std::future::Future<Output = ()>,
+    ) -> Verdict {
+        tokio::select! {
+            v = drive_with(plan, started, census, Some(rx), sink) => v,
+            _ = closer => unreachable!("the closer never ends"),
+        }
+    }
+
     struct Collect(std::sync::Mutex<Vec<Event>>);
     impl Sink for Collect {
         fn emit(&self, event: &Event) {
@@ -1238,11 +1262,7 @@ mod tests {
         let census = Box::new(Scripted(script.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             // Draining from 100 ms on (counting down from that census); the next poll is at 1100.
@@ -1252,10 +1272,7 @@ mod tests {
             tx.send(gone(0, 2)).unwrap();
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, census, Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, census, rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         assert!(t0.elapsed() < ms(1090), "took {:?}", t0.elapsed());
     }
@@ -1320,11 +1337,7 @@ mod tests {
             }
         });
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let verdict = drive_with(plan, t0, Box::new(census), Some(rx), &sink).await;
         assert_eq!(verdict, Verdict::Drained);
@@ -1343,11 +1356,7 @@ mod tests {
         let census = Numbered::new(&[1, 2], |_| {});
         let (now, calls) = (census.now.clone(), census.calls.clone());
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             // Draining from census 2 at 100 on; census 3 is due at 1100.
@@ -1361,10 +1370,7 @@ mod tests {
             tx.send(gone(4, 1)).unwrap();
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
         assert!(
@@ -1394,11 +1400,7 @@ mod tests {
             }
         });
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             // Census 3 runs from 1100 to 1500 and counts both; both are freed at 1510.
@@ -1407,10 +1409,7 @@ mod tests {
             tx.send(gone(3, 2)).unwrap();
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         assert!(
             t0.elapsed() < ms(1600),
@@ -1430,11 +1429,7 @@ mod tests {
         let census = Numbered::new(&[1, 2, 3], |_| {});
         let (now, calls) = (census.now.clone(), census.calls.clone());
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             // Draining from census 2 at 100 on; the next poll is due at 1100.
@@ -1443,10 +1438,7 @@ mod tests {
             tx.send(gone(2, 2)).unwrap();
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         assert!(
             t0.elapsed() < ms(500),
@@ -1470,11 +1462,7 @@ mod tests {
             census.horizon.clone(),
         );
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(10),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(10), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             tokio::time::sleep(ms(100)).await;
@@ -1486,10 +1474,7 @@ mod tests {
             }
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
         let during: Vec<Duration> = at
@@ -1518,11 +1503,7 @@ mod tests {
         census.during = Box::new(|_| burn_cpu(ms(4)));
         let (calls, horizon) = (census.calls.clone(), census.horizon.clone());
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(10),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(10), ms(1000));
         let t0 = Instant::now();
         let churn = async {
             // Draining from 10 ms on: whatever each census counted is freed right after it.
@@ -1572,11 +1553,7 @@ mod tests {
         });
         let calls = census.calls.clone();
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let verdict = drive_with(plan, t0, Box::new(census), Some(rx), &sink).await;
         assert_eq!(verdict, Verdict::Drained);
@@ -1646,21 +1623,14 @@ mod tests {
         );
         let (_tx, rx) = mpsc::unbounded_channel::<Destroyed>();
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(1000),
-        };
+        let plan = long_plan(ms(100), ms(1000));
         let t0 = Instant::now();
         let closer = async {
             tokio::time::sleep(ms(400)).await;
             open.store(0, std::sync::atomic::Ordering::SeqCst);
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, Box::new(census), Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         let since = |v: &std::sync::Mutex<Vec<Instant>>| -> Vec<Duration> {
             v.lock().unwrap().iter().map(|t| *t - t0).collect()
@@ -1714,11 +1684,7 @@ mod tests {
         let census = Box::new(Scripted(script.clone()));
         let (tx, rx) = mpsc::unbounded_channel::<Destroyed>();
         let sink = Collect(Default::default());
-        let plan = Plan {
-            settle: ms(100),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(200),
-        };
+        let plan = long_plan(ms(100), ms(200));
         let t0 = Instant::now();
         let closer = async {
             tokio::time::sleep(ms(1000)).await;
@@ -1727,10 +1693,7 @@ mod tests {
             let _keep = tx;
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, census, Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, census, rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         assert!(
             t0.elapsed() <= ms(1000) + plan.poll_interval,
@@ -1769,11 +1732,7 @@ mod tests {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Timed(Default::default());
-        let plan = Plan {
-            settle: ms(10),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(20),
-        };
+        let plan = long_plan(ms(10), ms(20));
         let t0 = Instant::now();
         let closer = async {
             // Start right after the first census of the draining phase (the count-down's start).
@@ -1808,10 +1767,7 @@ mod tests {
             }
             std::future::pending::<()>().await
         };
-        let verdict = tokio::select! {
-            v = drive_with(plan, t0, census, Some(rx), &sink) => v,
-            _ = closer => unreachable!(),
-        };
+        let verdict = drive_beside(plan, t0, census, rx, &sink, closer).await;
         assert_eq!(verdict, Verdict::Drained);
         let counts: Vec<(Duration, usize)> = sink
             .0
@@ -1880,11 +1836,7 @@ mod tests {
         costs.extend(vec![Duration::ZERO; 12]);
         let census = Box::new(Costly { costs, calls: 0 });
         let sink = Timed(Default::default());
-        let plan = Plan {
-            settle: ms(10),
-            timeout: Duration::from_secs(600),
-            poll_interval: ms(10),
-        };
+        let plan = long_plan(ms(10), ms(10));
         let verdict = drive_with(plan, Instant::now(), census, None, &sink).await;
         assert_eq!(verdict, Verdict::Drained);
         let at: Vec<Instant> = sink
