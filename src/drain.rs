@@ -417,7 +417,9 @@ pub const ACTIVE_RATIO: u32 = 5;
 /// next census, up to a poll interval later, sees it.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
 
-/// See [`RECHECK_EVERY`]: rechecks take at most 1/50 of a core.
+/// See [`RECHECK_EVERY`]: rechecks take at most 1/50 of a core, or 1/[`ACTIVE_RATIO`] while they
+/// find sockets gone (a wave of closes at 100k connections leaves tens of thousands to look up, at
+/// most [`crate::census::netlink::RECHECK_WORK`] per recheck).
 pub const RECHECK_RATIO: u32 = 50;
 
 /// The poll interval, following the recent cost of a census both ways: `COST_RATIO` times a smoothed
@@ -531,6 +533,9 @@ pub async fn drive(
     // A recheck found every socket of the latest census gone: like a count-down at zero, that
     // agrees with a census that reads zero.
     let mut rechecked_zero = false;
+    // What the latest recheck left to find gone, to tell one that forgot some (paced like censuses
+    // while the count-down moves) from one that found the first socket it looked up still open.
+    let mut recheck_left = usize::MAX;
     loop {
         tokio::select! {
             biased;
@@ -610,7 +615,11 @@ pub async fn drive(
                         rechecked_zero = true;
                         None
                     }
-                    Some(Ok(_)) => Some(now + RECHECK_EVERY.max(cost * RECHECK_RATIO)),
+                    Some(Ok(left)) => {
+                        let ratio = if left < recheck_left { ACTIVE_RATIO } else { RECHECK_RATIO };
+                        recheck_left = left;
+                        Some(now + RECHECK_EVERY.max(cost * ratio))
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "recheck failed; until the next census, censuses only");
                         None
@@ -698,6 +707,7 @@ pub async fn drive(
                 early_from = if brought_forward { now + cost } else { now };
                 active_from = now + cost * ACTIVE_RATIO;
                 recheck_at = (engine.phase() == Phase::Draining).then(|| now + RECHECK_EVERY);
+                recheck_left = usize::MAX;
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -1566,12 +1576,17 @@ mod tests {
     }
 
     /// A census whose counted connections leave ESTABLISHED without being freed (no destroy
-    /// notification says so) when `open` drops; it rechecks them one by one when `rechecks`, and
-    /// fails its rechecks from the `fail_from`-th on. Records when each census and recheck ran.
+    /// notification says so) when `open` drops; it rechecks them when `rechecks` (finding at most
+    /// `per_recheck` gone in one, spending `cost` of CPU on each), and fails its rechecks from the
+    /// `fail_from`-th on. Records when each census and recheck ran.
     struct Rechecking {
         open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
         rechecks: bool,
         fail_from: usize,
+        per_recheck: usize,
+        cost: Duration,
+        /// Counted by the latest census and not found gone by a recheck since.
+        unfound: usize,
         censuses: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
         rechecked: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
     }
@@ -1582,6 +1597,9 @@ mod tests {
                 open: std::sync::Arc::new(open.into()),
                 rechecks,
                 fail_from: usize::MAX,
+                per_recheck: usize::MAX,
+                cost: Duration::ZERO,
+                unfound: 0,
                 censuses: Default::default(),
                 rechecked: Default::default(),
             }
@@ -1591,10 +1609,8 @@ mod tests {
     impl Census for Rechecking {
         fn count(&mut self) -> Result<Count, crate::census::CensusError> {
             self.censuses.lock().unwrap().push(Instant::now());
-            Ok(count(
-                self.open.load(std::sync::atomic::Ordering::SeqCst),
-                0,
-            ))
+            self.unfound = self.open.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(count(self.unfound, 0))
         }
         fn backend(&self) -> crate::census::Backend {
             crate::census::Backend::Netlink
@@ -1603,13 +1619,16 @@ mod tests {
             if !self.rechecks {
                 return None;
             }
+            burn_cpu(self.cost);
             let mut rechecked = self.rechecked.lock().unwrap();
             rechecked.push(Instant::now());
-            Some(if rechecked.len() >= self.fail_from {
-                Err(crate::census::CensusError::DestroyLost)
-            } else {
-                Ok(self.open.load(std::sync::atomic::Ordering::SeqCst))
-            })
+            if rechecked.len() >= self.fail_from {
+                return Some(Err(crate::census::CensusError::DestroyLost));
+            }
+            if self.open.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                self.unfound = self.unfound.saturating_sub(self.per_recheck);
+            }
+            Some(Ok(self.unfound))
         }
     }
 
@@ -1655,6 +1674,30 @@ mod tests {
         // The same without rechecks: the poll at 1100 sees it.
         let (ended, ..) = leave_at_400(Rechecking::new(2, false)).await;
         assert!(ended >= ms(1100), "ended {ended:?}");
+    }
+
+    /// What kept the 100k p99 at 1.5 s (BENCHMARKS.md §3): a wave left tens of thousands of counted
+    /// connections half-closed, more than one recheck looks up. Rechecks that keep finding some gone
+    /// come at the census' pace ([`ACTIVE_RATIO`] times their cost), not at the idle
+    /// [`RECHECK_RATIO`], so the last of the wave is found within a few of them; while every
+    /// connection stays open they stay at the idle pace.
+    #[tokio::test(start_paused = true)]
+    async fn rechecks_that_find_a_wave_gone_in_parts_follow_it_at_the_census_pace() {
+        let mut census = Rechecking::new(5000, true);
+        census.per_recheck = 1000;
+        census.cost = ms(2);
+        let (ended, censuses, rechecked) = leave_at_400(census).await;
+        let idle = rechecked.iter().filter(|t| **t < ms(400)).count();
+        assert!(
+            idle <= 300 / (2 * RECHECK_RATIO as usize) + 1,
+            "{idle} rechecks while all were open: {rechecked:?}"
+        );
+        // Five rechecks after 400 find the wave gone, at most 2 ms x 5 x (the CPU's jitter) apart;
+        // at the idle pace they would be 100 ms apart.
+        assert!(
+            ended >= ms(400) && ended < ms(400) + ms(200),
+            "ended {ended:?}; rechecks {rechecked:?}; censuses {censuses:?}"
+        );
     }
 
     /// A recheck that fails stops the rechecks until the next census, which starts them again.

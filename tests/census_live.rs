@@ -356,20 +356,18 @@ fn a_recheck_says_zero_only_when_the_last_counted_connection_left() {
 }
 
 /// A census that counted more than it keeps identities for cannot recheck; one that counted fewer
-/// again can; /proc never can.
+/// again can; /proc never can. (The limit is lowered here: [`RECHECK_MAX`] is a quarter million.)
+///
+/// [`RECHECK_MAX`]: elb_drain::census::netlink::RECHECK_MAX
 #[test]
 fn rechecks_only_follow_a_census_of_few_connections() {
     let mut server = Server::bind("127.0.0.1:0");
     let port = server.addr().port();
-    let max = elb_drain::census::netlink::RECHECK_MAX;
-    common::raise_nofile(2 * max as u64 + 1_000);
-    // In steps the listen backlog takes without dropping SYNs.
-    let mut clients = Vec::new();
-    while clients.len() < max + 1 {
-        let n = (max + 1 - clients.len()).min(64);
-        clients.extend(server.connect(server.addr(), n));
-    }
-    let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    let max = 100;
+    let mut clients = server.connect(server.addr(), max + 1);
+    let mut census = NetlinkCensus::new(spec(&[port], &[]))
+        .expect("netlink")
+        .with_recheck_max(max);
     assert_eq!(census.count().unwrap().established, max + 1);
     assert!(census.recheck().is_none(), "{} counted", max + 1);
     clients.pop();
@@ -384,6 +382,49 @@ fn rechecks_only_follow_a_census_of_few_connections() {
     let mut proc = ProcCensus::new(spec(&[port], &[]));
     proc.count().unwrap();
     assert!(proc.recheck().is_none(), "/proc has no lookup");
+}
+
+/// A wave that leaves more sockets to find gone than one recheck looks up ([`RECHECK_WORK`]) is
+/// followed over several rechecks, each doing its bounded share, none saying 0 early; the last
+/// says 0 and the census agrees. (One found still open stops a recheck early: the test above.)
+///
+/// [`RECHECK_WORK`]: elb_drain::census::netlink::RECHECK_WORK
+#[test]
+fn a_wave_larger_than_one_recheck_is_followed_over_several() {
+    let work = elb_drain::census::netlink::RECHECK_WORK;
+    let n = 2 * work + work / 2;
+    common::raise_nofile(2 * n as u64 + 1_000);
+    let mut server = Server::bind("127.0.0.1:0");
+    let port = server.addr().port();
+    // In steps the listen backlog takes without dropping SYNs.
+    let mut clients = Vec::new();
+    while clients.len() < n {
+        let k = (n - clients.len()).min(64);
+        clients.extend(server.connect(server.addr(), k));
+    }
+    let mut census = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    assert_eq!(census.count().unwrap().established, n);
+    // The clients half-close; the application never closes (CLOSE_WAIT: no destroy event).
+    for c in &clients {
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    // A second census sees them leave ESTABLISHED (the first one's rechecks must do the finding).
+    let mut watch = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
+    let mut open = n;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            open = watch.count().unwrap().established;
+            open == 0
+        }),
+        "{open} still ESTABLISHED"
+    );
+    let said: Vec<usize> = (0..3).map(|_| census.recheck().unwrap().unwrap()).collect();
+    assert_eq!(
+        said,
+        [n - work, n - 2 * work, 0],
+        "each recheck finds at most {work} gone and leaves the rest to the next"
+    );
+    assert_eq!(census.count().unwrap().established, 0, "the census agrees");
 }
 
 /// Rechecks of v4-mapped and IPv6 sockets (a dual-stack listener): each is looked up in its family.

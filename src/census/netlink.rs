@@ -26,7 +26,8 @@
 //! socket still ESTABLISHED (looking up 1, then 2, 4, ... at a time) and forgets those found gone, which
 //! are never looked up again. So while connections are open a recheck costs one lookup or a few, and
 //! over a whole drain each socket is found gone once: the cost of rechecking often is about one lookup
-//! per recheck plus one per connection.
+//! per recheck plus one per connection. One recheck does at most [`RECHECK_WORK`] lookups, so finding
+//! a wave of 20,000 gone is spread over a few rechecks rather than stalling the runtime's thread.
 //!
 //! Written against the raw structures rather than through `netlink-packet-sock-diag`: decoding each
 //! message into owned values costs about 0.45 µs per socket, which at 100k sockets is a quarter of the
@@ -59,8 +60,16 @@ pub(crate) const DIAG_MSG_LEN: usize = 72;
 /// The kernel fills a dump reply up to 32 KiB; the rest is headroom so a reply is never truncated.
 const RECV_BUF: usize = 256 * 1024;
 /// A census that counts at most this many sockets keeps their identities for [`Census::recheck`]:
-/// 49 bytes each, 100 KiB at most, kept (not allocated again) from one census to the next.
-pub const RECHECK_MAX: usize = 2048;
+/// 49 bytes each, 4.7 MiB at 100k sockets, 12.3 MiB at this limit, kept (not allocated again) from one
+/// census to the next, and only while draining (the agent takes no census before the stop). At 100k
+/// connections a wave of closes leaves tens of thousands in CLOSE_WAIT or half-closed, which no destroy
+/// notification reports: without their identities only the next census (a second or two away at
+/// that size, see [`crate::drain::COST_RATIO`]) sees the last of them leave.
+pub const RECHECK_MAX: usize = 1 << 18;
+/// At most this many lookups in one [`Census::recheck`] (about a millisecond of CPU, on the
+/// runtime's thread): one that gets there without finding a socket still ESTABLISHED says how many
+/// it has not found gone yet, and the next goes on from there.
+pub const RECHECK_WORK: usize = 1024;
 /// At most this many lookups in one datagram: their answers (one small datagram each) fit the
 /// default receive buffer many times over, so none is dropped before it is read.
 const RECHECK_BATCH: usize = 32;
@@ -463,8 +472,10 @@ pub struct NetlinkCensus {
     /// The sockets the latest census counted that no recheck found gone yet, in the order to look
     /// them up (one found ESTABLISHED first); valid when `tracking`.
     tracked: Vec<Tracked>,
-    /// The latest census counted at most [`RECHECK_MAX`] sockets, all in `tracked`.
+    /// The latest census counted at most `recheck_max` sockets, all in `tracked`.
     tracking: bool,
+    /// [`RECHECK_MAX`], or less for a test.
+    recheck_max: usize,
 }
 
 impl NetlinkCensus {
@@ -488,6 +499,7 @@ impl NetlinkCensus {
             kernel_messages: 0,
             tracked: Vec::new(),
             tracking: false,
+            recheck_max: RECHECK_MAX,
         })
     }
 
@@ -496,6 +508,13 @@ impl NetlinkCensus {
         let mut census = Self::new(spec)?;
         census.mode = Some(mode);
         Ok(census)
+    }
+
+    /// Keeps identities for rechecks only while a census counts at most `max` sockets (a test of what
+    /// happens beyond [`RECHECK_MAX`] without opening that many connections).
+    pub fn with_recheck_max(mut self, max: usize) -> NetlinkCensus {
+        self.recheck_max = max.min(RECHECK_MAX);
+        self
     }
 
     /// How many socket messages the kernel sent in the latest census. The state and port checks are
@@ -541,16 +560,17 @@ impl NetlinkCensus {
         }
     }
 
-    /// Looks up the first `n` tracked sockets (at most [`RECHECK_BATCH`]); `up[i]` says whether the
-    /// `i`-th is still ESTABLISHED.
+    /// Looks up the last `n` tracked sockets (at most [`RECHECK_BATCH`]); `up[i]` says whether the
+    /// `i`-th of them is still ESTABLISHED.
     fn look_up(&mut self, n: usize, up: &mut [bool]) -> io::Result<()> {
         let seq = self.socket.seq.wrapping_add(1);
         self.socket.seq = seq.wrapping_add(n as u32 - 1);
+        let from = self.tracked.len() - n;
         self.socket
-            .send(&lookup_requests(&self.tracked[..n], seq))?;
+            .send(&lookup_requests(&self.tracked[from..], seq))?;
         // The kernel answers each lookup within the send: everything is queued by now, so nothing
         // here waits (an answer missing is an error, not a hang).
-        let mut answered = vec![false; n];
+        let mut answered = [false; RECHECK_BATCH];
         let mut left = n;
         while left > 0 {
             let len = self.socket.recv_flags(&mut self.buf, libc::MSG_DONTWAIT)?;
@@ -572,6 +592,7 @@ impl NetlinkCensus {
         let previous = self.previous.as_deref();
         let mut current = CookieSet::new();
         let tracked = &mut self.tracked;
+        let recheck_max = self.recheck_max;
         tracked.clear();
         let mut each = |m: &[u8]| {
             messages += 1;
@@ -581,7 +602,7 @@ impl NetlinkCensus {
                 && current.insert(s.cookie)
             {
                 established += 1;
-                if established <= RECHECK_MAX {
+                if established <= recheck_max {
                     tracked.push(Tracked::of(m));
                 }
                 if previous.is_some_and(|p| !p.contains(s.cookie)) {
@@ -604,7 +625,9 @@ impl NetlinkCensus {
             }
         }
         self.kernel_messages = messages;
-        self.tracking = established <= RECHECK_MAX;
+        self.tracking = established <= recheck_max;
+        // Looked up from the end: the first counted first.
+        self.tracked.reverse();
         let current = Arc::new(current);
         self.horizon.publish(current.clone());
         self.previous = Some(current);
@@ -659,23 +682,30 @@ impl Census for NetlinkCensus {
         if !self.tracking {
             return None;
         }
+        // `tracked` is looked up from its end, where one found ESTABLISHED last time stays, so
+        // forgetting those found gone is a truncation, never a move of the rest.
         let mut size = 1;
-        while !self.tracked.is_empty() {
-            let n = size.min(self.tracked.len());
-            let mut up = vec![false; n];
+        let mut work = RECHECK_WORK;
+        while !self.tracked.is_empty() && work > 0 {
+            let n = size.min(self.tracked.len()).min(work);
+            work -= n;
+            let mut up = [false; RECHECK_BATCH];
             if let Err(source) = self.look_up(n, &mut up) {
                 return Some(Err(CensusError::Netlink {
                     what: "recheck of counted sockets",
                     source,
                 }));
             }
-            let still: Vec<Tracked> = self.tracked[..n]
-                .iter()
-                .zip(&up)
-                .filter_map(|(t, &up)| up.then_some(*t))
-                .collect();
-            let any = !still.is_empty();
-            self.tracked.splice(..n, still);
+            let from = self.tracked.len() - n;
+            let mut keep = from;
+            for (i, &up) in up[..n].iter().enumerate() {
+                if up {
+                    self.tracked.swap(keep, from + i);
+                    keep += 1;
+                }
+            }
+            let any = keep > from;
+            self.tracked.truncate(keep);
             if any {
                 break;
             }
