@@ -417,9 +417,12 @@ pub const ACTIVE_RATIO: u32 = 5;
 /// next census, up to a poll interval later, sees it.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
 
-/// See [`RECHECK_EVERY`]: rechecks take at most 1/50 of a core, or 1/[`ACTIVE_RATIO`] while they
-/// find sockets gone (a wave of closes at 100k connections leaves tens of thousands to look up, at
-/// most [`crate::census::netlink::RECHECK_WORK`] per recheck).
+/// See [`RECHECK_EVERY`]: rechecks take at most 1/50 of a core while they find every connection
+/// still open, 1/[`ACTIVE_RATIO`] while they find some gone. One that found
+/// [`crate::census::RECHECK_WORK`] gone stopped at that bound, not at an open connection, and the
+/// next goes on at once: a wave of closes at 100k connections leaves tens of thousands in
+/// CLOSE_WAIT or half-closed (no destroy notification), and each is looked up once (2 to 3 µs), so
+/// that costs at most one lookup per connection the census counted, in steps of about 3 ms.
 pub const RECHECK_RATIO: u32 = 50;
 
 /// The poll interval, following the recent cost of a census both ways: `COST_RATIO` times a smoothed
@@ -533,9 +536,10 @@ pub async fn drive(
     // A recheck found every socket of the latest census gone: like a count-down at zero, that
     // agrees with a census that reads zero.
     let mut rechecked_zero = false;
-    // What the latest recheck left to find gone, to tell one that forgot some (paced like censuses
-    // while the count-down moves) from one that found the first socket it looked up still open.
-    let mut recheck_left = usize::MAX;
+    // What the latest census counted, or the latest recheck since left to find gone: how many the
+    // next recheck finds gone tells whether it stopped at its bound, at an open connection after
+    // finding some gone, or at the first it looked up.
+    let mut recheck_left: usize = 0;
     loop {
         tokio::select! {
             biased;
@@ -616,9 +620,25 @@ pub async fn drive(
                         None
                     }
                     Some(Ok(left)) => {
-                        let ratio = if left < recheck_left { ACTIVE_RATIO } else { RECHECK_RATIO };
+                        let found = recheck_left.saturating_sub(left);
                         recheck_left = left;
-                        Some(now + RECHECK_EVERY.max(cost * ratio))
+                        if found > 0 {
+                            // Like the census lines: how a wave was followed, for whoever reads
+                            // a slow drain afterwards.
+                            tracing::debug!(
+                                found,
+                                left,
+                                cpu_us = cost.as_micros() as u64,
+                                "recheck: {found} found gone, {left} left"
+                            );
+                        }
+                        Some(if found >= crate::census::RECHECK_WORK {
+                            now
+                        } else if found > 0 {
+                            now + RECHECK_EVERY.max(cost * ACTIVE_RATIO)
+                        } else {
+                            now + RECHECK_EVERY.max(cost * RECHECK_RATIO)
+                        })
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "recheck failed; until the next census, censuses only");
@@ -707,7 +727,7 @@ pub async fn drive(
                 early_from = if brought_forward { now + cost } else { now };
                 active_from = now + cost * ACTIVE_RATIO;
                 recheck_at = (engine.phase() == Phase::Draining).then(|| now + RECHECK_EVERY);
-                recheck_left = usize::MAX;
+                recheck_left = established;
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -1676,11 +1696,11 @@ mod tests {
         assert!(ended >= ms(1100), "ended {ended:?}");
     }
 
-    /// What kept the 100k p99 at 1.5 s (BENCHMARKS.md §3): a wave left tens of thousands of counted
-    /// connections half-closed, more than one recheck looks up. Rechecks that keep finding some gone
+    /// What kept the 100k p99 at 1 to 1.5 s (BENCHMARKS.md §3): a wave left tens of thousands of
+    /// counted connections half-closed, more than one recheck looks up. Rechecks that find some gone
     /// come at the census' pace ([`ACTIVE_RATIO`] times their cost), not at the idle
-    /// [`RECHECK_RATIO`], so the last of the wave is found within a few of them; while every
-    /// connection stays open they stay at the idle pace.
+    /// [`RECHECK_RATIO`]; one stopped by its bound is followed at once; while every connection
+    /// stays open they stay at the idle pace.
     #[tokio::test(start_paused = true)]
     async fn rechecks_that_find_a_wave_gone_in_parts_follow_it_at_the_census_pace() {
         let mut census = Rechecking::new(5000, true);
@@ -1696,6 +1716,18 @@ mod tests {
         // at the idle pace they would be 100 ms apart.
         assert!(
             ended >= ms(400) && ended < ms(400) + ms(200),
+            "ended {ended:?}; rechecks {rechecked:?}; censuses {censuses:?}"
+        );
+        // One that found RECHECK_WORK gone stopped at its bound: the next goes on at once, so the
+        // first (idle-paced) recheck after the wave and the four after it find it all gone.
+        let work = crate::census::RECHECK_WORK;
+        let mut census = Rechecking::new(5 * work, true);
+        census.per_recheck = work;
+        census.cost = ms(2);
+        let (ended, censuses, rechecked) = leave_at_400(census).await;
+        let after: Vec<_> = rechecked.iter().filter(|t| **t >= ms(400)).collect();
+        assert!(
+            after.len() == 5 && ended <= *after[0] + ms(1),
             "ended {ended:?}; rechecks {rechecked:?}; censuses {censuses:?}"
         );
     }

@@ -39,7 +39,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::cookies::{CookieSet, Horizon};
-use super::{Backend, Census, CensusError, CensusSpec, Count, v4, v6};
+use super::{Backend, Census, CensusError, CensusSpec, Count, RECHECK_WORK, v4, v6};
 
 pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The legacy inet_diag request: `struct inet_diag_req`, both families in one dump.
@@ -66,10 +66,6 @@ const RECV_BUF: usize = 256 * 1024;
 /// notification reports: without their identities only the next census (a second or two away at
 /// that size, see [`crate::drain::COST_RATIO`]) sees the last of them leave.
 pub const RECHECK_MAX: usize = 1 << 18;
-/// At most this many lookups in one [`Census::recheck`] (about a millisecond of CPU, on the
-/// runtime's thread): one that gets there without finding a socket still ESTABLISHED says how many
-/// it has not found gone yet, and the next goes on from there.
-pub const RECHECK_WORK: usize = 1024;
 /// At most this many lookups in one datagram: their answers (one small datagram each) fit the
 /// default receive buffer many times over, so none is dropped before it is read.
 const RECHECK_BATCH: usize = 32;
