@@ -356,7 +356,7 @@ fn a_recheck_says_zero_only_when_the_last_counted_connection_left() {
 }
 
 /// A census that counted more than it keeps identities for cannot recheck; one that counted fewer
-/// again can; /proc never can. (The limit is lowered here: [`RECHECK_MAX`] is a quarter million.)
+/// again can; a one-shot count and /proc never can. (The limit is lowered here: [`RECHECK_MAX`] is a quarter million.)
 ///
 /// [`RECHECK_MAX`]: elb_drain::census::netlink::RECHECK_MAX
 #[test]
@@ -379,6 +379,13 @@ fn rechecks_only_follow_a_census_of_few_connections() {
         "one closed"
     );
     assert_eq!(census.recheck().unwrap().unwrap(), max, "at the limit");
+    // A one-shot count (`connections`, `status`) keeps no ids at all.
+    let mut one_shot = census::open(&spec(&[port], &[]));
+    assert_eq!(one_shot.count().unwrap().established, max);
+    assert!(
+        one_shot.recheck().is_none(),
+        "a one-shot count keeps no ids"
+    );
     let mut proc = ProcCensus::new(spec(&[port], &[]));
     proc.count().unwrap();
     assert!(proc.recheck().is_none(), "/proc has no lookup");
@@ -730,6 +737,11 @@ async fn open_with_destroy_counts_down_the_counted_sockets() {
         return;
     };
     assert_eq!(census.count().unwrap().established, 4);
+    assert_eq!(
+        census.recheck().unwrap().unwrap(),
+        4,
+        "the drain's census keeps the ids for rechecks"
+    );
     clients.truncate(1);
     server.accepted.truncate(1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -125,8 +125,14 @@ pub trait Census: Send {
 /// The best census this process may use: netlink if a probe count works, else /proc (a seccomp
 /// profile, an LSM or a kernel without `inet_diag` refuses the sock_diag socket or its dump). The
 /// choice is logged either way: an operator reading a slow drain wants to know which one counted.
+/// For one-shot counts (`connections`, `status`): it keeps no socket ids for rechecks.
 pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
-    let (census, refused) = choose(spec);
+    open_keeping(spec, 0)
+}
+
+/// [`open`], keeping the ids of up to `recheck_max` counted sockets for [`Census::recheck`].
+fn open_keeping(spec: &CensusSpec, recheck_max: usize) -> Box<dyn Census> {
+    let (census, refused) = choose_keeping(spec, recheck_max);
     match refused {
         None => tracing::info!(
             backend = "netlink",
@@ -142,7 +148,12 @@ pub fn open(spec: &CensusSpec) -> Box<dyn Census> {
 /// The choice [`open`] makes, silently: netlink if a probe count works, else /proc with the reason
 /// netlink was refused (for `check` to show).
 pub fn choose(spec: &CensusSpec) -> (Box<dyn Census>, Option<CensusError>) {
-    match NetlinkCensus::new(spec.clone()).and_then(|mut n| n.probe().map(|()| n)) {
+    choose_keeping(spec, 0)
+}
+
+fn choose_keeping(spec: &CensusSpec, recheck_max: usize) -> (Box<dyn Census>, Option<CensusError>) {
+    let netlink = NetlinkCensus::new(spec.clone()).map(|n| n.with_recheck_max(recheck_max));
+    match netlink.and_then(|mut n| n.probe().map(|()| n)) {
         Ok(n) => (Box::new(n), None),
         Err(e) => (Box::new(ProcCensus::new(spec.clone())), Some(e)),
     }
@@ -159,7 +170,8 @@ pub fn open_with_destroy(
     Option<tokio::sync::mpsc::UnboundedReceiver<Destroyed>>,
 ) {
     let watch = DestroyWatch::subscribe(spec);
-    let census = open(spec);
+    // The drain's census: it keeps the counted sockets' ids for rechecks.
+    let census = open_keeping(spec, netlink::RECHECK_MAX);
     let channel = match (watch, census.horizon()) {
         (Ok(mut watch), Some(horizon)) => {
             watch.follow(horizon);

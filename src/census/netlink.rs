@@ -61,7 +61,8 @@ pub(crate) const DIAG_MSG_LEN: usize = 72;
 const RECV_BUF: usize = 256 * 1024;
 /// A census that counts at most this many sockets keeps their identities for [`Census::recheck`]:
 /// 49 bytes each, 4.7 MiB at 100k sockets, 12.3 MiB at this limit, kept (not allocated again) from one
-/// census to the next, and only while draining (the agent takes no census before the stop). At 100k
+/// census to the next, and only by the drain's census ([`super::open_with_destroy`], from the stop
+/// on); one-shot counts ([`super::open`]: `connections`, `status`, `check`) keep none. At 100k
 /// connections a wave of closes leaves tens of thousands in CLOSE_WAIT or half-closed, which no destroy
 /// notification reports: without their identities only the next census (a second or two away at
 /// that size, see [`crate::drain::COST_RATIO`]) sees the last of them leave.
@@ -506,8 +507,9 @@ impl NetlinkCensus {
         Ok(census)
     }
 
-    /// Keeps identities for rechecks only while a census counts at most `max` sockets (a test of what
-    /// happens beyond [`RECHECK_MAX`] without opening that many connections).
+    /// Keeps identities for rechecks only while a census counts at most `max` sockets: 0 for a
+    /// one-shot count, which keeps none; less than [`RECHECK_MAX`] for a test of what happens beyond
+    /// it without opening that many connections.
     pub fn with_recheck_max(mut self, max: usize) -> NetlinkCensus {
         self.recheck_max = max.min(RECHECK_MAX);
         self
