@@ -471,7 +471,7 @@ pub struct NetlinkCensus {
     tracked: Vec<Tracked>,
     /// The latest census counted at most `recheck_max` sockets, all in `tracked`.
     tracking: bool,
-    /// [`RECHECK_MAX`], or less for a test.
+    /// [`RECHECK_MAX`] for the drain's census, 0 for a one-shot count, or less for a test.
     recheck_max: usize,
 }
 
