@@ -257,6 +257,24 @@ fn ipv6_and_dual_stack_listeners_are_counted() {
     );
 }
 
+/// Waits until `census` counts `want` ESTABLISHED connections; else what it counted last (`None`:
+/// every count failed). A count that fails is tried again.
+fn wait_established(
+    census: &mut dyn Census,
+    want: usize,
+    limit: Duration,
+) -> Result<(), Option<usize>> {
+    let mut seen = None;
+    if wait_until(limit, || {
+        seen = census.count().ok().map(|c| c.established);
+        seen == Some(want)
+    }) {
+        Ok(())
+    } else {
+        Err(seen)
+    }
+}
+
 /// Waits until a recheck finds every socket of the latest census gone (0).
 fn rechecks_to_zero(census: &mut dyn Census, why: &str) {
     let mut seen = None;
@@ -356,7 +374,8 @@ fn a_recheck_says_zero_only_when_the_last_counted_connection_left() {
 }
 
 /// A census that counted more than it keeps identities for cannot recheck; one that counted fewer
-/// again can; a one-shot count and /proc never can. (The limit is lowered here: [`RECHECK_MAX`] is a quarter million.)
+/// again can; a one-shot count and /proc never can. (The limit is lowered here: [`RECHECK_MAX`] is
+/// a quarter million.)
 ///
 /// [`RECHECK_MAX`]: elb_drain::census::netlink::RECHECK_MAX
 #[test]
@@ -372,10 +391,9 @@ fn rechecks_only_follow_a_census_of_few_connections() {
     assert!(census.recheck().is_none(), "{} counted", max + 1);
     clients.pop();
     server.accepted.pop();
-    assert!(
-        wait_until(Duration::from_secs(5), || census
-            .count()
-            .is_ok_and(|c| c.established == max)),
+    assert_eq!(
+        wait_established(&mut census, max, Duration::from_secs(5)),
+        Ok(()),
         "one closed"
     );
     assert_eq!(census.recheck().unwrap().unwrap(), max, "at the limit");
@@ -417,13 +435,10 @@ fn a_wave_larger_than_one_recheck_is_followed_over_several() {
     }
     // A second census sees them leave ESTABLISHED (the first one's rechecks must do the finding).
     let mut watch = NetlinkCensus::new(spec(&[port], &[])).expect("netlink");
-    let mut open = n;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            open = watch.count().unwrap().established;
-            open == 0
-        }),
-        "{open} still ESTABLISHED"
+    assert_eq!(
+        wait_established(&mut watch, 0, Duration::from_secs(10)),
+        Ok(()),
+        "still ESTABLISHED"
     );
     let said: Vec<usize> = (0..3).map(|_| census.recheck().unwrap().unwrap()).collect();
     assert_eq!(
@@ -793,7 +808,7 @@ fn census_cost() {
         }
         (clients, accepted)
     };
-    let _t = pile(&target, n);
+    let (target_clients, _target_accepted) = pile(&target, n);
     let _o = pile(&noise, 2_000);
     let port = target.addr().port();
     let spec = spec(&[port], &[]);
@@ -846,13 +861,14 @@ fn census_cost() {
     // not close: CLOSE_WAIT), per socket: what following a wave costs.
     let mut c = NetlinkCensus::new(spec.clone()).unwrap();
     c.count().unwrap();
-    for client in &_t.0 {
+    for client in &target_clients {
         client.shutdown(std::net::Shutdown::Write).unwrap();
     }
     let mut watch = NetlinkCensus::new(spec.clone()).unwrap();
-    assert!(wait_until(Duration::from_secs(30), || watch
-        .count()
-        .is_ok_and(|c| c.established == 0)));
+    assert_eq!(
+        wait_established(&mut watch, 0, Duration::from_secs(30)),
+        Ok(())
+    );
     let (t, mut rechecks) = (Instant::now(), 0);
     while c.recheck().unwrap().unwrap() > 0 {
         rechecks += 1;

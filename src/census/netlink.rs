@@ -624,8 +624,10 @@ impl NetlinkCensus {
         }
         self.kernel_messages = messages;
         self.tracking = established <= recheck_max;
-        // Looked up from the end: the first counted first.
-        self.tracked.reverse();
+        if self.tracking {
+            // Looked up from the end: the first counted first.
+            self.tracked.reverse();
+        }
         let current = Arc::new(current);
         self.horizon.publish(current.clone());
         self.previous = Some(current);
