@@ -544,17 +544,22 @@ fn config(dir: &std::path::Path, sim: &Sim, port: u16) -> std::path::PathBuf {
 }
 
 /// The longest interval between two censuses the agent's rule allows: `poll_interval`, stretched to
-/// [`COST_RATIO`] times the CPU cost of a census (smoothed, so never more than the largest cost). The
-/// costs are what the agent measured (its debug line after each census says "(N us of CPU)"); the
-/// interval is the rule's, not the one the agent says it scheduled ("next in N ms"), so an agent that
-/// schedules its censuses further apart than the rule allows is late here.
+/// [`COST_RATIO`] times the CPU cost of a census and of the idle rechecks since the one before
+/// (smoothed, so never more than the largest). The costs are what the agent measured (its debug line
+/// after each census says "(N us of CPU, M us of idle rechecks since the previous one)"); the interval
+/// is the rule's, not the one the agent says it scheduled ("next in N ms"), so an agent that schedules
+/// its censuses further apart than the rule allows is late here.
 fn interval_from(log: &str) -> Duration {
+    let number_before = |text: &str, unit: &str| -> Option<u64> {
+        let before = &text[..text.find(unit)?];
+        let from = before.rfind(|c: char| !c.is_ascii_digit())? + 1;
+        before[from..].parse().ok()
+    };
     let most = log
         .lines()
         .filter(|l| l.contains("census: "))
         .filter_map(|l| {
-            let before = &l[..l.find(" us of CPU)")?];
-            before[before.rfind('(')? + 1..].parse::<u64>().ok()
+            Some(number_before(l, " us of CPU,")? + number_before(l, " us of idle rechecks")?)
         })
         .max()
         .unwrap_or(0);
