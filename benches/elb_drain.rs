@@ -55,6 +55,11 @@ struct Knobs {
     /// `ELB_BENCH_DETECT_LOGS`: a directory that keeps each drain's timeline and the agent's debug
     /// log (`N-path-seed.log`), to read where the time between the last close and the exit went.
     detect_logs: Option<PathBuf>,
+    /// `ELB_BENCH_DETECT_PIN`: the detection benchmark runs the agent alone on CPU 0 and everything
+    /// else (this process, the holders and their closes' kernel work, elb-sim) on the other CPUs:
+    /// detection when the agent does not compete for a core with the load that closes 100k
+    /// connections. Off by default: a production server shares its cores.
+    detect_pin: bool,
     /// `ELB_BENCH_CPU_SECS`: how long the agent's CPU is measured while it waits on the largest detect
     /// size (default 60).
     cpu: Duration,
@@ -117,6 +122,8 @@ impl Knobs {
                 })
                 .collect(),
             detect_logs: std::env::var_os("ELB_BENCH_DETECT_LOGS").map(PathBuf::from),
+            detect_pin: std::env::var("ELB_BENCH_DETECT_PIN")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
             cpu: secs("ELB_BENCH_CPU_SECS", 60, 5),
             idle: secs("ELB_BENCH_IDLE_SECS", 60, 5),
             footprint_runs: one("ELB_BENCH_FOOTPRINT_RUNS", 5, 5),
@@ -1316,8 +1323,75 @@ struct Detection {
     interval_ms: f64,
 }
 
+/// The agent on one CPU, everything else on the others (see `ELB_BENCH_DETECT_PIN`).
+struct Pinning {
+    agent: libc::cpu_set_t,
+}
+
+impl Pinning {
+    /// Moves every thread of this process off the first CPU it may use, which the agent gets; the
+    /// threads and processes started from here on inherit that.
+    fn new() -> Pinning {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: a zeroed cpu_set_t is the empty set; the calls write only the set we own.
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut allowed) }, 0);
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+            .collect();
+        assert!(
+            cpus.len() >= 2,
+            "ELB_BENCH_DETECT_PIN needs two CPUs; this process may use {cpus:?}"
+        );
+        let set = |these: &[usize]| {
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            for &c in these {
+                unsafe { libc::CPU_SET(c, &mut set) };
+            }
+            set
+        };
+        let rest = set(&cpus[1..]);
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+            let name = task.expect("/proc/self/task").file_name();
+            let tid: libc::pid_t = name.to_string_lossy().parse().expect("a thread id");
+            // SAFETY: as above; a thread that ended meanwhile is ESRCH, which is fine.
+            let rc = unsafe { libc::sched_setaffinity(tid, size, &rest) };
+            assert!(
+                rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH),
+                "sched_setaffinity({tid}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        println!(
+            "(pinned: the agent on CPU {}, this benchmark, its holders and elb-sim on {:?})",
+            cpus[0],
+            &cpus[1..]
+        );
+        Pinning {
+            agent: set(&cpus[..1]),
+        }
+    }
+
+    /// The agent `cmd` starts runs on the agent's CPU only.
+    fn agent(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let set = self.agent;
+        // SAFETY: sched_setaffinity is a system call, safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+}
+
 /// One drain of `n` connections with the close schedule of `seed`, on `path`. `cpu`: measure the
-/// agent's CPU for that long before the closes begin, and return it.
+/// agent's CPU for that long before the closes begin, and return it. `pin`: the agent on a CPU of
+/// its own.
 #[allow(clippy::too_many_arguments)]
 fn detect_one(
     net: &Arc<NetPair>,
@@ -1329,6 +1403,7 @@ fn detect_one(
     octet: &mut u8,
     cpu: Option<Duration>,
     logs: Option<&Path>,
+    pin: Option<&Pinning>,
 ) -> (Detection, Option<(f64, u64, u64)>) {
     // Both ends react the same way: the application closes on EOF as the clients do.
     let probe = Closing::generate(seed, n, true);
@@ -1350,6 +1425,9 @@ fn detect_one(
     // Its debug lines say when each census ran and when the next is due.
     cmd.env("ELB_DRAIN_LOG", "elb_drain=debug");
     path.confine(&mut cmd);
+    if let Some(pin) = pin {
+        pin.agent(&mut cmd);
+    }
     let mut a = net.server_side(|| ProcGuard::spawn(cmd));
     let exited = exit_clock(a.pid());
     assert!(
@@ -1555,6 +1633,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
         NetPair::possible(),
         "the detection benchmark makes network namespaces: run it as root, with ip(8)"
     );
+    let pin = knobs.detect_pin.then(Pinning::new);
     let net = Arc::new(NetPair::new());
     let mut octet = 0u8;
     let mut noise = Pile::new_in(&net, 9, "never");
@@ -1601,6 +1680,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
                     &mut octet,
                     cpu,
                     knobs.detect_logs.as_deref(),
+                    pin.as_ref(),
                 );
                 if let Some(c) = c {
                     cpu_row = Some((n, c));
