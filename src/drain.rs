@@ -423,9 +423,11 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
 /// still open, 1/[`ACTIVE_RATIO`] while they find some gone. An idle one (it finds every connection
 /// still open) costs the lookup (a few µs) and the wake-up for it (30 to 60 µs on a VM, 10 times the
 /// lookup): the CPU time this thread spent from the end of the previous recheck (or census) to the
-/// end of this one, taken as the median over the rechecks since the latest census, because other
-/// tasks of the thread run in between now and then (the destroy watch reading a wave's
-/// notifications, a status client), and their work is not the rechecks'. That cost counts in the
+/// end of this one. Other tasks of the thread run in between now and then, and their work is not the
+/// rechecks': so only a recheck that followed the previous one with no other event of the drain in
+/// between is measured (the destroy watch reading a wave's notifications sends the drain counts),
+/// and the cost is the median of those since the latest census (a status client is served without
+/// telling the drain). That cost counts in the
 /// census' budget: the census interval is [`COST_RATIO`] times the census and the idle rechecks since
 /// the previous one, so while connections wait the drain as a whole keeps to 1/20 of a core. One that found
 /// [`crate::census::RECHECK_WORK`] gone stopped at that bound, not at an open connection, and the
@@ -552,12 +554,17 @@ pub async fn drive(
     // This thread's CPU time at the end of the latest recheck or census: an idle recheck costs about
     // what the thread spent since (see [`RECHECK_RATIO`]).
     let mut awake_from = thread_cpu_time();
-    // What the thread spent up to each idle recheck since the latest census: their median times
-    // their number is what they cost, which the next census' interval counts with its own.
+    // What the thread spent up to each idle recheck since the latest census that followed the
+    // previous one with nothing else in between, and how many idle rechecks there were: the median
+    // times the number is what they cost, which the next census' interval counts with its own.
     let mut idle_spent: Vec<Duration> = Vec::new();
+    let mut idle_rechecks: u32 = 0;
+    // Turns of the loop below, and the turn of the latest recheck or census.
+    let (mut turns, mut awake_turn) = (0u64, 0u64);
     // That median over the rechecks before the latest census, which paces the idle rechecks.
     let mut idle_typical: Option<Duration> = None;
     loop {
+        turns += 1;
         tokio::select! {
             biased;
             report = &mut deregistration, if !deregistration_done => {
@@ -627,9 +634,11 @@ pub async fn drive(
                 let result = counting.recheck();
                 let ended = thread_cpu_time();
                 // The lookups', and everything since the previous one: waking up for it, and what
-                // other tasks of this thread did meanwhile, if any.
+                // other tasks of this thread did meanwhile, if any; none told the drain anything
+                // when this is the next turn after it.
                 let (cost, spent) = (ended.saturating_sub(begun), ended.saturating_sub(awake_from));
-                awake_from = ended;
+                let alone = awake_turn + 1 == turns;
+                (awake_from, awake_turn) = (ended, turns);
                 let now = Instant::now();
                 recheck_at = match result {
                     Some(Ok(0)) => {
@@ -658,8 +667,13 @@ pub async fn drive(
                         } else if found > 0 {
                             now + RECHECK_EVERY.max(cost * ACTIVE_RATIO)
                         } else {
-                            idle_spent.push(spent);
-                            now + RECHECK_EVERY.max(idle_typical.unwrap_or(spent) * RECHECK_RATIO)
+                            idle_rechecks += 1;
+                            if alone {
+                                idle_spent.push(spent);
+                            }
+                            // Paced by what they cost before the latest census (one measure can
+                            // hold another task's work), by the lookup until there is one.
+                            now + RECHECK_EVERY.max(idle_typical.unwrap_or(cost) * RECHECK_RATIO)
                         })
                     }
                     Some(Err(e)) => {
@@ -743,9 +757,8 @@ pub async fn drive(
                 flush(&mut engine, sink);
                 // The idle rechecks since the previous census count with it: censuses and rechecks
                 // together keep to 1/COST_RATIO of a core while connections wait.
-                let typical = median(&mut idle_spent);
-                let rechecks = typical.unwrap_or_default() * idle_spent.len() as u32;
-                idle_typical = typical.or(idle_typical);
+                idle_typical = median(&mut idle_spent).or(idle_typical);
+                let rechecks = idle_typical.unwrap_or_default() * std::mem::take(&mut idle_rechecks);
                 idle_spent.clear();
                 let interval = pace.observe(cost + rechecks);
                 if interval.abs_diff(said_interval) * 4 >= said_interval {
@@ -756,7 +769,7 @@ pub async fn drive(
                 active_from = now + cost * ACTIVE_RATIO;
                 recheck_at = (engine.phase() == Phase::Draining).then(|| now + RECHECK_EVERY);
                 recheck_left = established;
-                awake_from = thread_cpu_time();
+                (awake_from, awake_turn) = (thread_cpu_time(), turns);
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -1825,31 +1838,42 @@ mod tests {
     /// for idle rechecks, stretched the census interval to 4.2 s.
     #[tokio::test(start_paused = true)]
     async fn work_beside_the_rechecks_is_not_counted_as_theirs() {
-        let mut census = Rechecking::new(2, true);
-        census.census_cost = ms(2);
-        let (open, censuses) = (census.open.clone(), census.censuses.clone());
-        let (_tx, rx) = mpsc::unbounded_channel::<Destroyed>();
-        let sink = Collect(Default::default());
-        let plan = long_plan(ms(100), ms(200));
-        let t0 = Instant::now();
-        let beside = async {
-            // From 300 ms, a task of the same thread busy for 50 ms: 1 ms of CPU every 2 ms.
-            tokio::time::sleep(ms(300)).await;
-            for _ in 0..25 {
-                burn_cpu(ms(1));
-                tokio::time::sleep(ms(2)).await;
-            }
-            tokio::time::sleep_until(t0 + ms(1500)).await;
-            open.store(0, std::sync::atomic::Ordering::SeqCst);
-            std::future::pending::<()>().await
-        };
-        let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, beside).await;
-        assert_eq!(verdict, Verdict::Drained);
-        let at: Vec<Duration> = censuses.lock().unwrap().iter().map(|t| *t - t0).collect();
-        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
-        // 200 ms apart (20 x 2 ms and the rechecks' few µs is less); counting the 25 ms of the
-        // busy task as the rechecks' would put one 540 ms after the other.
-        assert!(gaps.iter().all(|g| *g <= ms(260)), "censuses at {at:?}");
+        // A task busy for 50 ms that tells the drain nothing (the median leaves it out), and one
+        // busy for 1.2 s that sends a count against an earlier census after each piece of work, as
+        // the destroy watch does during a wave (the rechecks after its counts are not measured).
+        for tells in [false, true] {
+            let mut census = Rechecking::new(2, true);
+            census.census_cost = ms(2);
+            let (open, censuses) = (census.open.clone(), census.censuses.clone());
+            let (tx, rx) = mpsc::unbounded_channel::<Destroyed>();
+            let sink = Collect(Default::default());
+            let plan = long_plan(ms(100), ms(200));
+            let t0 = Instant::now();
+            let beside = async {
+                // From 300 ms on: 1 ms of CPU every 2 ms.
+                tokio::time::sleep(ms(300)).await;
+                for _ in 0..if tells { 600 } else { 25 } {
+                    burn_cpu(ms(1));
+                    if tells {
+                        tx.send(gone(999, 1)).unwrap();
+                    }
+                    tokio::time::sleep(ms(2)).await;
+                }
+                tokio::time::sleep_until(t0 + ms(1600)).await;
+                open.store(0, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await
+            };
+            let verdict = drive_beside(plan, t0, Box::new(census), rx, &sink, beside).await;
+            assert_eq!(verdict, Verdict::Drained);
+            let at: Vec<Duration> = censuses.lock().unwrap().iter().map(|t| *t - t0).collect();
+            let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+            // 200 ms apart (20 x 2 ms and the rechecks' few µs is less); taking the busy task's
+            // CPU for the rechecks' puts one 555 ms or more after the other.
+            assert!(
+                gaps.iter().all(|g| *g <= ms(260)),
+                "telling the drain: {tells}; censuses at {at:?}"
+            );
+        }
     }
 
     /// A recheck that fails stops the rechecks until the next census, which starts them again.
