@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::census::{Census, Count, Destroyed};
+use crate::census::{Census, Count, Destroyed, thread_cpu_time};
 
 /// The timing knobs of one drain, from `[drain]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,14 +424,15 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
 /// still open) costs the lookup (a few µs) and the wake-up for it (30 to 60 µs on a VM, 10 times the
 /// lookup): the CPU time this thread spent from the end of the previous recheck (or census) to the
 /// end of this one. Other tasks of the thread run in between now and then, and their work is not the
-/// rechecks': so only a recheck that followed the previous one with no other event of the drain in
-/// between is measured (the destroy watch reading a wave's notifications sends the drain counts),
-/// and the cost is the median of those since the latest census (a status client is served without
-/// telling the drain). That cost counts in the
-/// census' budget: the census interval is [`COST_RATIO`] times the census and the idle rechecks since
-/// the previous one, so while connections wait the drain as a whole keeps to 1/20 of a core. One that found
-/// [`crate::census::RECHECK_WORK`] gone stopped at that bound, not at an open connection, and the
-/// next goes on at once: a wave of closes at 100k connections leaves tens of thousands in
+/// rechecks': the destroy watch's (reading a wave's notifications takes a tenth of a core for
+/// seconds at 100k) is measured by the watch and taken off; a recheck that follows another event of
+/// the drain (a count the watch sent) is not measured; and the cost is the median of those measured
+/// since the latest census (a status client is served without telling the drain). That cost counts
+/// in the census' budget: the census interval is [`COST_RATIO`] times the census and the idle
+/// rechecks since the previous one, so while connections wait the drain as a whole keeps to 1/20 of
+/// a core. One that found [`crate::census::RECHECK_WORK`] gone stopped at that bound, not at an
+/// open connection, and the next goes on at once: a wave of closes at 100k connections leaves tens
+/// of thousands in
 /// CLOSE_WAIT or half-closed (no destroy notification), and each is looked up once (2 to 3 µs), so
 /// that costs at most one lookup per connection the census counted, in steps of about 3 ms.
 pub const RECHECK_RATIO: u32 = 50;
@@ -473,19 +474,6 @@ impl Pace {
             .map_or(Duration::ZERO, |c| c.saturating_mul(COST_RATIO))
             .max(self.floor)
     }
-}
-
-/// CPU time (user + system) this thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Runs the drain to its verdict.
@@ -561,6 +549,9 @@ pub async fn drive(
     let mut idle_rechecks: u32 = 0;
     // Turns of the loop below, and the turn of the latest recheck or census.
     let (mut turns, mut awake_turn) = (0u64, 0u64);
+    // The destroy watch's CPU time at the same moment: it runs on this thread too (see
+    // [`crate::census::Horizon::watch_cpu`]).
+    let mut watched_from = Duration::ZERO;
     // That median over the rechecks before the latest census, which paces the idle rechecks.
     let mut idle_typical: Option<Duration> = None;
     loop {
@@ -633,12 +624,16 @@ pub async fn drive(
                 let begun = thread_cpu_time();
                 let result = counting.recheck();
                 let ended = thread_cpu_time();
+                let watched = counting.horizon().map_or(Duration::ZERO, |h| h.watch_cpu());
                 // The lookups', and everything since the previous one: waking up for it, and what
                 // other tasks of this thread did meanwhile, if any; none told the drain anything
                 // when this is the next turn after it.
-                let (cost, spent) = (ended.saturating_sub(begun), ended.saturating_sub(awake_from));
+                let cost = ended.saturating_sub(begun);
+                let spent = ended
+                    .saturating_sub(awake_from)
+                    .saturating_sub(watched.saturating_sub(watched_from));
                 let alone = awake_turn + 1 == turns;
-                (awake_from, awake_turn) = (ended, turns);
+                (awake_from, awake_turn, watched_from) = (ended, turns, watched);
                 let now = Instant::now();
                 recheck_at = match result {
                     Some(Ok(0)) => {
@@ -770,6 +765,10 @@ pub async fn drive(
                 recheck_at = (engine.phase() == Phase::Draining).then(|| now + RECHECK_EVERY);
                 recheck_left = established;
                 (awake_from, awake_turn) = (thread_cpu_time(), turns);
+                watched_from = census
+                    .as_ref()
+                    .and_then(|c| c.horizon())
+                    .map_or(Duration::ZERO, |h| h.watch_cpu());
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -1659,6 +1658,8 @@ mod tests {
         per_recheck: usize,
         cost: Duration,
         census_cost: Duration,
+        /// What a census with destroy notifications shares with its watch.
+        horizon: Option<crate::census::Horizon>,
         /// Counted by the latest census and not found gone by a recheck since.
         unfound: usize,
         censuses: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
@@ -1674,6 +1675,7 @@ mod tests {
                 per_recheck: usize::MAX,
                 cost: Duration::ZERO,
                 census_cost: Duration::ZERO,
+                horizon: None,
                 unfound: 0,
                 censuses: Default::default(),
                 rechecked: Default::default(),
@@ -1690,6 +1692,9 @@ mod tests {
         }
         fn backend(&self) -> crate::census::Backend {
             crate::census::Backend::Netlink
+        }
+        fn horizon(&self) -> Option<crate::census::Horizon> {
+            self.horizon.clone()
         }
         fn recheck(&mut self) -> Option<Result<usize, crate::census::CensusError>> {
             if !self.rechecks {
@@ -1838,12 +1843,17 @@ mod tests {
     /// for idle rechecks, stretched the census interval to 4.2 s.
     #[tokio::test(start_paused = true)]
     async fn work_beside_the_rechecks_is_not_counted_as_theirs() {
-        // A task busy for 50 ms that tells the drain nothing (the median leaves it out), and one
-        // busy for 1.2 s that sends a count against an earlier census after each piece of work, as
-        // the destroy watch does during a wave (the rechecks after its counts are not measured).
-        for tells in [false, true] {
+        // A task busy for 50 ms that tells the drain nothing (the median leaves it out); one busy
+        // for 1.2 s that sends a count against an earlier census after each piece of work, as the
+        // destroy watch does during a wave (the rechecks after its counts are not measured); and
+        // one busy for 1.2 s that sends nothing but tells the horizon its CPU, as the watch does
+        // while it reads notifications of sockets the latest census did not count (it is taken
+        // off).
+        for (tells, watched) in [(false, false), (true, false), (false, true)] {
             let mut census = Rechecking::new(2, true);
             census.census_cost = ms(2);
+            let horizon = crate::census::Horizon::default();
+            census.horizon = Some(horizon.clone());
             let (open, censuses) = (census.open.clone(), census.censuses.clone());
             let (tx, rx) = mpsc::unbounded_channel::<Destroyed>();
             let sink = Collect(Default::default());
@@ -1852,8 +1862,12 @@ mod tests {
             let beside = async {
                 // From 300 ms on: 1 ms of CPU every 2 ms.
                 tokio::time::sleep(ms(300)).await;
-                for _ in 0..if tells { 600 } else { 25 } {
+                for _ in 0..if tells || watched { 600 } else { 25 } {
+                    let begun = thread_cpu_time();
                     burn_cpu(ms(1));
+                    if watched {
+                        horizon.watched(thread_cpu_time() - begun);
+                    }
                     if tells {
                         tx.send(gone(999, 1)).unwrap();
                     }
@@ -1871,7 +1885,7 @@ mod tests {
             // CPU for the rechecks' puts one 555 ms or more after the other.
             assert!(
                 gaps.iter().all(|g| *g <= ms(260)),
-                "telling the drain: {tells}; censuses at {at:?}"
+                "telling the drain: {tells}, the horizon: {watched}; censuses at {at:?}"
             );
         }
     }

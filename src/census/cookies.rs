@@ -113,6 +113,9 @@ struct Shared {
     /// Signalled when a census ends, so the watch looks up the cookies it kept without waiting for
     /// another notification. One watch follows a horizon: a stored permit is never lost.
     ended: Notify,
+    /// The CPU time the watch has spent, in nanoseconds: it runs on the drain's thread, between the
+    /// drain's rechecks, which must not take its work for theirs.
+    watch_cpu: std::sync::atomic::AtomicU64,
 }
 
 /// What the censuses of a [`Horizon`] have said so far, read at one instant.
@@ -163,6 +166,19 @@ impl Horizon {
     /// The number of the latest census (0 before the first).
     pub fn number(&self) -> u64 {
         self.lock().number
+    }
+
+    /// The watch spent `cpu` more.
+    pub(crate) fn watched(&self, cpu: std::time::Duration) {
+        let ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.0
+            .watch_cpu
+            .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The CPU time the watch following this horizon has spent so far.
+    pub fn watch_cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.watch_cpu.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Waits until a census ends (at once if one ended since the last wait).

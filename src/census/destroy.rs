@@ -333,7 +333,8 @@ impl DestroyWatch {
     /// dropped.
     pub fn spawn(mut self) -> mpsc::UnboundedReceiver<Destroyed> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let horizon = self.tally.horizon.clone();
+        let watch = async move {
             loop {
                 let next = tokio::select! {
                     next = self.next() => next,
@@ -357,8 +358,36 @@ impl DestroyWatch {
                     return;
                 }
             }
+        };
+        // Its CPU time, poll by poll (one poll reads everything queued), told to the horizon.
+        tokio::spawn(Timed {
+            inner: Box::pin(watch),
+            horizon,
         });
         rx
+    }
+}
+
+/// A future whose CPU time, measured around each poll, is told to `horizon` (see
+/// [`Horizon::watch_cpu`]).
+struct Timed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    horizon: Option<Horizon>,
+}
+
+impl<F: std::future::Future> std::future::Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let begun = super::thread_cpu_time();
+        let polled = self.inner.as_mut().poll(cx);
+        if let Some(h) = &self.horizon {
+            h.watched(super::thread_cpu_time().saturating_sub(begun));
+        }
+        polled
     }
 }
 
@@ -425,6 +454,34 @@ mod tests {
     fn census(horizon: &Horizon, cookies: &[u64]) -> u64 {
         horizon.begin();
         horizon.publish(set(cookies))
+    }
+
+    /// The drain takes the watch's CPU off what it measures for its rechecks: the watch tells
+    /// its horizon what each poll cost.
+    #[tokio::test]
+    async fn the_watch_tells_its_horizon_the_cpu_of_its_polls() {
+        let horizon = Horizon::default();
+        let busy = async {
+            for _ in 0..3 {
+                let begun = super::super::thread_cpu_time();
+                while super::super::thread_cpu_time() - begun < std::time::Duration::from_millis(2)
+                {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let timed = Timed {
+            inner: Box::pin(busy),
+            horizon: Some(horizon.clone()),
+        };
+        timed.await;
+        let cpu = horizon.watch_cpu();
+        assert!(
+            cpu >= std::time::Duration::from_millis(6)
+                && cpu < std::time::Duration::from_millis(60),
+            "{cpu:?}"
+        );
     }
 
     fn drain(tally: &mut Tally) -> Vec<Counted> {
