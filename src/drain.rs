@@ -424,10 +424,11 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(5);
 /// still open) costs the lookup (a few µs) and the wake-up for it (30 to 60 µs on a VM, 10 times the
 /// lookup): the CPU time this thread spent from the end of the previous recheck (or census) to the
 /// end of this one. Other tasks of the thread run in between now and then, and their work is not the
-/// rechecks': the destroy watch's (reading a wave's notifications takes a tenth of a core for
-/// seconds at 100k) is measured by the watch and taken off; a recheck that follows another event of
-/// the drain (a count the watch sent) is not measured; and the cost is the median of those measured
-/// since the latest census (a status client is served without telling the drain). That cost counts
+/// rechecks': at 100k the destroy watch, reading a wave's notifications and waking for each batch,
+/// takes a tenth of a core for seconds. So a recheck is measured only when nothing else of the drain
+/// ran since the previous one (no other event, no poll of the watch), the idle ones are counted at
+/// the median of those measured since the latest census (a status client is served without telling
+/// the drain), and, where none was measured, at the median before. That cost counts
 /// in the census' budget: the census interval is [`COST_RATIO`] times the census and the idle
 /// rechecks since the previous one, so while connections wait the drain as a whole keeps to 1/20 of
 /// a core. One that found [`crate::census::RECHECK_WORK`] gone stopped at that bound, not at an
@@ -549,9 +550,9 @@ pub async fn drive(
     let mut idle_rechecks: u32 = 0;
     // Turns of the loop below, and the turn of the latest recheck or census.
     let (mut turns, mut awake_turn) = (0u64, 0u64);
-    // The destroy watch's CPU time at the same moment: it runs on this thread too (see
-    // [`crate::census::Horizon::watch_cpu`]).
-    let mut watched_from = Duration::ZERO;
+    // The destroy watch's polls at the same moment: it runs on this thread too (see
+    // [`crate::census::Horizon::watch_polls`]).
+    let mut watched_from = 0u64;
     // That median over the rechecks before the latest census, which paces the idle rechecks.
     let mut idle_typical: Option<Duration> = None;
     loop {
@@ -624,15 +625,12 @@ pub async fn drive(
                 let begun = thread_cpu_time();
                 let result = counting.recheck();
                 let ended = thread_cpu_time();
-                let watched = counting.horizon().map_or(Duration::ZERO, |h| h.watch_cpu());
+                let watched = counting.horizon().map_or(0, |h| h.watch_polls());
                 // The lookups', and everything since the previous one: waking up for it, and what
-                // other tasks of this thread did meanwhile, if any; none told the drain anything
-                // when this is the next turn after it.
-                let cost = ended.saturating_sub(begun);
-                let spent = ended
-                    .saturating_sub(awake_from)
-                    .saturating_sub(watched.saturating_sub(watched_from));
-                let alone = awake_turn + 1 == turns;
+                // other tasks of this thread did meanwhile, if any; none of the drain's ran when
+                // this is the next turn after it and the watch was not polled.
+                let (cost, spent) = (ended.saturating_sub(begun), ended.saturating_sub(awake_from));
+                let alone = awake_turn + 1 == turns && watched == watched_from;
                 (awake_from, awake_turn, watched_from) = (ended, turns, watched);
                 let now = Instant::now();
                 recheck_at = match result {
@@ -768,7 +766,7 @@ pub async fn drive(
                 watched_from = census
                     .as_ref()
                     .and_then(|c| c.horizon())
-                    .map_or(Duration::ZERO, |h| h.watch_cpu());
+                    .map_or(0, |h| h.watch_polls());
                 if let Step::CensusBy(at) = step {
                     // The engine asks at the poll interval; an expensive census stretches that.
                     // Counting down on destroy notifications never stretches it further: a
@@ -1846,9 +1844,9 @@ mod tests {
         // A task busy for 50 ms that tells the drain nothing (the median leaves it out); one busy
         // for 1.2 s that sends a count against an earlier census after each piece of work, as the
         // destroy watch does during a wave (the rechecks after its counts are not measured); and
-        // one busy for 1.2 s that sends nothing but tells the horizon its CPU, as the watch does
-        // while it reads notifications of sockets the latest census did not count (it is taken
-        // off).
+        // one busy for 1.2 s that sends nothing but is counted by the horizon, as the watch is
+        // while it reads notifications of sockets the latest census did not count (the rechecks
+        // after its polls are not measured either).
         for (tells, watched) in [(false, false), (true, false), (false, true)] {
             let mut census = Rechecking::new(2, true);
             census.census_cost = ms(2);
@@ -1863,10 +1861,9 @@ mod tests {
                 // From 300 ms on: 1 ms of CPU every 2 ms.
                 tokio::time::sleep(ms(300)).await;
                 for _ in 0..if tells || watched { 600 } else { 25 } {
-                    let begun = thread_cpu_time();
                     burn_cpu(ms(1));
                     if watched {
-                        horizon.watched(thread_cpu_time() - begun);
+                        horizon.watched();
                     }
                     if tells {
                         tx.send(gone(999, 1)).unwrap();

@@ -113,9 +113,9 @@ struct Shared {
     /// Signalled when a census ends, so the watch looks up the cookies it kept without waiting for
     /// another notification. One watch follows a horizon: a stored permit is never lost.
     ended: Notify,
-    /// The CPU time the watch has spent, in nanoseconds: it runs on the drain's thread, between the
+    /// How many times the watch's task was polled: it runs on the drain's thread, between the
     /// drain's rechecks, which must not take its work for theirs.
-    watch_cpu: std::sync::atomic::AtomicU64,
+    watch_polls: std::sync::atomic::AtomicU64,
 }
 
 /// What the censuses of a [`Horizon`] have said so far, read at one instant.
@@ -168,17 +168,18 @@ impl Horizon {
         self.lock().number
     }
 
-    /// The watch spent `cpu` more.
-    pub(crate) fn watched(&self, cpu: std::time::Duration) {
-        let ns = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+    /// The watch's task was polled once more.
+    pub(crate) fn watched(&self) {
         self.0
-            .watch_cpu
-            .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+            .watch_polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The CPU time the watch following this horizon has spent so far.
-    pub fn watch_cpu(&self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.0.watch_cpu.load(std::sync::atomic::Ordering::Relaxed))
+    /// How many times the task of the watch following this horizon has been polled so far.
+    pub fn watch_polls(&self) -> u64 {
+        self.0
+            .watch_polls
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until a census ends (at once if one ended since the last wait).
