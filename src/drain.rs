@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::census::{Census, Count, Destroyed, thread_cpu_time};
+use crate::census::{Census, Count, Destroyed};
 
 /// The timing knobs of one drain, from `[drain]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +475,19 @@ impl Pace {
             .map_or(Duration::ZERO, |c| c.saturating_mul(COST_RATIO))
             .max(self.floor)
     }
+}
+
+/// CPU time (user + system) this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Runs the drain to its verdict.

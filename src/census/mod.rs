@@ -159,19 +159,6 @@ fn choose_keeping(spec: &CensusSpec, recheck_max: usize) -> (Box<dyn Census>, Op
     }
 }
 
-/// CPU time (user + system) this thread has used.
-pub fn thread_cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// [`open`] plus socket-destroy notifications as a channel of "this many sockets that census counted
 /// went away" ([`Destroyed`]), exact by cookie. The subscription comes first, so no destroy between it
 /// and the first census is missed. The channel is `None` where the kernel refuses the subscription
