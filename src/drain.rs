@@ -1850,8 +1850,10 @@ mod tests {
 
     /// Other tasks of the runtime's thread run between rechecks (the destroy watch reading a wave's
     /// notifications, a status client): their CPU is not the rechecks', and must not stretch the
-    /// census interval. Seen at 100k (seed 12 in BENCHMARKS.md §3): 138 ms of the watch's CPU, taken
-    /// for idle rechecks, stretched the census interval to 4.2 s.
+    /// census interval. Seen at 100k with the agent on a core of its own (`ELB_BENCH_DETECT_PIN=1
+    /// ELB_BENCH_DETECT_SEED=12 ELB_BENCH_DETECT_RUNS=1`): after the census that counted the last two
+    /// connections, the watch read the other sockets' notifications for 3 s, and 356 ms of its
+    /// thread's CPU, taken for idle rechecks, stretched the census interval to 7.7 s.
     #[tokio::test(start_paused = true)]
     async fn work_beside_the_rechecks_is_not_counted_as_theirs() {
         // A task busy for 50 ms that tells the drain nothing (the median leaves it out); one busy
