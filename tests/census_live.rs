@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::wait_until;
 use elb_drain::census::{
-    self, Census, CensusError, CensusSpec, DestroyWatch, DumpMode, NetlinkCensus, ProcCensus,
+    self, Census, CensusError, CensusSpec, DestroyWatch, Destroyed, DumpMode, NetlinkCensus,
+    ProcCensus,
 };
 
 struct Server {
@@ -738,6 +739,53 @@ async fn destroy_notifications_ignore_excluded_peers_and_other_ports() {
         late, 0,
         "the closed listener and the other port do not count"
     );
+}
+
+/// A wave's notifications reach the drain a turn's worth at a time, not one message per socket: at 100k
+/// connections one message (and one drain turn) per destroyed socket was most of the agent's CPU
+/// during a wave. Every destroy is still counted, by the watch read directly and by one run as a task.
+#[tokio::test]
+async fn a_wave_of_destroys_is_counted_in_a_few_messages() {
+    const WAVE: usize = 400;
+    let mut server = Server::bind("127.0.0.1:0");
+    let port = server.addr().port();
+    let spec = spec(&[port], &[]);
+    let (Some(mut read), Some(spawned), Some(mut all)) = (
+        subscribe_or_skip(&spec),
+        subscribe_or_skip(&spec),
+        subscribe_or_skip(&spec),
+    ) else {
+        return;
+    };
+    // In steps below the listen backlog (128), which `connect` fills before it accepts.
+    let clients: Vec<TcpStream> = (0..WAVE / 100)
+        .flat_map(|_| server.connect(server.addr(), 100))
+        .collect();
+    drop(clients);
+    server.accepted.clear();
+    assert_eq!(destroyed(&mut all, WAVE).await, WAVE);
+    // Everything is queued for the other two now.
+    let mut counts = Vec::new();
+    while let Some(c) = read.try_next().expect("destroy watch") {
+        counts.push(c.destroyed);
+    }
+    assert_eq!(counts.iter().sum::<usize>(), WAVE, "{counts:?}");
+    // The clients' ends are freed too (notifications that do not count): 2 × WAVE read, 257 a turn.
+    const TURNS: usize = (2 * WAVE).div_ceil(257) + 1;
+    assert!(counts.len() <= TURNS, "one count per turn: {counts:?}");
+
+    let mut rx = spawned.spawn();
+    let (mut seen, mut messages) = (0, 0);
+    while seen < WAVE {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Destroyed::Counted(c))) => {
+                (seen, messages) = (seen + c.destroyed, messages + 1)
+            }
+            other => panic!("after {seen} of {WAVE}: {other:?}"),
+        }
+    }
+    assert_eq!(seen, WAVE);
+    assert!(messages <= TURNS, "{messages} messages for {WAVE} destroys");
 }
 
 #[tokio::test]

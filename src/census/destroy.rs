@@ -45,6 +45,13 @@ const SKNLGRP_INET6_TCP_DESTROY: u32 = 3;
 /// thousands of sockets closing between two reads before the kernel drops any.
 const RCVBUF: libc::c_int = 32 * 1024 * 1024;
 
+/// Once a turn of the watch has counted something, it reads at most this many datagrams (one
+/// notification each): a wave's backlog of notifications is read in turns with the drain's own
+/// between them, and reaches the drain as one count per turn instead of one per socket. Measured at
+/// 100k (BENCHMARKS §3): one message and one drain turn per destroyed socket was most of the agent's
+/// CPU during a wave.
+const READ_BATCH: usize = 256;
+
 /// Counted sockets that were destroyed, against one census.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counted {
@@ -101,10 +108,13 @@ impl Tally {
         {
             let destroyed = cookies.common(set) as usize;
             if destroyed > 0 {
-                self.ready.push_back(Counted {
-                    census: *awaited,
-                    destroyed,
-                });
+                Self::count(
+                    &mut self.ready,
+                    Counted {
+                        census: *awaited,
+                        destroyed,
+                    },
+                );
             }
         }
         self.kept = None;
@@ -154,12 +164,26 @@ impl Tally {
             source,
         })?;
         if destroyed > 0 {
-            self.ready.push_back(Counted {
-                census: latest.map_or(0, |l| l.number),
-                destroyed,
-            });
+            Self::count(
+                &mut self.ready,
+                Counted {
+                    census: latest.map_or(0, |l| l.number),
+                    destroyed,
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Queues a count, adding it to the last one when that is against the same census: what the drain
+    /// makes of them is the same, in one message.
+    fn count(ready: &mut VecDeque<Counted>, counted: Counted) {
+        match ready.back_mut() {
+            Some(last) if last.census == counted.census => {
+                last.destroyed = last.destroyed.saturating_add(counted.destroyed);
+            }
+            _ => ready.push_back(counted),
+        }
     }
 }
 
@@ -169,6 +193,9 @@ pub struct DestroyWatch {
     registered: Option<AsyncFd<DiagSocket>>,
     buf: Vec<u8>,
     tally: Tally,
+    /// The kernel reported dropped notifications (ENOBUFS) after the counts still in `tally.ready`:
+    /// said once those are taken.
+    lost: bool,
 }
 
 fn setsockopt(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
@@ -230,6 +257,7 @@ impl DestroyWatch {
             registered: None,
             buf: vec![0u8; 64 * 1024],
             tally: Tally::new(spec.clone()),
+            lost: false,
         })
     }
 
@@ -248,34 +276,54 @@ impl DestroyWatch {
     }
 
     /// The next count of destroyed sockets from what is already queued, without waiting; `None` when
-    /// everything queued was read and nothing (more) matched.
+    /// everything queued was read and nothing (more) matched. A count holds what one turn read: up to
+    /// [`READ_BATCH`] notifications past the first that counted, against one census.
     pub fn try_next(&mut self) -> Result<Option<Counted>, CensusError> {
         self.tally.refresh();
-        loop {
-            if let Some(counted) = self.tally.ready.pop_front() {
-                return Ok(Some(counted));
+        if self.tally.ready.is_empty() && !self.lost {
+            self.read_turn()?;
+        }
+        if let Some(counted) = self.tally.ready.pop_front() {
+            return Ok(Some(counted));
+        }
+        if std::mem::take(&mut self.lost) {
+            return Err(CensusError::DestroyLost);
+        }
+        Ok(None)
+    }
+
+    /// Reads datagrams until one counted and [`READ_BATCH`] more were read, the queue is empty
+    /// (`WouldBlock`, which the caller's wait relies on when nothing counted), or the kernel reports
+    /// dropped ones.
+    fn read_turn(&mut self) -> Result<(), CensusError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut read = 0usize;
+        let result = loop {
+            if read > READ_BATCH && !self.tally.ready.is_empty() {
+                break Ok(());
             }
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = self.socket().recv(&mut buf);
-            let read = got
-                .as_ref()
-                .ok()
-                .map(|&len| self.tally.datagram(&buf[..len]));
-            self.buf = buf;
-            match got {
-                Ok(_) => read.expect("read above")?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            match self.socket().recv(&mut buf) {
+                Ok(len) => {
+                    read += 1;
+                    if let Err(e) = self.tally.datagram(&buf[..len]) {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Err(CensusError::DestroyLost);
+                    self.lost = true;
+                    break Ok(());
                 }
                 Err(source) => {
-                    return Err(CensusError::Netlink {
+                    break Err(CensusError::Netlink {
                         what: "destroy notifications: recv",
                         source,
                     });
                 }
             }
-        }
+        };
+        self.buf = buf;
+        result
     }
 
     /// Waits until matching sockets were destroyed: how many, against which census.
@@ -357,6 +405,9 @@ impl DestroyWatch {
                 if sent.is_err() {
                     return;
                 }
+                // A backlog is read a turn at a time: the drain, on this thread too, takes each count
+                // before the next turn.
+                tokio::task::yield_now().await;
             }
         };
         // Its polls, counted by the horizon: the drain's rechecks measure their wake-up only when
