@@ -393,8 +393,30 @@ impl Agent {
         }))
         .await;
         // Record what was done, after the fact: the DELETEs were not delayed by a disk write.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for (m, r) in memberships.iter().zip(&results) {
+        let state = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            Self::record_removals(&mut state, &memberships, &results, mode);
+            state.clone()
+        };
+        // Off the runtime's thread, within a bound: a filesystem that stopped answering holds
+        // neither the drain nor its deadline.
+        if let Err(e) = state
+            .save_within(&self.config.drain.state_file, crate::state::WRITE_BOUND)
+            .await
+        {
+            tracing::warn!(error = %e, "could not write the state file");
+        }
+        results
+    }
+
+    /// Marks in `state` the memberships whose deregistration succeeded as removed by `mode`.
+    fn record_removals(
+        state: &mut State,
+        memberships: &[Membership],
+        results: &[Result<DeleteOutcome, CloudError>],
+        mode: Mode,
+    ) {
+        for (m, r) in memberships.iter().zip(results) {
             if r.is_err() {
                 continue;
             }
@@ -421,10 +443,6 @@ impl Agent {
                 state.mark_removed(&m.pool_id, &m.member_id, mode);
             }
         }
-        if let Err(e) = state.save(&self.config.drain.state_file) {
-            tracing::warn!(error = %e, "could not write the state file");
-        }
-        results
     }
 
     /// With `min_healthy` on this pool's `[[member]]`: holds the deregistration back (at most
@@ -541,7 +559,7 @@ impl Agent {
         for (pool, member) in &present {
             state.mark_present(pool, member);
         }
-        if let Err(e) = state.save(path) {
+        if let Err(e) = state.save_within(path, crate::state::WRITE_BOUND).await {
             tracing::warn!(error = %e, "could not write the state file; register after a crash will rely on the config");
         }
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;

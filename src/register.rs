@@ -140,14 +140,14 @@ pub async fn register_unless(
             tokio::select! {
                 waited = listening => waited?,
                 sig = &mut stop => {
-                    record(path, &done, &targets, &state);
+                    record(path, &done, &targets, &state).await;
                     return Ok((done, Some(sig)));
                 }
             }
         }
         done.push(put_back(agent, t).await?);
     }
-    record(path, &done, &targets, &state);
+    record(path, &done, &targets, &state).await;
     if !settings.healthy_timeout.is_zero() {
         for r in &done {
             let (elb, pool, member) = (&agent.elb, &r.pool_id, &r.member_id);
@@ -250,7 +250,7 @@ async fn put_back(agent: &Agent, t: &Target) -> Result<Registered, RegisterError
 /// What is registered now replaces what was removed. `done` is a prefix of `targets`, in order; the
 /// targets after it (a stop cut the registration short) are still out of their pools, so what
 /// `previous` says about them is kept for the next `register`.
-fn record(path: &std::path::Path, done: &[Registered], targets: &[Target], previous: &State) {
+async fn record(path: &std::path::Path, done: &[Registered], targets: &[Target], previous: &State) {
     let mut state = State::default();
     state.merge(
         done.iter()
@@ -281,7 +281,7 @@ fn record(path: &std::path::Path, done: &[Registered], targets: &[Target], previ
                 .cloned(),
         );
     }
-    if let Err(e) = state.save(path) {
+    if let Err(e) = state.save_within(path, crate::state::WRITE_BOUND).await {
         tracing::warn!(error = %e, "could not write the state file");
     }
 }

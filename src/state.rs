@@ -11,10 +11,18 @@
 //!
 //! A full disk only costs that memory: the temporary file cannot be written (ENOSPC, at once), is
 //! removed, and the file from before is left whole; the caller logs it and the stop goes on.
+//!
+//! A disk that stops answering (a hung NFS server, a dead disk, a frozen filesystem) is another
+//! matter: the write sleeps in the kernel, and on the runtime's one thread it would hold the whole
+//! stop, deadline included. So the agent writes through [`State::save_within`]: on a thread of its
+//! own, waited for at most [`WRITE_BOUND`], after which the stop goes on without that memory.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +51,13 @@ pub struct State {
 
 /// The most a state file may hold: a record is about 300 bytes, so this is thousands of memberships.
 const MAX_STATE_FILE: u64 = 4 * 1024 * 1024;
+
+/// How long the agent waits for a state file write. One takes milliseconds (an fsync on a busy disk,
+/// tens of them); one that takes seconds is on a filesystem that stopped answering.
+pub const WRITE_BOUND: Duration = Duration::from_secs(5);
+
+/// State files with a write under way on a thread of its own ([`State::save_within`]).
+static WRITING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -146,6 +161,17 @@ impl State {
         Ok(())
     }
 
+    /// [`State::save`] on a thread of its own, waited for at most `bound`. A write still under way
+    /// then (the filesystem does not answer) is an error the caller logs and goes on from; the thread
+    /// is left to finish, or to end with the process (a hung NFS or FUSE request gives way to the
+    /// exit's SIGKILL). While it is under way, later saves of the same file are not begun (said as an
+    /// error too), so stuck threads do not pile up: the agent's saves of a file follow one another,
+    /// so one still running when the next comes is one that hung.
+    pub async fn save_within(&self, path: &Path, bound: Duration) -> Result<(), StateError> {
+        let state = self.clone();
+        bounded(path, bound, move |path| state.save(path)).await
+    }
+
     /// Takes in the memberships just resolved, keeping what an earlier stop removed and nobody has put
     /// back yet (it is gone from the pools, so discovery no longer sees it).
     pub fn merge(&mut self, current: Vec<Record>) {
@@ -206,6 +232,59 @@ impl State {
             r.removed = Some(mode);
             r.removed_at = Some(now);
         }
+    }
+}
+
+/// Runs `write(path)` on a thread of its own and waits for it at most `bound` (see
+/// [`State::save_within`]).
+async fn bounded(
+    path: &Path,
+    bound: Duration,
+    write: impl FnOnce(&Path) -> Result<(), StateError> + Send + 'static,
+) -> Result<(), StateError> {
+    let io = |reason: String| StateError::Io {
+        path: path.display().to_string(),
+        reason,
+    };
+    let writing = || WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    if !writing()
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_owned())
+    {
+        return Err(io(
+            "not written: an earlier write of it has not finished (the filesystem does not answer)"
+                .to_owned(),
+        ));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let owned = path.to_owned();
+    // Not the runtime's blocking pool: the runtime waits for those at its end, and a write that
+    // never returns would hold the exit.
+    let spawned = std::thread::Builder::new()
+        .name("state-write".to_owned())
+        .spawn(move || {
+            let result = write(&owned);
+            if let Some(set) = writing().as_mut() {
+                set.remove(&owned);
+            }
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        if let Some(set) = writing().as_mut() {
+            set.remove(path);
+        }
+        return Err(io(format!("cannot start a thread to write it: {e}")));
+    }
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(io(
+            "the write ended without a result (it panicked)".to_owned()
+        )),
+        Err(_) => Err(io(format!(
+            "not written within {}: the filesystem does not answer (a hung network filesystem or \
+             disk?); going on without it",
+            humantime::format_duration(bound)
+        ))),
     }
 }
 
@@ -338,5 +417,66 @@ mod tests {
             vec![back],
             "re-registered (same place, new ID): the old record is done"
         );
+    }
+
+    /// A write that does not return (the filesystem stopped answering) costs the caller `bound`,
+    /// once: the next save of that file is not begun while it is stuck, and saving works again once
+    /// it has ended.
+    #[tokio::test]
+    async fn a_write_that_hangs_costs_its_bound_once_and_piles_up_no_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let begun = std::time::Instant::now();
+        let first = bounded(&path, Duration::from_millis(100), move |_| {
+            let _ = stuck.recv();
+            Ok(())
+        })
+        .await;
+        let waited = begun.elapsed();
+        let e = first.expect_err("still writing at the bound").to_string();
+        assert!(
+            e.contains("not written within 100ms") && e.contains("state.json"),
+            "{e}"
+        );
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+
+        let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = called.clone();
+        let second = bounded(&path, Duration::from_secs(10), move |_| {
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .await;
+        let e = second.expect_err("the first is still stuck").to_string();
+        assert!(e.contains("an earlier write of it has not finished"), "{e}");
+        assert!(
+            !called.load(std::sync::atomic::Ordering::SeqCst),
+            "not begun"
+        );
+
+        // Another file is not held up by this one.
+        let other = dir.path().join("other.json");
+        State::default()
+            .save_within(&other, WRITE_BOUND)
+            .await
+            .unwrap();
+
+        release.send(()).unwrap();
+        let state = State {
+            memberships: vec![rec(M1, None)],
+        };
+        let freed = std::time::Instant::now();
+        loop {
+            match state.save_within(&path, WRITE_BOUND).await {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    freed.elapsed() < Duration::from_secs(5),
+                    "the stuck write ended, saving works again: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(State::load(&path).unwrap(), state);
     }
 }
