@@ -1,6 +1,6 @@
 //! Everything the agent writes to on its way out, misbehaving: a notify socket whose manager stopped
 //! reading (and one that reads again, within the retry bound and after it), a stderr (the journal)
-//! that nobody reads, a state directory on a full filesystem: each stop still ends in its usual time,
+//! that nobody reads, a state directory on a full filesystem or on one that stopped answering: each stop still ends in its usual time,
 //! with its usual exit code. And status clients that connect and never read: the agent holds few of
 //! them, none for long. (`exec`, `register` and the scale-in hook have theirs in their own files.)
 
@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fullfs::FullFs;
+use common::privfs::PrivateFs;
 use common::*;
 
 /// What a stop normally takes, from the last connection's close to the exit, in these tests (the
@@ -423,7 +423,7 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
          \"removed\": \"delete\", \"removed_at\": \"2026-01-01T00:00:00Z\"}}]\n}}\n"
     );
     std::fs::write(stage.join("state.json"), &before).unwrap();
-    let Some(full) = FullFs::mount(&s.dir.path().join("state"), &stage) else {
+    let Some(full) = PrivateFs::full(&s.dir.path().join("state"), &stage) else {
         return;
     };
     assert_eq!(
@@ -467,5 +467,52 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
         full.list(),
         ["filler", "state.json"],
         "no temporary file left"
+    );
+}
+
+/// The state directory stops answering once the agent has started (a hung NFS server: every access
+/// sleeps in the kernel until the process is killed). The stop's record cannot be written: the agent
+/// waits [`elb_drain::state::WRITE_BOUND`] for it, says so naming the file, and goes on; the drain ends
+/// and it exits 0. Before, the write held the runtime's only thread, and with it the drain, its
+/// deadline and the exit, until systemd's SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_that_stops_answering_holds_no_stop() {
+    let s = setup().await;
+    let stage = s.dir.path().join("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    let Some(fs) = PrivateFs::hangable(&s.dir.path().join("state"), &stage) else {
+        return;
+    };
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config(&quick(""));
+    let held = s.connections_to_us(1);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env("STATE_DIRECTORY", &fs.dir);
+    fs.enter(&mut cmd);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        fs.path("state.json").exists(),
+        "the start's snapshot was written while the filesystem answered: {}",
+        agent.stderr()
+    );
+    fs.hang();
+    agent.signal(libc::SIGTERM);
+    let (code, _) = finish_stop(&s, &mut agent, held);
+    assert_eq!(code, Some(0), "{}", agent.stderr());
+    let err = agent.stderr();
+    let failed: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("could not write the state file"))
+        .collect();
+    assert_eq!(failed.len(), 1, "the stop's record: {err}");
+    assert!(
+        failed[0].contains("not written within 5s") && failed[0].contains("state.json"),
+        "{failed:?}"
     );
 }

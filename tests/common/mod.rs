@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use elb_sim::{Scenario, Sim};
 
 pub mod confine;
-pub mod fullfs;
 pub mod netns;
+pub mod privfs;
 
 pub const PROJECT: &str = "99a3fff0d03c428eac3678da6a7d0f24";
 

@@ -1,7 +1,9 @@
-//! A tiny filesystem that is full, for the state file: a 16 KiB tmpfs mounted in a mount namespace of
-//! its own, which a holder process keeps alive. Nothing of it reaches the machine's own mount table
-//! (the namespace is private), and it is gone when the holder is killed (by the guard, also when the
-//! test fails) or after 10 minutes at most.
+//! A small filesystem for the state file, misbehaving: a tmpfs mounted in a mount namespace of its own,
+//! which a holder process keeps alive. [`PrivateFs::full`] is full; [`PrivateFs::hangable`] works until
+//! [`PrivateFs::hang`] mounts over it a FUSE filesystem whose server never answers, which is what a
+//! hung NFS server looks like to a writer (every access sleeps in the kernel; SIGKILL ends it).
+//! Nothing of it reaches the machine's own mount table (the namespace is private), and it is gone when
+//! the holder is killed (by the guard, also when the test fails) or after 10 minutes at most.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -10,33 +12,71 @@ use std::time::Duration;
 
 use super::{ProcGuard, wait_until};
 
-pub struct FullFs {
+pub struct PrivateFs {
     holder: ProcGuard,
     /// Where it is mounted, in the holder's namespace (on the machine: an ordinary empty directory).
     pub dir: PathBuf,
+    /// For a hangable one: the file whose creation tells the holder to hang it.
+    trigger: Option<PathBuf>,
 }
 
-impl FullFs {
+impl PrivateFs {
     /// Mounts it at `dir` (created if needed), copies in what `stage` holds, then fills it up.
     /// `None` when this machine does not let a test do that (not root, no namespaces): the caller
     /// skips, saying so.
-    pub fn mount(dir: &Path, stage: &Path) -> Option<FullFs> {
+    pub fn full(dir: &Path, stage: &Path) -> Option<PrivateFs> {
+        // The filler's write fails when the filesystem is full: that is the point.
+        let fill =
+            "head -c 1048576 /dev/zero > \"$1/filler\" 2>/dev/null; echo ready; exec sleep 600";
+        PrivateFs::mount(dir, stage, "size=16k,mode=0755", fill, None)
+    }
+
+    /// Mounts it at `dir` and copies in what `stage` holds; it works until [`PrivateFs::hang`].
+    pub fn hangable(dir: &Path, stage: &Path) -> Option<PrivateFs> {
+        if !Path::new("/dev/fuse").exists() {
+            eprintln!("SKIPPED: no /dev/fuse here, so no filesystem that stops answering");
+            return None;
+        }
+        let trigger = dir.with_extension("hang-now");
+        let _ = std::fs::remove_file(&trigger);
+        // /dev/fuse opened and mounted (mount(8) makes the mount(2) call itself when no mount.fuse
+        // helper is installed), and never read: no request, the first (INIT) included, is answered.
+        let hang = "echo ready; while [ ! -e \"$2\" ]; do sleep 0.02; done; \
+                    exec 3<>/dev/fuse && mount -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 \
+                    elb-drain-hung \"$1\" && echo hung; exec sleep 600";
+        PrivateFs::mount(dir, stage, "size=1m,mode=0755", hang, Some(trigger))
+    }
+
+    /// From now on every access to it sleeps until the process is killed.
+    pub fn hang(&self) {
+        let trigger = self.trigger.as_ref().expect("made by PrivateFs::hangable");
+        std::fs::write(trigger, "").unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .holder
+                .stdout()
+                .contains("hung")),
+            "the FUSE mount was not made: {}",
+            self.holder.stderr()
+        );
+    }
+
+    fn mount(
+        dir: &Path,
+        stage: &Path,
+        options: &str,
+        then: &str,
+        trigger: Option<PathBuf>,
+    ) -> Option<PrivateFs> {
         std::fs::create_dir_all(dir).unwrap();
         let c = |s: &str| std::ffi::CString::new(s).unwrap();
-        let (root, target, tmpfs, size) = (
-            c("/"),
-            c(dir.to_str().unwrap()),
-            c("tmpfs"),
-            c("size=16k,mode=0755"),
-        );
+        let (root, target, tmpfs, options) =
+            (c("/"), c(dir.to_str().unwrap()), c("tmpfs"), c(options));
         let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            // The filler's write fails when the filesystem is full: that is the point.
-            "cp -a \"$0/.\" \"$1/\" && { head -c 1048576 /dev/zero > \"$1/filler\" 2>/dev/null; echo full; exec sleep 600; }",
-        ])
-        .arg(stage)
-        .arg(dir);
+        cmd.args(["-c", &format!("cp -a \"$0/.\" \"$1/\" && {{ {then}; }}")])
+            .arg(stage)
+            .arg(dir)
+            .arg(trigger.as_deref().unwrap_or(Path::new("")));
         // SAFETY: system calls only, on data prepared above; runs in the forked child.
         unsafe {
             cmd.pre_exec(move || {
@@ -53,7 +93,7 @@ impl FullFs {
                         target.as_ptr(),
                         tmpfs.as_ptr(),
                         0,
-                        size.as_ptr().cast(),
+                        options.as_ptr().cast(),
                     ) != 0
                 {
                     return Err(std::io::Error::last_os_error());
@@ -68,16 +108,19 @@ impl FullFs {
                 return None;
             }
         };
-        if !wait_until(Duration::from_secs(10), || holder.stdout().contains("full")) {
+        if !wait_until(Duration::from_secs(10), || {
+            holder.stdout().contains("ready")
+        }) {
             eprintln!(
-                "SKIPPED: the full filesystem was not set up: {}",
+                "SKIPPED: the filesystem was not set up: {}",
                 holder.stderr()
             );
             return None;
         }
-        Some(FullFs {
+        Some(PrivateFs {
             holder,
             dir: dir.to_owned(),
+            trigger,
         })
     }
 
