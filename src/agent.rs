@@ -229,7 +229,9 @@ impl Agent {
             credential,
             metadata,
             hooks,
-            state: std::sync::Mutex::new(State::load_or_warn(&config_state_file)),
+            state: std::sync::Mutex::new(
+                State::load_within(&config_state_file, crate::state::ACCESS_BOUND).await,
+            ),
             shown: std::sync::Mutex::new(shown),
         })
     }
@@ -401,7 +403,7 @@ impl Agent {
         // Off the runtime's thread, within a bound: a filesystem that stopped answering holds
         // neither the drain nor its deadline.
         if let Err(e) = state
-            .save_within(&self.config.drain.state_file, crate::state::WRITE_BOUND)
+            .save_within(&self.config.drain.state_file, crate::state::ACCESS_BOUND)
             .await
         {
             tracing::warn!(error = %e, "could not write the state file");
@@ -499,7 +501,7 @@ impl Agent {
     /// Records the memberships (with their weight and subnet, for `register`) in the state file.
     pub async fn snapshot_state(&self) {
         let path = &self.config.drain.state_file;
-        let mut state = State::load_or_warn(path);
+        let mut state = State::load_within(path, crate::state::ACCESS_BOUND).await;
         let memberships = self.memberships();
         let mut known = std::mem::take(&mut *self.shown.lock().unwrap_or_else(|p| p.into_inner()));
         let shown = join_all(memberships.iter().map(|m| {
@@ -559,7 +561,7 @@ impl Agent {
         for (pool, member) in &present {
             state.mark_present(pool, member);
         }
-        if let Err(e) = state.save_within(path, crate::state::WRITE_BOUND).await {
+        if let Err(e) = state.save_within(path, crate::state::ACCESS_BOUND).await {
             tracing::warn!(error = %e, "could not write the state file; register after a crash will rely on the config");
         }
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;

@@ -119,7 +119,7 @@ pub async fn register_unless(
 ) -> Result<(Vec<Registered>, Option<i32>), RegisterError> {
     tokio::pin!(stop);
     let path = &agent.config.drain.state_file;
-    let state = State::load_or_warn(path);
+    let state = State::load_within(path, crate::state::ACCESS_BOUND).await;
     let targets = targets(agent, &state);
     if targets.is_empty() {
         return Err(RegisterError::Config(
@@ -281,7 +281,7 @@ async fn record(path: &std::path::Path, done: &[Registered], targets: &[Target],
                 .cloned(),
         );
     }
-    if let Err(e) = state.save_within(path, crate::state::WRITE_BOUND).await {
+    if let Err(e) = state.save_within(path, crate::state::ACCESS_BOUND).await {
         tracing::warn!(error = %e, "could not write the state file");
     }
 }

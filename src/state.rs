@@ -14,8 +14,9 @@
 //!
 //! A disk that stops answering (a hung NFS server, a dead disk, a frozen filesystem) is another
 //! matter: the write sleeps in the kernel, and on the runtime's one thread it would hold the whole
-//! stop, deadline included. So the agent writes through [`State::save_within`]: on a thread of its
-//! own, waited for at most [`WRITE_BOUND`], after which the stop goes on without that memory.
+//! stop, deadline included. So the agent reads and writes through [`State::load_within`] and
+//! [`State::save_within`]: on a thread of its own, waited for at most [`ACCESS_BOUND`], after which
+//! the stop goes on without that memory (`drain`, an `ExecStop=`, reads the file at the stop).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -52,12 +53,12 @@ pub struct State {
 /// The most a state file may hold: a record is about 300 bytes, so this is thousands of memberships.
 const MAX_STATE_FILE: u64 = 4 * 1024 * 1024;
 
-/// How long the agent waits for a state file write. One takes milliseconds (an fsync on a busy disk,
-/// tens of them); one that takes seconds is on a filesystem that stopped answering.
-pub const WRITE_BOUND: Duration = Duration::from_secs(5);
+/// How long the agent waits for a read or write of the state file. One takes milliseconds (an fsync
+/// on a busy disk, tens of them); one that takes seconds is on a filesystem that stopped answering.
+pub const ACCESS_BOUND: Duration = Duration::from_secs(5);
 
-/// State files with a write under way on a thread of its own ([`State::save_within`]).
-static WRITING: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// State files with a read or write under way on a thread of its own ([`State::save_within`]).
+static UNDER_WAY: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -169,7 +170,20 @@ impl State {
     /// so one still running when the next comes is one that hung.
     pub async fn save_within(&self, path: &Path, bound: Duration) -> Result<(), StateError> {
         let state = self.clone();
-        bounded(path, bound, move |path| state.save(path)).await
+        bounded(path, bound, "written", move |path| state.save(path)).await
+    }
+
+    /// [`State::load_or_warn`] on a thread of its own, waited for at most `bound`, as
+    /// [`State::save_within`] writes: a file that cannot be read in time is an empty state, said in
+    /// a warning, and the API is asked instead. `drain` (an `ExecStop=`) reads it at the stop.
+    pub async fn load_within(path: &Path, bound: Duration) -> State {
+        match bounded(path, bound, "read", |path| Ok(State::load_or_warn(path))).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(error = %e, "state file ignored: asking the API instead");
+                State::default()
+            }
+        }
     }
 
     /// Takes in the memberships just resolved, keeping what an earlier stop removed and nobody has put
@@ -235,24 +249,25 @@ impl State {
     }
 }
 
-/// Runs `write(path)` on a thread of its own and waits for it at most `bound` (see
-/// [`State::save_within`]).
-async fn bounded(
+/// Runs `access(path)` (a read or a write) on a thread of its own and waits for it at most `bound`
+/// (see [`State::save_within`]).
+async fn bounded<T: Send + 'static>(
     path: &Path,
     bound: Duration,
-    write: impl FnOnce(&Path) -> Result<(), StateError> + Send + 'static,
-) -> Result<(), StateError> {
+    what: &str,
+    access: impl FnOnce(&Path) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
     let io = |reason: String| StateError::Io {
         path: path.display().to_string(),
         reason,
     };
-    let writing = || WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let writing = || UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
     if !writing()
         .get_or_insert_with(HashSet::new)
         .insert(path.to_owned())
     {
         return Err(io(
-            "not written: an earlier write of it has not finished (the filesystem does not answer)"
+            "not used: an earlier read or write of it has not finished (the filesystem does not answer)"
                 .to_owned(),
         ));
     }
@@ -263,7 +278,7 @@ async fn bounded(
     let spawned = std::thread::Builder::new()
         .name("state-write".to_owned())
         .spawn(move || {
-            let result = write(&owned);
+            let result = access(&owned);
             if let Some(set) = writing().as_mut() {
                 set.remove(&owned);
             }
@@ -281,7 +296,7 @@ async fn bounded(
             "the write ended without a result (it panicked)".to_owned()
         )),
         Err(_) => Err(io(format!(
-            "not written within {}: the filesystem does not answer (a hung network filesystem or \
+            "not {what} within {}: the filesystem does not answer (a hung network filesystem or \
              disk?); going on without it",
             humantime::format_duration(bound)
         ))),
@@ -428,7 +443,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let (release, stuck) = std::sync::mpsc::channel::<()>();
         let begun = std::time::Instant::now();
-        let first = bounded(&path, Duration::from_millis(100), move |_| {
+        let first = bounded(&path, Duration::from_millis(100), "written", move |_| {
             let _ = stuck.recv();
             Ok(())
         })
@@ -443,13 +458,16 @@ mod tests {
 
         let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let c = called.clone();
-        let second = bounded(&path, Duration::from_secs(10), move |_| {
+        let second = bounded(&path, Duration::from_secs(10), "written", move |_| {
             c.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         })
         .await;
         let e = second.expect_err("the first is still stuck").to_string();
-        assert!(e.contains("an earlier write of it has not finished"), "{e}");
+        assert!(
+            e.contains("an earlier read or write of it has not finished"),
+            "{e}"
+        );
         assert!(
             !called.load(std::sync::atomic::Ordering::SeqCst),
             "not begun"
@@ -458,7 +476,7 @@ mod tests {
         // Another file is not held up by this one.
         let other = dir.path().join("other.json");
         State::default()
-            .save_within(&other, WRITE_BOUND)
+            .save_within(&other, ACCESS_BOUND)
             .await
             .unwrap();
 
@@ -468,7 +486,7 @@ mod tests {
         };
         let freed = std::time::Instant::now();
         loop {
-            match state.save_within(&path, WRITE_BOUND).await {
+            match state.save_within(&path, ACCESS_BOUND).await {
                 Ok(()) => break,
                 Err(e) => assert!(
                     freed.elapsed() < Duration::from_secs(5),

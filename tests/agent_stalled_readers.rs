@@ -472,7 +472,7 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
 
 /// The state directory stops answering once the agent has started (a hung NFS server: every access
 /// sleeps in the kernel until the process is killed). The stop's record cannot be written: the agent
-/// waits [`elb_drain::state::WRITE_BOUND`] for it, says so naming the file, and goes on; the drain ends
+/// waits [`elb_drain::state::ACCESS_BOUND`] for it, says so naming the file, and goes on; the drain ends
 /// and it exits 0. Before, the write held the runtime's only thread, and with it the drain, its
 /// deadline and the exit, until systemd's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,5 +514,48 @@ async fn a_state_directory_that_stops_answering_holds_no_stop() {
     assert!(
         failed[0].contains("not written within 5s") && failed[0].contains("state.json"),
         "{failed:?}"
+    );
+}
+
+/// `drain` (as `ExecStop=`) when the state directory already stopped answering: it reads the state
+/// file at the stop. The first read is waited for 5 s, once; every later read or write of the file
+/// is given up at once while that one is stuck. The member is deleted and the drain exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_with_a_state_directory_that_stopped_answering_waits_for_it_once() {
+    let s = setup().await;
+    let stage = s.dir.path().join("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    let Some(fs) = PrivateFs::hangable(&s.dir.path().join("state"), &stage) else {
+        return;
+    };
+    fs.hang();
+    let config = s.config(&quick(""));
+    let held = s.connections_to_us(1);
+    let mut cmd = agent(&config, &["drain"]);
+    cmd.env("STATE_DIRECTORY", &fs.dir);
+    fs.enter(&mut cmd);
+    let begun = Instant::now();
+    let mut agent = ProcGuard::spawn(cmd);
+    let (code, _) = finish_stop(&s, &mut agent, held);
+    assert_eq!(code, Some(0), "{}", agent.stderr());
+    let err = agent.stderr();
+    let about_state: Vec<&str> = err.lines().filter(|l| l.contains("state.json")).collect();
+    let waited = about_state
+        .iter()
+        .filter(|l| l.contains("not read within 5s"))
+        .count();
+    let at_once = about_state
+        .iter()
+        .filter(|l| l.contains("has not finished"))
+        .count();
+    assert_eq!(waited, 1, "one wait, the first read: {about_state:#?}");
+    assert!(
+        at_once >= 2 && waited + at_once == about_state.len(),
+        "the snapshot's read and the writes given up at once: {about_state:#?}"
+    );
+    assert!(
+        begun.elapsed() < Duration::from_secs(5) + USUAL,
+        "{:?}",
+        begun.elapsed()
     );
 }
