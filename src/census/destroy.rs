@@ -277,7 +277,7 @@ impl DestroyWatch {
 
     /// The next count of destroyed sockets from what is already queued, without waiting; `None` when
     /// everything queued was read and nothing (more) matched. A count holds what one turn read: up to
-    /// [`READ_BATCH`] notifications past the first that counted, against one census.
+    /// `READ_BATCH` (256) notifications past the first that counted, against one census.
     pub fn try_next(&mut self) -> Result<Option<Counted>, CensusError> {
         self.tally.refresh();
         if self.tally.ready.is_empty() && !self.lost {
