@@ -60,6 +60,7 @@ struct Knobs {
     /// detection when the agent does not compete for a core with the load that closes 100k
     /// connections. Off by default: a production server shares its cores.
     detect_pin: bool,
+    detect_cgroup: bool,
     /// `ELB_BENCH_CPU_SECS`: how long the agent's CPU is measured while it waits on the largest detect
     /// size (default 60).
     cpu: Duration,
@@ -123,6 +124,8 @@ impl Knobs {
                 .collect(),
             detect_logs: std::env::var_os("ELB_BENCH_DETECT_LOGS").map(PathBuf::from),
             detect_pin: std::env::var("ELB_BENCH_DETECT_PIN")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
+            detect_cgroup: std::env::var("ELB_BENCH_DETECT_CGROUP")
                 .is_ok_and(|v| !v.is_empty() && v != "0"),
             cpu: secs("ELB_BENCH_CPU_SECS", 60, 5),
             idle: secs("ELB_BENCH_IDLE_SECS", 60, 5),
@@ -1390,7 +1393,15 @@ impl Pinning {
             agent: set(&cpus[..1]),
         }
     }
+}
 
+/// Where the detection benchmark puts the agent apart from the rest.
+trait Placement {
+    /// Puts the agent `cmd` starts there.
+    fn agent(&self, cmd: &mut Command);
+}
+
+impl Placement for Pinning {
     /// The agent `cmd` starts runs on the agent's CPU only.
     fn agent(&self, cmd: &mut Command) {
         use std::os::unix::process::CommandExt;
@@ -1408,9 +1419,94 @@ impl Pinning {
     }
 }
 
+/// The agent in a CPU cgroup of its own, everything else in a sibling one, both at the default weight:
+/// how systemd runs a service (its own cgroup, `CPUWeight=100`) beside the application's (see
+/// `ELB_BENCH_DETECT_CGROUP`). The scheduler then shares the CPUs between the two groups, not
+/// between their threads: the agent's few threads are not one in dozens.
+struct CpuGroups {
+    /// The controller's root, where this process goes back at the end.
+    root: PathBuf,
+    agent: PathBuf,
+    rest: PathBuf,
+}
+
+impl CpuGroups {
+    fn new() -> CpuGroups {
+        let unified = Path::new("/sys/fs/cgroup");
+        let root = if std::fs::read_to_string(unified.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            // cgroup v2: the children of the root get the cpu controller from its subtree_control.
+            std::fs::write(unified.join("cgroup.subtree_control"), "+cpu")
+                .expect("enabling the cpu controller for the root's children");
+            unified.to_owned()
+        } else {
+            let v1 = unified.join("cpu");
+            assert!(
+                v1.join("cgroup.procs").exists(),
+                "ELB_BENCH_DETECT_CGROUP needs the cpu controller (cgroup v2, or v1 at /sys/fs/cgroup/cpu)"
+            );
+            v1
+        };
+        let pid = std::process::id();
+        let make = |name: &str| {
+            let dir = root.join(format!("elb-bench-{name}-{pid}"));
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            dir
+        };
+        let (agent, rest) = (make("agent"), make("rest"));
+        // Every thread of this process; what it starts from here on (holders, elb-sim's threads) inherits it.
+        std::fs::write(rest.join("cgroup.procs"), pid.to_string()).expect("moving this process");
+        println!(
+            "(cgroups: the agent in {}, this benchmark, its holders and elb-sim in {}, default weights)",
+            agent.display(),
+            rest.display()
+        );
+        CpuGroups { root, agent, rest }
+    }
+}
+
+impl Placement for CpuGroups {
+    fn agent(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs =
+            std::ffi::CString::new(self.agent.join("cgroup.procs").to_str().unwrap()).unwrap();
+        // SAFETY: open(2) and write(2) on data prepared above, between fork and exec: "0" is the
+        // writing process, the child about to become the agent.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if wrote == 1 { Ok(()) } else { Err(err) }
+            });
+        }
+    }
+}
+
+impl Drop for CpuGroups {
+    fn drop(&mut self) {
+        // Back where it was, then the groups go (one still holding a process stays: said, not fatal).
+        let _ = std::fs::write(
+            self.root.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        for dir in [&self.agent, &self.rest] {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("(cgroup {} left: {e})", dir.display());
+            }
+        }
+    }
+}
+
 /// One drain of `n` connections with the close schedule of `seed`, on `path`. `cpu`: measure the
-/// agent's CPU for that long before the closes begin, and return it. `pin`: the agent on a CPU of
-/// its own.
+/// agent's CPU for that long before the closes begin, and return it. `place`: the agent apart from
+/// the rest (a CPU or a cgroup of its own).
 #[allow(clippy::too_many_arguments)]
 fn detect_one(
     net: &Arc<NetPair>,
@@ -1422,7 +1518,7 @@ fn detect_one(
     octet: &mut u8,
     cpu: Option<Duration>,
     logs: Option<&Path>,
-    pin: Option<&Pinning>,
+    place: Option<&dyn Placement>,
 ) -> (Detection, Option<(f64, u64, u64)>) {
     // Both ends react the same way: the application closes on EOF as the clients do.
     let probe = Closing::generate(seed, n, true);
@@ -1444,8 +1540,8 @@ fn detect_one(
     // Its debug lines say when each census ran and when the next is due.
     cmd.env("ELB_DRAIN_LOG", "elb_drain=debug");
     path.confine(&mut cmd);
-    if let Some(pin) = pin {
-        pin.agent(&mut cmd);
+    if let Some(place) = place {
+        place.agent(&mut cmd);
     }
     let mut a = net.server_side(|| ProcGuard::spawn(cmd));
     let exited = exit_clock(a.pid());
@@ -1657,7 +1753,17 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
         NetPair::possible(),
         "the detection benchmark makes network namespaces: run it as root, with ip(8)"
     );
-    let pin = knobs.detect_pin.then(Pinning::new);
+    assert!(
+        !(knobs.detect_pin && knobs.detect_cgroup),
+        "ELB_BENCH_DETECT_PIN and ELB_BENCH_DETECT_CGROUP: one or the other"
+    );
+    let place: Option<Box<dyn Placement>> = if knobs.detect_pin {
+        Some(Box::new(Pinning::new()))
+    } else if knobs.detect_cgroup {
+        Some(Box::new(CpuGroups::new()))
+    } else {
+        None
+    };
     let net = Arc::new(NetPair::new());
     let mut octet = 0u8;
     let mut noise = Pile::new_in(&net, 9, "never");
@@ -1704,7 +1810,7 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
                     &mut octet,
                     cpu,
                     knobs.detect_logs.as_deref(),
-                    pin.as_ref(),
+                    place.as_deref(),
                 );
                 if let Some(c) = c {
                     cpu_row = Some((n, c));
@@ -1753,6 +1859,8 @@ fn detect(knobs: &Knobs, rt: &tokio::runtime::Runtime) {
         );
     }
     drop(noise);
+    // After the noise' holders, which were in the rest's group: it can go now.
+    drop(place);
 }
 
 /// The static build a user copies onto a server (README "Install"), built as `.ci/run` builds it: its own
