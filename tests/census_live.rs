@@ -788,6 +788,49 @@ async fn a_wave_of_destroys_is_counted_in_a_few_messages() {
     assert!(messages <= TURNS, "{messages} messages for {WAVE} destroys");
 }
 
+/// Destroys that come one by one, a little over one every 0.5 ms, are read in turns of what came
+/// meanwhile, at most one turn every 2 ms: each turn the thread is woken for costs tens of µs of CPU
+/// on a VM, and one per destroyed socket was half a second of CPU per 100k wave. Every destroy is
+/// still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_destroys_wakes_the_watch_every_few_ms_not_for_each() {
+    const N: usize = 300;
+    let mut server = Server::bind("127.0.0.1:0");
+    let port = server.addr().port();
+    let Some(watch) = subscribe_or_skip(&spec(&[port], &[])) else {
+        return;
+    };
+    let clients: Vec<TcpStream> = (0..N / 100)
+        .flat_map(|_| server.connect(server.addr(), 100))
+        .collect();
+    let accepted = std::mem::take(&mut server.accepted);
+    let mut rx = watch.spawn();
+    let begun = Instant::now();
+    let closer = std::thread::spawn(move || {
+        for (client, ours) in clients.into_iter().zip(accepted) {
+            drop(client);
+            drop(ours);
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    let (mut seen, mut messages) = (0, 0);
+    while seen < N {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(Destroyed::Counted(c))) => {
+                (seen, messages) = (seen + c.destroyed, messages + 1)
+            }
+            other => panic!("after {seen} of {N}: {other:?}"),
+        }
+    }
+    let took = begun.elapsed();
+    closer.join().unwrap();
+    let turns = took.as_millis() as usize / 2 + 2;
+    assert!(
+        messages <= turns,
+        "{messages} counts for {N} destroys over {took:?}: at most one turn every 2 ms ({turns})"
+    );
+}
+
 #[tokio::test]
 async fn open_with_destroy_counts_down_the_counted_sockets() {
     let mut server = Server::bind("127.0.0.1:0");
