@@ -57,7 +57,9 @@ const READ_BATCH: usize = 256;
 /// (30 to 60 µs of CPU on a VM, tens of times the reading): at 100k connections that was about half a
 /// second of CPU per wave, which the census, sharing the agent's share of the machine, waited for.
 /// Paced, the watch takes at most 500 turns a second whatever the wave's rate, and a destroy reaches
-/// the count-down at most this much later.
+/// the count-down at most this much later. Between turns the socket is off the runtime's poll: on
+/// it, each arriving datagram wakes the thread even while no task waits (measured: 43,000 wake-ups
+/// of the runtime's thread in one 100k drain with the pacing alone, 690 ms of CPU).
 const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Counted sockets that were destroyed, against one census.
@@ -339,6 +341,14 @@ impl DestroyWatch {
         result
     }
 
+    /// Takes the socket off the runtime's poll; the next wait registers it again, and what came
+    /// meanwhile is read then.
+    fn unregister(&mut self) {
+        if let Some(fd) = self.registered.take() {
+            self.socket = Some(fd.into_inner());
+        }
+    }
+
     /// Waits until matching sockets were destroyed: how many, against which census.
     /// [`CensusError::DestroyLost`] means the kernel dropped some: go back to counting.
     pub async fn next(&mut self) -> Result<Counted, CensusError> {
@@ -424,6 +434,9 @@ impl DestroyWatch {
                 if self.backlog {
                     tokio::task::yield_now().await;
                 } else {
+                    // Off the runtime's poll meanwhile: registered, every datagram that arrives
+                    // wakes the thread, whether a task waits for it or not.
+                    self.unregister();
                     tokio::time::sleep(TURN_EVERY).await;
                 }
             }
