@@ -261,8 +261,8 @@ async fn bounded<T: Send + 'static>(
         path: path.display().to_string(),
         reason,
     };
-    let writing = || UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
-    if !writing()
+    let under_way = || UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
+    if !under_way()
         .get_or_insert_with(HashSet::new)
         .insert(path.to_owned())
     {
@@ -271,30 +271,35 @@ async fn bounded<T: Send + 'static>(
                 .to_owned(),
         ));
     }
+    /// Takes the file off [`UNDER_WAY`] when the access ends, however it ends.
+    struct Done(PathBuf);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Some(set) = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                set.remove(&self.0);
+            }
+        }
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let owned = path.to_owned();
-    // Not the runtime's blocking pool: the runtime waits for those at its end, and a write that
+    let done = Done(path.to_owned());
+    // Not the runtime's blocking pool: the runtime waits for those at its end, and an access that
     // never returns would hold the exit.
     let spawned = std::thread::Builder::new()
-        .name("state-write".to_owned())
+        .name("state-file".to_owned())
         .spawn(move || {
-            let result = access(&owned);
-            if let Some(set) = writing().as_mut() {
-                set.remove(&owned);
-            }
+            let result = access(&done.0);
+            drop(done);
             let _ = tx.send(result);
         });
     if let Err(e) = spawned {
-        if let Some(set) = writing().as_mut() {
-            set.remove(path);
-        }
-        return Err(io(format!("cannot start a thread to write it: {e}")));
+        // The closure, and `done` with it, was dropped: the file is off UNDER_WAY again.
+        return Err(io(format!("cannot start a thread for it: {e}")));
     }
     match tokio::time::timeout(bound, rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(io(
-            "the write ended without a result (it panicked)".to_owned()
-        )),
+        Ok(Err(_)) => Err(io(format!(
+            "not {what}: the thread that did it ended without a result (it panicked)"
+        ))),
         Err(_) => Err(io(format!(
             "not {what} within {}: the filesystem does not answer (a hung network filesystem or \
              disk?); going on without it",
@@ -496,5 +501,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(State::load(&path).unwrap(), state);
+    }
+
+    /// An access that panics is an error like any other, and leaves the file free for the next.
+    #[tokio::test]
+    async fn an_access_that_panics_leaves_the_file_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let e = bounded(
+            &path,
+            ACCESS_BOUND,
+            "written",
+            |_| -> Result<(), StateError> { panic!("a bug in the writer") },
+        )
+        .await
+        .expect_err("it panicked")
+        .to_string();
+        assert!(e.contains("panicked"), "{e}");
+        State::default()
+            .save_within(&path, ACCESS_BOUND)
+            .await
+            .unwrap();
     }
 }

@@ -47,19 +47,18 @@ const RCVBUF: libc::c_int = 32 * 1024 * 1024;
 
 /// Once a turn of the watch has counted something, it reads at most this many datagrams (one
 /// notification each): a wave's backlog of notifications is read in turns with the drain's own
-/// between them, and reaches the drain as one count per turn instead of one per socket. Measured at
-/// 100k (BENCHMARKS §3): one message and one drain turn per destroyed socket was most of the agent's
-/// CPU during a wave.
+/// between them (before, the watch read a whole backlog without yielding), and reaches the drain as
+/// one count per turn instead of one per socket.
 const READ_BATCH: usize = 256;
 
 /// After a turn that read the queue empty, the watch takes its next turn at least this much later. A
 /// wave's notifications come one by one, and each one the thread is woken for costs the wake-up
-/// (30 to 60 µs of CPU on a VM, tens of times the reading): at 100k connections that was about half a
-/// second of CPU per wave, which the census, sharing the agent's share of the machine, waited for.
-/// Paced, the watch takes at most 500 turns a second whatever the wave's rate, and a destroy reaches
-/// the count-down at most this much later. Between turns the socket is off the runtime's poll: on
-/// it, each arriving datagram wakes the thread even while no task waits (measured: 43,000 wake-ups
-/// of the runtime's thread in one 100k drain with the pacing alone, 690 ms of CPU).
+/// (tens of µs of CPU on a VM, tens of times the reading). Paced, the watch takes at most 500 turns
+/// a second whatever the wave's rate, and a destroy reaches the count-down at most this much later.
+/// Between turns the socket is off the runtime's poll: on it, each arriving datagram wakes the
+/// thread even while no task waits, and pacing alone changed nothing (an agent draining 100k: 43,000
+/// wake-ups of its runtime's thread). Off it, the agent's CPU from the first close to its exit went
+/// from 1030 to 620 ms at the median (BENCHMARKS §3).
 const TURN_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Counted sockets that were destroyed, against one census.
