@@ -407,6 +407,28 @@ async fn status_clients_that_never_read_are_cut_off_and_hold_nothing() {
     );
 }
 
+/// `run` with its state directory in `fs`, under a notify socket, started and ready, with one
+/// connection to the application held open. The notify socket is returned to be kept.
+fn run_with_state_in(
+    s: &Setup,
+    fs: &PrivateFs,
+) -> (ProcGuard, Vec<std::net::TcpStream>, NotifySocket) {
+    let notify = NotifySocket::bind(s.dir.path());
+    let config = s.config(&quick(""));
+    let held = s.connections_to_us(1);
+    let mut cmd = agent(&config, &["run"]);
+    cmd.env("NOTIFY_SOCKET", &notify.path)
+        .env("STATE_DIRECTORY", &fs.dir);
+    fs.enter(&mut cmd);
+    let agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    (agent, held, notify)
+}
+
 /// The state directory is a tiny filesystem that is full: each save fails with ENOSPC (said in the
 /// log, naming the file), the state file from before is kept whole (an atomic write that cannot be
 /// finished is not begun over it), no temporary file is left, and the drain goes on to exit 0.
@@ -430,19 +452,7 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
         std::fs::read_to_string(full.path("state.json")).unwrap(),
         before
     );
-    let notify = NotifySocket::bind(s.dir.path());
-    let config = s.config(&quick(""));
-    let held = s.connections_to_us(1);
-    let mut cmd = agent(&config, &["run"]);
-    cmd.env("NOTIFY_SOCKET", &notify.path)
-        .env("STATE_DIRECTORY", &full.dir);
-    full.enter(&mut cmd);
-    let mut agent = ProcGuard::spawn(cmd);
-    assert!(
-        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
-        "{}",
-        agent.stderr()
-    );
+    let (mut agent, held, _notify) = run_with_state_in(&s, &full);
     agent.signal(libc::SIGTERM);
     let (code, _) = finish_stop(&s, &mut agent, held);
     assert_eq!(code, Some(0), "{}", agent.stderr());
@@ -483,19 +493,7 @@ async fn a_state_directory_that_stops_answering_holds_no_stop() {
     let Some(fs) = PrivateFs::hangable(&s.dir.path().join("state"), &stage) else {
         return;
     };
-    let notify = NotifySocket::bind(s.dir.path());
-    let config = s.config(&quick(""));
-    let held = s.connections_to_us(1);
-    let mut cmd = agent(&config, &["run"]);
-    cmd.env("NOTIFY_SOCKET", &notify.path)
-        .env("STATE_DIRECTORY", &fs.dir);
-    fs.enter(&mut cmd);
-    let mut agent = ProcGuard::spawn(cmd);
-    assert!(
-        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
-        "{}",
-        agent.stderr()
-    );
+    let (mut agent, held, _notify) = run_with_state_in(&s, &fs);
     assert!(
         fs.path("state.json").exists(),
         "the start's snapshot was written while the filesystem answered: {}",

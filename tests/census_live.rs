@@ -32,14 +32,17 @@ impl Server {
         self.listener.local_addr().expect("local_addr")
     }
 
-    /// `n` clients to `to` (this listener's address, or another form of it), all accepted here.
+    /// `n` clients to `to` (this listener's address, or another form of it), all accepted here: in
+    /// steps of 100, below the listen backlog (128), past which a connect waits for an accept.
     fn connect(&mut self, to: SocketAddr, n: usize) -> Vec<TcpStream> {
-        let clients: Vec<TcpStream> = (0..n)
-            .map(|_| TcpStream::connect(to).expect("connect"))
-            .collect();
-        for _ in 0..n {
-            self.accepted
-                .push(self.listener.accept().expect("accept").0);
+        let mut clients = Vec::with_capacity(n);
+        while clients.len() < n {
+            let step = (n - clients.len()).min(100);
+            clients.extend((0..step).map(|_| TcpStream::connect(to).expect("connect")));
+            for _ in 0..step {
+                self.accepted
+                    .push(self.listener.accept().expect("accept").0);
+            }
         }
         clients
     }
@@ -757,10 +760,7 @@ async fn a_wave_of_destroys_is_counted_in_a_few_messages() {
     ) else {
         return;
     };
-    // In steps below the listen backlog (128), which `connect` fills before it accepts.
-    let clients: Vec<TcpStream> = (0..WAVE / 100)
-        .flat_map(|_| server.connect(server.addr(), 100))
-        .collect();
+    let clients = server.connect(server.addr(), WAVE);
     drop(clients);
     server.accepted.clear();
     assert_eq!(destroyed(&mut all, WAVE).await, WAVE);
@@ -812,9 +812,7 @@ fn a_trickle_of_destroys_wakes_the_watch_every_few_ms_not_for_each() {
     let Some(watch) = subscribe_or_skip(&spec(&[port], &[])) else {
         return;
     };
-    let clients: Vec<TcpStream> = (0..N / 100)
-        .flat_map(|_| server.connect(server.addr(), 100))
-        .collect();
+    let clients = server.connect(server.addr(), N);
     let accepted = std::mem::take(&mut server.accepted);
     let (ready, watching) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
