@@ -233,6 +233,13 @@ async fn register_on_start_reports_ready_only_once_the_member_is_online() {
             "READY=1\nSTATUS=serving; 1 memberships\n",
         ]
     );
+    // Log lines reach stderr through the agent's log thread, READY=1 the socket at once: the line
+    // logged before READY can arrive after it (seen in CI with the machine loaded).
+    assert!(
+        agent.wait_stderr("ready: waiting", Duration::from_secs(5)),
+        "{}",
+        agent.stderr()
+    );
     let err = agent.stderr();
     assert!(
         err.find("member is healthy").unwrap() < err.find("ready: waiting").unwrap(),
