@@ -480,6 +480,14 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
     );
 }
 
+/// An empty state directory that works until [`PrivateFs::hang`]; `None` where the machine cannot
+/// make one (the test skips, as the helper says).
+fn hangable_state(s: &Setup) -> Option<PrivateFs> {
+    let stage = s.dir.path().join("stage");
+    std::fs::create_dir_all(&stage).unwrap();
+    PrivateFs::hangable(&s.dir.path().join("state"), &stage)
+}
+
 /// The state directory stops answering once the agent has started (a hung NFS server: every access
 /// sleeps in the kernel until the process is killed). The stop's record cannot be written: the agent
 /// waits [`elb_drain::state::ACCESS_BOUND`] for it, says so naming the file, and goes on; the drain ends
@@ -488,9 +496,7 @@ async fn a_full_state_directory_loses_no_state_and_holds_no_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_directory_that_stops_answering_holds_no_stop() {
     let s = setup().await;
-    let stage = s.dir.path().join("stage");
-    std::fs::create_dir_all(&stage).unwrap();
-    let Some(fs) = PrivateFs::hangable(&s.dir.path().join("state"), &stage) else {
+    let Some(fs) = hangable_state(&s) else {
         return;
     };
     let (mut agent, held, _notify) = run_with_state_in(&s, &fs);
@@ -521,9 +527,7 @@ async fn a_state_directory_that_stops_answering_holds_no_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_with_a_state_directory_that_stopped_answering_waits_for_it_once() {
     let s = setup().await;
-    let stage = s.dir.path().join("stage");
-    std::fs::create_dir_all(&stage).unwrap();
-    let Some(fs) = PrivateFs::hangable(&s.dir.path().join("state"), &stage) else {
+    let Some(fs) = hangable_state(&s) else {
         return;
     };
     fs.hang();

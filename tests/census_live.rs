@@ -744,25 +744,39 @@ async fn destroy_notifications_ignore_excluded_peers_and_other_ports() {
     );
 }
 
-/// Runs `test` on a thread of its own in a network namespace of its own (see [`common::netns`]), on a
-/// runtime of that thread: the destroy notifications it sees are of its own sockets only, not of the
-/// tests running beside it. `None` (the test skips) where no namespace can be made.
-fn in_own_netns<T: Send + 'static>(
-    test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> Option<T> {
+/// Runs `test` on a thread of its own in a network namespace of its own (see [`common::netns`]): the
+/// destroy notifications it sees are of its own sockets only, not of the tests running beside it in
+/// this process. Where no namespace can be made the test skips, saying so.
+fn in_own_netns(test: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
         if let Err(e) = common::netns::enter_own() {
             eprintln!("SKIP: no network namespace of its own: {e}");
-            return None;
+            return;
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        Some(rt.block_on(test()))
+        test();
     })
     .join()
-    .unwrap()
+    .unwrap();
+}
+
+/// Reads `rx` until it has counted `n` destroys (each message within `limit`): how many messages that
+/// took.
+async fn messages_for(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Destroyed>,
+    n: usize,
+    limit: Duration,
+) -> usize {
+    let (mut seen, mut messages) = (0, 0);
+    while seen < n {
+        match tokio::time::timeout(limit, rx.recv()).await {
+            Ok(Some(Destroyed::Counted(c))) => {
+                (seen, messages) = (seen + c.destroyed, messages + 1)
+            }
+            other => panic!("after {seen} of {n}: {other:?}"),
+        }
+    }
+    assert_eq!(seen, n, "more destroys than there were counted sockets");
+    messages
 }
 
 /// A wave's notifications reach the drain a turn's worth at a time, not one message per socket: one
@@ -775,7 +789,11 @@ fn a_wave_of_destroys_is_counted_in_a_few_messages() {
     // datagrams, read 257 a turn.
     const TURNS: usize = (2 * WAVE).div_ceil(257) + 1;
     in_own_netns(|| {
-        Box::pin(async {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
             let mut server = Server::bind("127.0.0.1:0");
             let port = server.addr().port();
             let spec = spec(&[port], &[]);
@@ -801,16 +819,7 @@ fn a_wave_of_destroys_is_counted_in_a_few_messages() {
             assert!(counts.len() <= TURNS, "one count per turn: {counts:?}");
 
             let mut rx = spawned.spawn();
-            let (mut seen, mut messages) = (0, 0);
-            while seen < WAVE {
-                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                    Ok(Some(Destroyed::Counted(c))) => {
-                        (seen, messages) = (seen + c.destroyed, messages + 1)
-                    }
-                    other => panic!("after {seen} of {WAVE}: {other:?}"),
-                }
-            }
-            assert_eq!(seen, WAVE);
+            let messages = messages_for(&mut rx, WAVE, Duration::from_secs(5)).await;
             assert!(messages <= TURNS, "{messages} messages for {WAVE} destroys");
         })
     });
@@ -834,16 +843,7 @@ fn wake_ups(tid: i32) -> u64 {
 /// destroy is still counted.
 #[test]
 fn a_trickle_of_destroys_wakes_the_watch_every_few_ms_not_for_each() {
-    // In a network namespace of its own: only its own sockets' notifications (see `in_own_netns`).
-    std::thread::spawn(|| {
-        if let Err(e) = common::netns::enter_own() {
-            eprintln!("SKIP: no network namespace of its own: {e}");
-            return;
-        }
-        trickle();
-    })
-    .join()
-    .unwrap();
+    in_own_netns(trickle);
 }
 
 fn trickle() {
@@ -868,15 +868,7 @@ fn trickle() {
             tokio::task::yield_now().await;
             let before = wake_ups(tid);
             ready.send(()).unwrap();
-            let (mut seen, mut messages) = (0, 0);
-            while seen < N {
-                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                    Ok(Some(Destroyed::Counted(c))) => {
-                        (seen, messages) = (seen + c.destroyed, messages + 1)
-                    }
-                    other => panic!("after {seen} of {N}: {other:?}"),
-                }
-            }
+            let messages = messages_for(&mut rx, N, Duration::from_secs(10)).await;
             (messages, wake_ups(tid) - before)
         })
     });
