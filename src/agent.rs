@@ -179,6 +179,7 @@ impl Agent {
                     poll_interval: a.poll_interval,
                     extend_margin: a.extend_margin,
                     on_failure: a.on_failure,
+                    name: a.hook_name.clone(),
                 })
             }
             None => None,

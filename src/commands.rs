@@ -6,11 +6,10 @@ use tokio::time::Instant;
 use crate::agent::{Agent, LocalAddresses, Membership, PrepareError};
 use crate::census::{self, Backend, CensusSpec};
 use crate::cli::{Args, load_config};
-use crate::cloud::autoscaling::Hook;
 use crate::config::Config;
 use crate::drain::{Fanout, Sink};
 use crate::exit::Exit;
-use crate::hook::ProgressClock;
+use crate::hook::{Hanging, ProgressClock};
 use crate::logging::eprintln;
 use crate::notify::Notifier;
 use crate::report::LogSink;
@@ -451,7 +450,7 @@ async fn drain_with_abort(
     agent: &Agent,
     started: Instant,
     signals: &mut Signals,
-    known_hook: Option<Hook>,
+    known_hook: Option<Hanging>,
     out: Outputs,
 ) -> Exit {
     let Outputs {
@@ -473,18 +472,22 @@ async fn drain_with_abort(
             b.set("deregistered", n.into());
         }
     };
-    let hook: std::sync::Mutex<Option<Hook>> = std::sync::Mutex::new(known_hook.clone());
+    let hook: std::sync::Mutex<Option<Hanging>> = std::sync::Mutex::new(known_hook.clone());
     let drain_deadline = started + agent.config.drain.timeout;
     let hook_side = async {
         let Some(watch) = &agent.hooks else {
             return std::future::pending().await;
         };
-        let h = match known_hook {
-            Some(h) => h,
+        let found = match known_hook {
+            Some(found) => found,
             None => watch.wait_hanging().await,
         };
-        *hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
-        watch.heartbeat(h, &progress, drain_deadline).await
+        *hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(found.clone());
+        match found {
+            Hanging::Ours(h) => watch.heartbeat(h, &progress, drain_deadline).await,
+            // Nothing of ours to keep alive.
+            Hanging::Unclear(_) => std::future::pending().await,
+        }
     };
     let verdict = tokio::select! {
         verdict = agent.drain(started, &sink, &on_deregistered) => verdict,
@@ -493,13 +496,22 @@ async fn drain_with_abort(
     };
     let mut exit: Exit = verdict.into();
     let pending = hook.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let (Some(watch), Some(h)) = (&agent.hooks, pending)
-        && let Err(e) = watch.finish(&h, verdict).await
-    {
-        tracing::error!(error = %e, hook = %h.name, "could not answer the lifecycle hook; it will take its default result");
-        if exit == Exit::Ok {
-            exit = Exit::Unavailable;
+    let unanswered = match (&agent.hooks, pending) {
+        (Some(watch), Some(Hanging::Ours(h))) => match watch.finish(&h, verdict).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!(error = %e, hook = %h.name, "could not answer the lifecycle hook; it will take its default result");
+                true
+            }
+        },
+        (_, Some(Hanging::Unclear(names))) => {
+            tracing::error!(hooks = ?names, "answered none of the lifecycle hooks holding this instance: set [autoscaling] hook_name to the one elb-drain answers; they take their default results");
+            true
         }
+        _ => false,
+    };
+    if unanswered && exit == Exit::Ok {
+        exit = Exit::Unavailable;
     }
     exit
 }
@@ -514,7 +526,7 @@ struct Outputs {
 }
 
 /// The scale-in hook as a trigger; never resolves without Auto Scaling configured.
-async fn wait_hook(agent: &Agent) -> Hook {
+async fn wait_hook(agent: &Agent) -> Hanging {
     match &agent.hooks {
         Some(watch) => watch.wait_hanging().await,
         None => std::future::pending().await,

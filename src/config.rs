@@ -247,6 +247,9 @@ pub struct Autoscaling {
     pub on_failure: HookResult,
     /// Send EXTEND when the hook would time out within this while the drain is still progressing.
     pub extend_margin: Duration,
+    /// The hook elb-drain drains for and answers; without it a lone hanging hook is taken as its own
+    /// (see [`crate::hook`]).
+    pub hook_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +361,7 @@ struct RawDrain {
 #[serde(deny_unknown_fields)]
 struct RawAutoscaling {
     scaling_group_id: Option<String>,
+    hook_name: Option<String>,
     poll_interval: Option<String>,
     on_failure: Option<String>,
     extend_margin: Option<String>,
@@ -1043,12 +1047,30 @@ fn autoscaling(raw: RawAutoscaling) -> Result<Autoscaling, ConfigError> {
             Duration::from_secs(300),
         )?,
     )?;
+    let hook_name = raw
+        .hook_name
+        .map(|n| hook_name(&n).map(|()| n))
+        .transpose()?;
     Ok(Autoscaling {
         scaling_group_id,
         poll_interval,
         on_failure,
         extend_margin,
+        hook_name,
     })
+}
+
+/// A lifecycle hook's name as Auto Scaling allows it (1 to 32 letters, digits, `_` and `-`), so a
+/// name pasted with a space or quotes is refused at start, not waited for in vain at a scale-in.
+fn hook_name(name: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 32 || !name.chars().all(allowed) {
+        return Err(invalid(
+            "autoscaling.hook_name",
+            format!("{name:?}: a lifecycle hook's name is 1 to 32 letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1072,6 +1094,36 @@ mod tests {
 
     fn with_token(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), &token_env)
+    }
+
+    #[test]
+    fn a_hook_name_is_taken_as_auto_scaling_spells_one_and_refused_otherwise() {
+        let with_name = |name: &str| {
+            with_token(&format!(
+                "[[member]]\npool_id = \"{POOL}\"\n[autoscaling]\nscaling_group_id = \"{MEMBER}\"\n\
+                 hook_name = \"{name}\"\n"
+            ))
+        };
+        for good in ["drain-hook", "elb_drain_1", &"h".repeat(32)] {
+            let c = with_name(good).expect(good);
+            assert_eq!(c.autoscaling.unwrap().hook_name.as_deref(), Some(good));
+        }
+        for bad in [
+            "",
+            "drain hook",
+            " drain-hook",
+            "drain-hook\\n",
+            "ünïcode",
+            &"h".repeat(33),
+        ] {
+            let e = with_name(bad).expect_err(bad).to_string();
+            assert!(e.contains("autoscaling.hook_name"), "{bad:?}: {e}");
+        }
+        let c = with_token(&format!(
+            "[[member]]\npool_id = \"{POOL}\"\n[autoscaling]\nscaling_group_id = \"{MEMBER}\"\n"
+        ))
+        .expect("no name");
+        assert_eq!(c.autoscaling.unwrap().hook_name, None);
     }
 
     /// Found while reviewing what the fuzzed config reaches: `timeout = "300000000000years"` parsed, and

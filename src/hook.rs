@@ -5,7 +5,16 @@
 //! watches for that hook, keeps it alive with EXTEND while the drain is progressing, and answers it
 //! once the drain is over: CONTINUE when drained (or at the drain deadline), the configured result when
 //! deregistration failed. Every decision is logged.
+//!
+//! **Which hook.** A scaling group can have several lifecycle hooks: a launching hook that holds a new
+//! instance while it is set up, another tool's terminating hook (logs shipped, a backup taken). The
+//! listing of an instance's hooks does not say which is whose, and answering another tool's hook cuts
+//! its work short. With `hook_name` configured only that hook starts a drain and only it is extended and
+//! answered; others are logged once and left to their owners. Without it, one hook hanging is taken
+//! as elb-drain's (a group with one hook needs no name); several hanging at once start the drain but
+//! none is answered, and the agent says which and exits 69: they take their default results.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +32,41 @@ pub struct HookWatch {
     pub poll_interval: Duration,
     pub extend_margin: Duration,
     pub on_failure: HookResult,
+    /// `hook_name`: the only hook this agent drains for and answers; `None` takes a lone one.
+    pub name: Option<String>,
+}
+
+/// What a listing of the instance's hooks means for the drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hanging {
+    /// elb-drain's hook holds the instance: drain, keep it alive, answer it.
+    Ours(Hook),
+    /// Several hooks hold the instance (their names) and no `hook_name` says which is elb-drain's:
+    /// drain, and answer none.
+    Unclear(Vec<String>),
+}
+
+impl Hanging {
+    /// Which hooks of one listing start a drain: the one named `name` if it hangs; without a name, the
+    /// one hanging, or all of them, unclear, when several do.
+    pub fn pick(hooks: Vec<Hook>, name: Option<&str>) -> Option<Hanging> {
+        let mut hanging: Vec<Hook> = hooks.into_iter().filter(Hook::is_hanging).collect();
+        if let Some(name) = name {
+            return hanging
+                .into_iter()
+                .find(|h| h.name == name)
+                .map(Hanging::Ours);
+        }
+        match hanging.len() {
+            0 => None,
+            1 => hanging.pop().map(Hanging::Ours),
+            _ => {
+                let mut names: Vec<String> = hanging.into_iter().map(|h| h.name).collect();
+                names.sort();
+                Some(Hanging::Unclear(names))
+            }
+        }
+    }
 }
 
 /// When the drain last made progress (a phase change, fewer connections, new arrivals while settling).
@@ -58,14 +102,31 @@ impl Sink for ProgressClock {
 }
 
 impl HookWatch {
-    /// Polls until a HANGING hook holds this instance. API errors are logged and polling goes on.
-    pub async fn wait_hanging(&self) -> Hook {
+    /// Polls until a hook that starts a drain holds this instance (see [`Hanging::pick`]). Hooks
+    /// hanging that are not this agent's are logged once each. API errors are logged and polling
+    /// goes on.
+    pub async fn wait_hanging(&self) -> Hanging {
+        let mut told: HashSet<String> = HashSet::new();
         loop {
             match self.api.hooks(&self.group, &self.instance).await {
                 Ok(hooks) => {
-                    if let Some(h) = hooks.into_iter().find(Hook::is_hanging) {
-                        tracing::info!(hook = %h.name, action_key = %h.action_key, "lifecycle hook HANGING: scale-in, draining");
-                        return h;
+                    if let Some(ours) = &self.name {
+                        for h in hooks.iter().filter(|h| h.is_hanging() && h.name != *ours) {
+                            if told.insert(h.action_key.clone()) {
+                                tracing::info!(hook = %h.name, hook_name = %ours, "lifecycle hook HANGING is not elb-drain's (hook_name): left to its owner");
+                            }
+                        }
+                    }
+                    match Hanging::pick(hooks, self.name.as_deref()) {
+                        Some(Hanging::Ours(h)) => {
+                            tracing::info!(hook = %h.name, action_key = %h.action_key, "lifecycle hook HANGING: scale-in, draining");
+                            return Hanging::Ours(h);
+                        }
+                        Some(Hanging::Unclear(names)) => {
+                            tracing::warn!(hooks = ?names, "lifecycle hooks HANGING: scale-in, draining; several hold this instance and no [autoscaling] hook_name says which is elb-drain's, so none will be answered");
+                            return Hanging::Unclear(names);
+                        }
+                        None => {}
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not list lifecycle hooks; will retry"),
@@ -161,5 +222,57 @@ impl HookWatch {
             ),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, status: &str) -> Hook {
+        Hook {
+            name: name.into(),
+            action_key: format!("{name}-key"),
+            status: status.into(),
+            deadline: None,
+            default_result: "ABANDON".into(),
+        }
+    }
+
+    #[test]
+    fn the_named_hook_or_a_lone_one_starts_a_drain_and_several_unnamed_are_unclear() {
+        let ours = || Some(Hanging::Ours(hook("drain", "HANGING")));
+        let listing = |hooks: &[(&str, &str)]| -> Vec<Hook> {
+            hooks.iter().map(|(n, s)| hook(n, s)).collect()
+        };
+        type Listing<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Listing, Option<&str>, Option<Hanging>); 9] = [
+            (&[], None, None),
+            (&[], Some("drain"), None),
+            (&[("drain", "HANGING")], None, ours()),
+            (&[("drain", "HANGING")], Some("drain"), ours()),
+            // Another tool's hook, before ours in the listing or alone (a launching hook at boot).
+            (
+                &[("logs", "HANGING"), ("drain", "HANGING")],
+                Some("drain"),
+                ours(),
+            ),
+            (&[("warm-up", "HANGING")], Some("drain"), None),
+            // Answered hooks of earlier scale-ins stay listed; they are not candidates.
+            (&[("logs", "CONTINUE"), ("drain", "HANGING")], None, ours()),
+            (&[("drain", "CONTINUE")], Some("drain"), None),
+            (
+                &[("logs", "HANGING"), ("drain", "HANGING")],
+                None,
+                Some(Hanging::Unclear(vec!["drain".into(), "logs".into()])),
+            ),
+        ];
+        for (hooks, name, want) in cases {
+            assert_eq!(
+                Hanging::pick(listing(hooks), name),
+                want,
+                "{hooks:?} {name:?}"
+            );
+        }
     }
 }

@@ -19,13 +19,21 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(200);
 
 async fn scaling_setup() -> (Setup, std::path::PathBuf) {
-    scaling_setup_with(HOOK_TIMEOUT, "timeout = \"30s\"", "extend_margin = \"1s\"").await
+    scaling_setup_with(
+        HOOK_TIMEOUT,
+        &[],
+        "timeout = \"30s\"",
+        "extend_margin = \"1s\"",
+    )
+    .await
 }
 
-/// elb-sim with our member on an instance of a scaling group whose hook times out after `hook_timeout`
-/// (an EXTEND adds 2 s), and a config with `drain` and `autoscaling` lines added.
+/// elb-sim with our member on an instance of a scaling group whose hook (`drain-hook`, after
+/// `other_hooks` in the listing) times out after `hook_timeout` (an EXTEND adds 2 s), and a config
+/// with `drain` and `autoscaling` lines added.
 async fn scaling_setup_with(
     hook_timeout: Duration,
+    other_hooks: &[&str],
     drain: &str,
     autoscaling: &str,
 ) -> (Setup, std::path::PathBuf) {
@@ -54,6 +62,7 @@ async fn scaling_setup_with(
             hook_name: "drain-hook".into(),
             default_result: "ABANDON".into(),
             hook_timeout,
+            other_hooks: other_hooks.iter().map(|h| h.to_string()).collect(),
         })
     })
     .await;
@@ -214,6 +223,7 @@ async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_co
     for (on_failure, result) in [("", "ABANDON"), ("on_failure = \"continue\"", "CONTINUE")] {
         let (s, config) = scaling_setup_with(
             HOOK_TIMEOUT,
+            &[],
             "timeout = \"30s\"",
             &format!("extend_margin = \"1s\"\n{on_failure}"),
         )
@@ -261,6 +271,7 @@ async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_co
 async fn a_drain_deadline_before_the_hooks_timeout_continues_at_the_deadline_without_extending() {
     let (s, config) = scaling_setup_with(
         Duration::from_secs(5),
+        &[],
         "timeout = \"3s\"",
         "extend_margin = \"3s\"",
     )
@@ -365,5 +376,122 @@ async fn a_scale_in_is_answered_in_time_with_a_notify_socket_no_longer_read() {
         (hook.status.as_str(), hook.timed_out),
         ("CONTINUE", false),
         "{hook:?}"
+    );
+}
+
+/// The hook of `name` on our instance.
+fn hook_named(s: &Setup, name: &str) -> elb_sim::state::HookState {
+    s.sim
+        .hooks(GROUP)
+        .into_iter()
+        .find(|h| h.lifecycle_hook_name == name)
+        .unwrap_or_else(|| panic!("no hook {name}: {:?}", s.sim.hooks(GROUP)))
+}
+
+/// A group with more hooks than elb-drain's: a launching hook that holds the instance while it is set
+/// up, and another tool's terminating hook, listed before ours. With `hook_name`, the launching hook
+/// starts no drain, and at the scale-in only `drain-hook` is extended and answered: the other tool's
+/// hook is left hanging for its owner (answering it would cut its work short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hook_name_only_that_hook_is_drained_for_extended_and_answered() {
+    let (s, config) = scaling_setup_with(
+        HOOK_TIMEOUT,
+        &["ship-logs"],
+        "timeout = \"30s\"",
+        "extend_margin = \"1s\"\nhook_name = \"drain-hook\"",
+    )
+    .await;
+    // A launching hook still holds the instance when the agent starts.
+    s.sim.shared().lock_for_tests(|inner| {
+        inner.hooks.push(elb_sim::state::HookState {
+            scaling_group_id: GROUP.into(),
+            instance_id: INSTANCE.into(),
+            lifecycle_hook_name: "warm-up".into(),
+            lifecycle_action_key: "warm-up-key".into(),
+            status: "HANGING".into(),
+            default_result: "ABANDON".into(),
+            deadline: SystemTime::now() + Duration::from_secs(600),
+            callbacks: Vec::new(),
+            timed_out: false,
+        })
+    });
+    let held = s.connections_to_us(1);
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("warm-up", Duration::from_secs(10)),
+        "the other hook is seen and said to be left alone:\n{}",
+        agent.stderr()
+    );
+    // Two more listings: still serving, nothing deleted.
+    std::thread::sleep(POLL * 2);
+    assert!(agent.is_running(), "{}", agent.stderr());
+    assert!(deletes(&s.sim).is_empty(), "{}", agent.stderr());
+    assert!(!agent.stderr().contains("draining"), "{}", agent.stderr());
+    // Its owner answers it; later the group scales in.
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.hooks[0].status = "CONTINUE".into());
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !deletes(&s.sim).is_empty()),
+        "{}",
+        agent.stderr()
+    );
+    // Our hook times out after 2 s: extended while the connection is open.
+    assert!(
+        wait_until(Duration::from_secs(6), || hook_named(&s, "drain-hook")
+            .callbacks
+            .iter()
+            .any(|(r, _)| r == "EXTEND")),
+        "never extended:\n{}",
+        agent.stderr()
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    let ours = hook_named(&s, "drain-hook");
+    assert_eq!(
+        (ours.status.as_str(), ours.timed_out),
+        ("CONTINUE", false),
+        "{ours:?}"
+    );
+    for other in ["ship-logs", "warm-up"] {
+        let h = hook_named(&s, other);
+        assert!(h.callbacks.is_empty(), "{other} left to its owner: {h:?}");
+    }
+}
+
+/// Two terminating hooks hang and no `hook_name` says which is elb-drain's: the scale-in still drains
+/// (the DELETE goes out), but neither hook is answered, and the exit (69) and the log say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hook_name_several_hanging_hooks_drain_and_none_is_answered() {
+    let (s, config) = scaling_setup_with(
+        Duration::from_secs(600),
+        &["ship-logs"],
+        "timeout = \"30s\"",
+        "extend_margin = \"1s\"",
+    )
+    .await;
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(69), "{}", agent.stderr());
+    assert_eq!(deletes(&s.sim).len(), 1, "drained: {}", agent.stderr());
+    for name in ["ship-logs", "drain-hook"] {
+        let h = hook_named(&s, name);
+        assert!(
+            h.callbacks.is_empty() && h.status == "HANGING",
+            "not answered: {h:?}"
+        );
+    }
+    assert!(
+        agent.stderr().contains("set [autoscaling] hook_name"),
+        "{}",
+        agent.stderr()
     );
 }

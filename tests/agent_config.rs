@@ -79,6 +79,14 @@ async fn malformed_configurations_exit_78_naming_the_field_without_any_api_call(
             "timout",
         ),
         (
+            "hook name pasted with a space",
+            format!(
+                "{head}{auth}{member}[autoscaling]\nscaling_group_id = \"{POOL}\"\n\
+                 hook_name = \"drain hook\"\n"
+            ),
+            "autoscaling.hook_name",
+        ),
+        (
             "bad CIDR",
             format!("{head}{auth}{member}[drain]\nexclude_peers = [\"10.0.0.0/40\"]\n"),
             "drain.exclude_peers[0]",

@@ -316,6 +316,7 @@ async fn start(call: Call) -> Setup {
                         hook_name: "drain-hook".into(),
                         default_result: "ABANDON".into(),
                         hook_timeout: Duration::from_secs(600),
+                        other_hooks: Vec::new(),
                     });
             }
             _ => {}

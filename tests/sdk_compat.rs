@@ -175,6 +175,7 @@ async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
                 hook_name: "drain-hook".into(),
                 default_result: "ABANDON".into(),
                 hook_timeout: std::time::Duration::from_secs(600),
+                other_hooks: Vec::new(),
             })
             .settings(|s| s.hook_extend = std::time::Duration::from_secs(60))
             .build(),

@@ -47,6 +47,7 @@ fn scenario() -> Scenario {
             hook_name: "drain-hook".into(),
             default_result: "ABANDON".into(),
             hook_timeout: Duration::from_secs(3600),
+            other_hooks: Vec::new(),
         })
 }
 

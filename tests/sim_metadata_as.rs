@@ -58,6 +58,7 @@ fn scenario(hook_timeout: Duration, default_result: &str) -> Scenario {
             hook_name: "drain-hook".into(),
             default_result: default_result.into(),
             hook_timeout,
+            other_hooks: Vec::new(),
         })
         .settings(|s| s.hook_extend = Duration::from_millis(1500))
 }
@@ -538,6 +539,80 @@ async fn callbacks_continue_abandon_and_a_second_answer() {
         .get(&format!("{}/list", hooks_path()))
         .await;
     r.assert_error(401, "APIGW.0301");
+}
+
+/// A group with three terminating hooks: a scale-in hangs them together, the group's own hook listed
+/// last. As the service documents it, CONTINUE ends one hook and lets the others finish, ABANDON ends
+/// the instance's other hooks too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hooks_hang_together_and_abandon_ends_them_all() {
+    let mut sc = scenario(Duration::from_secs(3600), "ABANDON");
+    sc.scaling_group[0].other_hooks = vec!["ship-logs".into(), "backup".into()];
+    let sim = Sim::start(sc).await.unwrap();
+    let api = login(&sim, "alice", "acme", "pw", PROJECT).await;
+    sim.start_scale_in(INSTANCE).unwrap();
+    let listed = |r: &Reply| -> Vec<(String, String)> {
+        r.body["instance_hanging_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["lifecycle_hook_name"].as_str().unwrap().to_owned(),
+                    h["lifecycle_hook_status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let list = format!("{}/list?instance_id={INSTANCE}", hooks_path());
+    let answer = |name: &str, result: &str| json!({"instance_id": INSTANCE, "lifecycle_hook_name": name, "lifecycle_action_result": result});
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        listed(&api.get(&list).await),
+        pairs(&[
+            ("ship-logs", "HANGING"),
+            ("backup", "HANGING"),
+            ("drain-hook", "HANGING")
+        ])
+    );
+    let keys: std::collections::HashSet<String> = sim
+        .hooks(GROUP)
+        .iter()
+        .map(|h| h.lifecycle_action_key.clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "each hook has its own action key");
+    let r = callback(&api, answer("ship-logs", "CONTINUE")).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+    assert_eq!(
+        listed(&api.get(&list).await),
+        pairs(&[
+            ("ship-logs", "CONTINUE"),
+            ("backup", "HANGING"),
+            ("drain-hook", "HANGING")
+        ])
+    );
+    let r = callback(&api, answer("backup", "ABANDON")).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+    assert_eq!(
+        listed(&api.get(&list).await),
+        pairs(&[
+            ("ship-logs", "CONTINUE"),
+            ("backup", "ABANDON"),
+            ("drain-hook", "ABANDON")
+        ])
+    );
+    let ended = sim
+        .hooks(GROUP)
+        .into_iter()
+        .find(|h| h.lifecycle_hook_name == "drain-hook")
+        .unwrap();
+    assert!(ended.callbacks.is_empty() && !ended.timed_out, "{ended:?}");
+    let r = callback(&api, answer("drain-hook", "CONTINUE")).await;
+    r.assert_error(400, "AS.7042");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1447,6 +1447,18 @@ fn autoscaling(
                 "EXTEND" => hook.deadline += extend,
                 other => hook.status = other.into(),
             }
+            // As the service documents it: on a terminating instance ABANDON ends the instance's other
+            // hooks too, where CONTINUE lets them finish.
+            if result == "ABANDON" {
+                let instance = hook.instance_id.clone();
+                for other in inner
+                    .hooks
+                    .iter_mut()
+                    .filter(|h| h.instance_id == instance && h.status == "HANGING")
+                {
+                    other.status = "ABANDON".into();
+                }
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         _ => error(
@@ -1470,7 +1482,7 @@ pub fn hook_json(h: &HookState) -> Value {
 }
 
 /// What Auto Scaling does on a scale-in, in its order: the instance's members leave their pools, then
-/// its terminating hook hangs.
+/// its terminating hooks hang.
 pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String> {
     let instance = inner
         .instances
@@ -1492,16 +1504,19 @@ pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String
         !(m.instance_id.as_deref() == Some(instance_id) || m.address == instance.local_ipv4)
     });
     inner.publish();
-    inner.hooks.push(HookState {
-        scaling_group_id: group.id.clone(),
-        instance_id: instance_id.into(),
-        lifecycle_hook_name: group.hook_name.clone(),
-        lifecycle_action_key: new_id(),
-        status: "HANGING".into(),
-        default_result: group.default_result.clone(),
-        deadline: SystemTime::now() + group.hook_timeout,
-        callbacks: Vec::new(),
-        timed_out: false,
-    });
+    let deadline = SystemTime::now() + group.hook_timeout;
+    for name in group.other_hooks.iter().chain([&group.hook_name]) {
+        inner.hooks.push(HookState {
+            scaling_group_id: group.id.clone(),
+            instance_id: instance_id.into(),
+            lifecycle_hook_name: name.clone(),
+            lifecycle_action_key: new_id(),
+            status: "HANGING".into(),
+            default_result: group.default_result.clone(),
+            deadline,
+            callbacks: Vec::new(),
+            timed_out: false,
+        });
+    }
     Ok(())
 }

@@ -260,6 +260,11 @@ pub struct ScalingGroup {
     pub default_result: String,
     #[serde(default = "hour", with = "humantime_serde_compat")]
     pub hook_timeout: Duration,
+    /// More INSTANCE_TERMINATING hooks of the group (another tool's: logs shipped, a backup taken),
+    /// with the same default result and timeout. A scale-in hangs them together with `hook_name`, and
+    /// they come first in the listing.
+    #[serde(default)]
+    pub other_hooks: Vec<String>,
 }
 
 fn hook_name() -> String {
