@@ -8,11 +8,14 @@
 //!
 //! **Which hook.** A scaling group can have several lifecycle hooks: a launching hook that holds a new
 //! instance while it is set up, another tool's terminating hook (logs shipped, a backup taken). The
-//! listing of an instance's hooks does not say which is whose, and answering another tool's hook cuts
-//! its work short. With `hook_name` configured only that hook starts a drain and only it is extended and
-//! answered; others are logged once and left to their owners. Without it, one hook hanging is taken
-//! as elb-drain's (a group with one hook needs no name); several hanging at once start the drain but
-//! none is answered, and the agent says which and exits 69: they take their default results.
+//! listing of an instance's hooks says neither whose a hook is nor what it holds, and answering another
+//! tool's hook cuts its work short. With `hook_name` configured only that hook starts a drain and only
+//! it is extended and answered; others are logged once and left to their owners. Without it, the
+//! group's hooks are looked up (ListLifeCycleHooks, when a hook not seen before hangs) and launching
+//! hooks are left alone; one terminating hook hanging is taken as elb-drain's (a group with one needs no
+//! name); several hanging at once start the drain but none is answered, and the agent says which and
+//! exits 69: they take their default results. Where the group's hooks cannot be read (no permission),
+//! a hanging hook is taken for a terminating one, as before there was a lookup, and that is said once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::cloud::autoscaling::{Answered, AutoScaling, Hook, HookAnswer};
+use crate::cloud::autoscaling::{Answered, AutoScaling, Hook, HookAnswer, HookKind};
 use crate::config::HookResult;
 use crate::drain::{Event, Sink, Verdict};
 use crate::ids::{InstanceId, ScalingGroupId};
@@ -47,21 +50,24 @@ pub enum Hanging {
 }
 
 impl Hanging {
-    /// Which hooks of one listing start a drain: the one named `name` if it hangs; without a name, the
-    /// one hanging, or all of them, unclear, when several do.
-    pub fn pick(hooks: Vec<Hook>, name: Option<&str>) -> Option<Hanging> {
-        let mut hanging: Vec<Hook> = hooks.into_iter().filter(Hook::is_hanging).collect();
+    /// Which hooks of one listing start a drain: the one named `name` if it hangs; without a name,
+    /// of those hanging and not in `launching` (the group's launching hooks), the one, or all of
+    /// them, unclear, when several do.
+    pub fn pick(
+        hooks: Vec<Hook>,
+        name: Option<&str>,
+        launching: &HashSet<String>,
+    ) -> Option<Hanging> {
+        let mut hanging = hooks.into_iter().filter(Hook::is_hanging);
         if let Some(name) = name {
-            return hanging
-                .into_iter()
-                .find(|h| h.name == name)
-                .map(Hanging::Ours);
+            return hanging.find(|h| h.name == name).map(Hanging::Ours);
         }
-        match hanging.len() {
+        let mut leaving: Vec<Hook> = hanging.filter(|h| !launching.contains(&h.name)).collect();
+        match leaving.len() {
             0 => None,
-            1 => hanging.pop().map(Hanging::Ours),
+            1 => leaving.pop().map(Hanging::Ours),
             _ => {
-                let mut names: Vec<String> = hanging.into_iter().map(|h| h.name).collect();
+                let mut names: Vec<String> = leaving.into_iter().map(|h| h.name).collect();
                 names.sort();
                 Some(Hanging::Unclear(names))
             }
@@ -106,18 +112,34 @@ impl HookWatch {
     /// hanging that are not this agent's are logged once each. API errors are logged and polling
     /// goes on.
     pub async fn wait_hanging(&self) -> Hanging {
+        // The group's launching hooks, and the names already looked up (or tried).
+        let mut launching: HashSet<String> = HashSet::new();
+        let mut looked_up: HashSet<String> = HashSet::new();
         let mut told: HashSet<String> = HashSet::new();
         loop {
             match self.api.hooks(&self.group, &self.instance).await {
                 Ok(hooks) => {
-                    if let Some(ours) = &self.name {
-                        for h in hooks.iter().filter(|h| h.is_hanging() && h.name != *ours) {
-                            if told.insert(h.action_key.clone()) {
-                                tracing::info!(hook = %h.name, hook_name = %ours, "lifecycle hook HANGING is not elb-drain's (hook_name): left to its owner");
+                    if self.name.is_none()
+                        && hooks
+                            .iter()
+                            .any(|h| h.is_hanging() && !looked_up.contains(&h.name))
+                    {
+                        self.look_up_kinds(&hooks, &mut launching, &mut looked_up)
+                            .await;
+                    }
+                    for h in hooks.iter().filter(|h| h.is_hanging()) {
+                        let whose = match &self.name {
+                            Some(ours) if h.name != *ours => "not elb-drain's (hook_name)",
+                            None if launching.contains(&h.name) => {
+                                "a launching hook (INSTANCE_LAUNCHING), not a scale-in"
                             }
+                            _ => continue,
+                        };
+                        if told.insert(h.action_key.clone()) {
+                            tracing::info!(hook = %h.name, "lifecycle hook HANGING is {whose}: left to its owner");
                         }
                     }
-                    match Hanging::pick(hooks, self.name.as_deref()) {
+                    match Hanging::pick(hooks, self.name.as_deref(), &launching) {
                         Some(Hanging::Ours(h)) => {
                             tracing::info!(hook = %h.name, action_key = %h.action_key, "lifecycle hook HANGING: scale-in, draining");
                             return Hanging::Ours(h);
@@ -133,6 +155,32 @@ impl HookWatch {
             }
             tokio::time::sleep(self.poll_interval).await;
         }
+    }
+
+    /// Reads which of the group's hooks are launching hooks into `launching`; every name of `hooks`
+    /// and of the group counts as looked up afterwards, also when the read failed (said then: the
+    /// hooks are taken for terminating ones).
+    async fn look_up_kinds(
+        &self,
+        hooks: &[Hook],
+        launching: &mut HashSet<String>,
+        looked_up: &mut HashSet<String>,
+    ) {
+        match self.api.hook_kinds(&self.group).await {
+            Ok(kinds) => {
+                for (name, kind) in kinds {
+                    if kind == HookKind::Launching {
+                        launching.insert(name.clone());
+                    }
+                    looked_up.insert(name);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not read the scaling group's lifecycle hooks to tell launching hooks from terminating ones: a hook that hangs is taken for a scale-in (set [autoscaling] hook_name to need no lookup)"
+            ),
+        }
+        looked_up.extend(hooks.iter().map(|h| h.name.clone()));
     }
 
     /// Keeps `hook` alive while the drain runs: EXTEND when it would time out within the margin, only
@@ -267,9 +315,28 @@ mod tests {
                 Some(Hanging::Unclear(vec!["drain".into(), "logs".into()])),
             ),
         ];
+        let none = HashSet::new();
         for (hooks, name, want) in cases {
             assert_eq!(
-                Hanging::pick(listing(hooks), name),
+                Hanging::pick(listing(hooks), name, &none),
+                want,
+                "{hooks:?} {name:?}"
+            );
+        }
+        // A launching hook never starts a drain without a name, and is not counted among several.
+        let launching: HashSet<String> = ["warm-up".to_owned()].into();
+        let cases: [(Listing, Option<&str>, Option<Hanging>); 3] = [
+            (&[("warm-up", "HANGING")], None, None),
+            (
+                &[("warm-up", "HANGING"), ("drain", "HANGING")],
+                None,
+                ours(),
+            ),
+            (&[("drain", "HANGING")], Some("drain"), ours()),
+        ];
+        for (hooks, name, want) in cases {
+            assert_eq!(
+                Hanging::pick(listing(hooks), name, &launching),
                 want,
                 "{hooks:?} {name:?}"
             );

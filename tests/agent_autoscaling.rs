@@ -63,6 +63,7 @@ async fn scaling_setup_with(
             default_result: "ABANDON".into(),
             hook_timeout,
             other_hooks: other_hooks.iter().map(|h| h.to_string()).collect(),
+            launching_hooks: Vec::new(),
         })
     })
     .await;
@@ -493,5 +494,95 @@ async fn without_hook_name_several_hanging_hooks_drain_and_none_is_answered() {
         agent.stderr().contains("set [autoscaling] hook_name"),
         "{}",
         agent.stderr()
+    );
+}
+
+/// No `hook_name`, and the group has a launching hook besides its terminating one. The launching hook
+/// still holds the instance when the agent starts (as while a new instance is set up): the agent reads
+/// the group's hooks, sees it is a launching hook and starts no drain. The scale-in after it drains and
+/// answers the terminating hook; the launching hook is never answered by elb-drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hook_name_a_launching_hook_starts_no_drain_and_the_scale_in_after_it_does() {
+    let (s, config) = scaling_setup().await;
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
+    s.sim.start_launch(INSTANCE).unwrap();
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("a launching hook", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    std::thread::sleep(POLL * 2);
+    assert!(agent.is_running(), "{}", agent.stderr());
+    assert!(deletes(&s.sim).is_empty(), "{}", agent.stderr());
+    // The group's hooks were read once, not at every listing.
+    let lookups = || {
+        s.sim
+            .request_log()
+            .iter()
+            .filter(|r| r.path.contains("/scaling_lifecycle_hook/"))
+            .count()
+    };
+    assert_eq!(lookups(), 1);
+    // Set up: its owner answers it. Later the group scales in.
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.hooks[0].status = "CONTINUE".into());
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert_eq!(deletes(&s.sim).len(), 1, "{}", agent.stderr());
+    let ours = hook_named(&s, "drain-hook");
+    assert_eq!(
+        (ours.status.as_str(), ours.timed_out),
+        ("CONTINUE", false),
+        "{ours:?}"
+    );
+    assert!(hook_named(&s, "warm-up").callbacks.is_empty());
+    // The group's hooks, read at the launch, named the terminating hook too: no second read.
+    assert_eq!(lookups(), 1);
+}
+
+/// No `hook_name`, and the credential may not read the group's hooks (403 on ListLifeCycleHooks): a
+/// lone hanging hook is taken for a scale-in as before the lookup existed, drained for and answered,
+/// and the log says why it could not tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_permission_to_read_the_groups_hooks_a_lone_hanging_hook_is_still_answered() {
+    let (s, config) = scaling_setup().await;
+    s.sim.shared().lock_for_tests(|inner| {
+        for u in &mut inner.users {
+            u.deny.push("as:lifecycleHooks:list".into());
+        }
+    });
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    let ours = hook_named(&s, "drain-hook");
+    assert_eq!(
+        (ours.status.as_str(), ours.timed_out),
+        ("CONTINUE", false),
+        "{ours:?}"
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains("could not read the scaling group's lifecycle hooks"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        s.sim
+            .request_log()
+            .iter()
+            .any(|r| r.path.contains("/scaling_lifecycle_hook/") && r.status == 403),
+        "the lookup was refused"
     );
 }

@@ -562,6 +562,7 @@ async fn lifecycle_hooks_are_listed_extended_and_answered_once() {
         default_result: "ABANDON".into(),
         hook_timeout: Duration::from_secs(60),
         other_hooks: Vec::new(),
+        launching_hooks: Vec::new(),
     });
     s.settings.hook_extend = Duration::from_secs(30);
     let sim = Sim::start(s).await.expect("sim");

@@ -317,6 +317,7 @@ async fn start(call: Call) -> Setup {
                         default_result: "ABANDON".into(),
                         hook_timeout: Duration::from_secs(600),
                         other_hooks: Vec::new(),
+                        launching_hooks: Vec::new(),
                     });
             }
             _ => {}

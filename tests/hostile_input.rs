@@ -517,6 +517,10 @@ fn every_parser(body: &[u8]) -> Vec<String> {
         "ListHookInstances",
         autoscaling::parse_hooks("ListHookInstances", body).map(drop),
     );
+    check(
+        "ListLifeCycleHooks",
+        autoscaling::parse_hook_kinds("ListLifeCycleHooks", body).map(drop),
+    );
     let mut headers = HeaderMap::new();
     headers.insert("x-subject-token", "tok".parse().expect("valid"));
     check(
@@ -566,6 +570,7 @@ fn any_json() -> impl Strategy<Value = Value> {
                     Just("uuid".to_owned()),
                     Just("links".to_owned()),
                     Just("instance_hanging_info".to_owned()),
+                    Just("lifecycle_hooks".to_owned()),
                     Just("page_info".to_owned()),
                 ],
                 inner,

@@ -176,6 +176,7 @@ async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
                 default_result: "ABANDON".into(),
                 hook_timeout: std::time::Duration::from_secs(600),
                 other_hooks: Vec::new(),
+                launching_hooks: vec!["warm-up".into()],
             })
             .settings(|s| s.hook_extend = std::time::Duration::from_secs(60))
             .build(),
@@ -197,6 +198,7 @@ async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
         .env("ELB_SIM_GROUP", GROUP)
         .env("ELB_SIM_INSTANCE", INSTANCE)
         .env("ELB_SIM_HOOK", "drain-hook")
+        .env("ELB_SIM_LAUNCHING_HOOK", "warm-up")
         .kill_on_drop(true)
         .output()
         .await
@@ -206,7 +208,7 @@ async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains(
-            "AS SDK compat ok: 6 calls, EXTEND moved the deadline, CONTINUE, 400 AS.7042"
+            "AS SDK compat ok: 7 calls, hook types read, EXTEND moved the deadline, CONTINUE, 400 AS.7042"
         ),
         "{stdout}"
     );
@@ -216,7 +218,7 @@ async fn the_official_python_as_sdk_answers_lifecycle_hooks() {
     let results: Vec<&str> = hook.callbacks.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(results, ["EXTEND", "CONTINUE", "ABANDON"]);
     let log = sim.request_log();
-    assert_eq!(log.len(), 6, "{log:?}");
+    assert_eq!(log.len(), 7, "{log:?}");
     assert!(
         log.iter()
             .all(|r| r.service == "as" && r.auth == AuthKind::Aksk),

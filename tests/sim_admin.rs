@@ -48,6 +48,7 @@ fn scenario() -> Scenario {
             default_result: "ABANDON".into(),
             hook_timeout: Duration::from_secs(3600),
             other_hooks: Vec::new(),
+            launching_hooks: Vec::new(),
         })
 }
 

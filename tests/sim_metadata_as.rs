@@ -59,6 +59,7 @@ fn scenario(hook_timeout: Duration, default_result: &str) -> Scenario {
             default_result: default_result.into(),
             hook_timeout,
             other_hooks: Vec::new(),
+            launching_hooks: Vec::new(),
         })
         .settings(|s| s.hook_extend = Duration::from_millis(1500))
 }

@@ -7,7 +7,8 @@
 //! | `POST /faults` (a [`Fault`]), `DELETE /faults` | inject faults per route |
 //! | `POST /rate-limit` `{"project_id", "per_second", "burst"}`, `DELETE /rate-limit` | a per-project token bucket (429 `APIGW.0308`); lift them all |
 //! | `POST /tokens/expire` | every IAM token expires now |
-//! | `POST /scale-in` `{"instance_id"}` | delete the instance's members, then hang its terminating hook |
+//! | `POST /scale-in` `{"instance_id"}` | delete the instance's members, then hang its terminating hooks |
+//! | `POST /launch` `{"instance_id"}` | hang the instance's launching hooks, as while a new instance is set up |
 //! | `GET /hooks` | lifecycle hooks with their callbacks |
 //! | `GET /pools/{pool}/members` | the members of a pool as stored |
 //! | `POST /members` (a `MemberConfig`) | add a member behind the API's back (someone else registering) |
@@ -104,6 +105,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
                 .as_str()
                 .ok_or_else(|| bad("instance_id".into()))?;
             crate::api::start_scale_in(&mut shared.lock(), id).map_err(bad)?;
+            Ok(ok(json!({})))
+        }
+        (Method::POST, ["launch"]) => {
+            let v = parse(&body)?;
+            let id = v["instance_id"]
+                .as_str()
+                .ok_or_else(|| bad("instance_id".into()))?;
+            crate::api::start_launch(&mut shared.lock(), id).map_err(bad)?;
             Ok(ok(json!({})))
         }
         (Method::GET, ["hooks"]) => Ok(ok(

@@ -464,10 +464,10 @@ async fn past_faults(
             "autoscaling-api",
             "v1",
             _,
-            "scaling_instance_hook",
+            resource @ ("scaling_instance_hook" | "scaling_lifecycle_hook"),
             group,
             op,
-        ] => autoscaling(shared, &caller, method, group, op, &query, body),
+        ] => autoscaling(shared, &caller, method, (resource, group, op), &query, body),
         _ => error(
             404,
             "APIGW.0101",
@@ -1357,12 +1357,13 @@ fn batch_delete(shared: &Shared, caller: &Caller, pool: &str, body: Option<Value
     Ok(json_response(StatusCode::OK, json!({"members": out})))
 }
 
+/// `(resource, group, op)`: `scaling_instance_hook/{group}/list|callback` (an instance's hooks) or
+/// `scaling_lifecycle_hook/{group}/list` (the group's hooks and their types).
 fn autoscaling(
     shared: &Shared,
     caller: &Caller,
     method: &Method,
-    group: &str,
-    op: &str,
+    (resource, group, op): (&str, &str, &str),
     query: &[(String, String)],
     body: Option<Value>,
 ) -> Response {
@@ -1379,8 +1380,40 @@ fn autoscaling(
             &format!("The scaling group {group} does not exist."),
         );
     }
-    match (method.clone(), op) {
-        (Method::GET, "list") => {
+    match (method.clone(), resource, op) {
+        (Method::GET, "scaling_lifecycle_hook", "list") => {
+            if let Some(r) = denied(caller, "as:lifecycleHooks:list") {
+                return r;
+            }
+            let Some(g) = inner.groups.iter().find(|g| g.id == group) else {
+                unreachable!("checked above");
+            };
+            let hook = |name: &String, kind: &str| {
+                json!({
+                    "lifecycle_hook_name": name,
+                    "lifecycle_hook_type": kind,
+                    "default_result": g.default_result,
+                    "default_timeout": g.hook_timeout.as_secs(),
+                    "notification_topic_urn": null,
+                    "notification_topic_name": null,
+                    "notification_metadata": null,
+                    "create_time": "2026-01-01T00:00:00Z",
+                })
+            };
+            let hooks: Vec<Value> = g
+                .other_hooks
+                .iter()
+                .chain([&g.hook_name])
+                .map(|n| hook(n, "INSTANCE_TERMINATING"))
+                .chain(
+                    g.launching_hooks
+                        .iter()
+                        .map(|n| hook(n, "INSTANCE_LAUNCHING")),
+                )
+                .collect();
+            json_response(StatusCode::OK, json!({"lifecycle_hooks": hooks}))
+        }
+        (Method::GET, "scaling_instance_hook", "list") => {
             if let Some(r) = denied(caller, "as:hooks:list") {
                 return r;
             }
@@ -1399,7 +1432,7 @@ fn autoscaling(
                 .collect();
             json_response(StatusCode::OK, json!({"instance_hanging_info": hanging}))
         }
-        (Method::PUT, "callback") => {
+        (Method::PUT, "scaling_instance_hook", "callback") => {
             if let Some(r) = denied(caller, "as:hooks:callback") {
                 return r;
             }
@@ -1481,9 +1514,34 @@ pub fn hook_json(h: &HookState) -> Value {
     })
 }
 
-/// What Auto Scaling does on a scale-in, in its order: the instance's members leave their pools, then
-/// its terminating hooks hang.
-pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String> {
+/// Hangs the hooks `names` of `group` on an instance, one action key each.
+fn hang(
+    inner: &mut Inner,
+    group: &crate::scenario::ScalingGroup,
+    instance_id: &str,
+    names: &[String],
+) {
+    let deadline = SystemTime::now() + group.hook_timeout;
+    for name in names {
+        inner.hooks.push(HookState {
+            scaling_group_id: group.id.clone(),
+            instance_id: instance_id.into(),
+            lifecycle_hook_name: name.clone(),
+            lifecycle_action_key: new_id(),
+            status: "HANGING".into(),
+            default_result: group.default_result.clone(),
+            deadline,
+            callbacks: Vec::new(),
+            timed_out: false,
+        });
+    }
+}
+
+/// The scaling group of an instance.
+fn group_of(
+    inner: &Inner,
+    instance_id: &str,
+) -> Result<(crate::scenario::Instance, crate::scenario::ScalingGroup), String> {
     let instance = inner
         .instances
         .iter()
@@ -1500,23 +1558,30 @@ pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String
         .find(|g| g.id == group_id)
         .cloned()
         .ok_or_else(|| format!("no scaling group {group_id}"))?;
+    Ok((instance, group))
+}
+
+/// What Auto Scaling does on a scale-in, in its order: the instance's members leave their pools, then
+/// its terminating hooks hang.
+pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String> {
+    let (instance, group) = group_of(inner, instance_id)?;
     inner.members.retain(|m| {
         !(m.instance_id.as_deref() == Some(instance_id) || m.address == instance.local_ipv4)
     });
     inner.publish();
-    let deadline = SystemTime::now() + group.hook_timeout;
-    for name in group.other_hooks.iter().chain([&group.hook_name]) {
-        inner.hooks.push(HookState {
-            scaling_group_id: group.id.clone(),
-            instance_id: instance_id.into(),
-            lifecycle_hook_name: name.clone(),
-            lifecycle_action_key: new_id(),
-            status: "HANGING".into(),
-            default_result: group.default_result.clone(),
-            deadline,
-            callbacks: Vec::new(),
-            timed_out: false,
-        });
-    }
+    let names: Vec<String> = group
+        .other_hooks
+        .iter()
+        .chain([&group.hook_name])
+        .cloned()
+        .collect();
+    hang(inner, &group, instance_id, &names);
+    Ok(())
+}
+
+/// A launch: the instance's launching hooks hang while it is set up (its pools are left as they are).
+pub fn start_launch(inner: &mut Inner, instance_id: &str) -> Result<(), String> {
+    let (_, group) = group_of(inner, instance_id)?;
+    hang(inner, &group, instance_id, &group.launching_hooks);
     Ok(())
 }

@@ -491,6 +491,11 @@ impl Sim {
         api::start_scale_in(&mut self.shared.lock(), instance_id).map_err(SimError::Scenario)
     }
 
+    /// Hangs the instance's launching hooks, as a scale-out does while the new instance is set up.
+    pub fn start_launch(&self, instance_id: &str) -> Result<(), SimError> {
+        api::start_launch(&mut self.shared.lock(), instance_id).map_err(SimError::Scenario)
+    }
+
     pub fn hooks(&self, scaling_group_id: &str) -> Vec<HookState> {
         self.shared
             .lock()

@@ -265,6 +265,10 @@ pub struct ScalingGroup {
     /// they come first in the listing.
     #[serde(default)]
     pub other_hooks: Vec<String>,
+    /// INSTANCE_LAUNCHING hooks of the group: a launch ([`crate::Sim::start_launch`]) hangs them on
+    /// an instance while it is set up.
+    #[serde(default)]
+    pub launching_hooks: Vec<String>,
 }
 
 fn hook_name() -> String {

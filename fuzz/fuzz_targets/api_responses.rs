@@ -75,6 +75,10 @@ fuzz_target!(|body: &[u8]| {
         autoscaling::parse_hooks("ListHookInstances", body),
         "ListHookInstances",
     );
+    let _ = names_op(
+        autoscaling::parse_hook_kinds("ListLifeCycleHooks", body),
+        "ListLifeCycleHooks",
+    );
 
     let mut headers = HeaderMap::new();
     headers.insert("x-subject-token", HeaderValue::from_static("tok"));

@@ -39,6 +39,27 @@ struct RawHook {
     default_result: String,
 }
 
+/// What a group's hook holds: a new instance while it is set up, or a leaving one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Launching,
+    Terminating,
+}
+
+#[derive(Deserialize)]
+struct RawGroupHook {
+    #[serde(default)]
+    lifecycle_hook_name: String,
+    #[serde(default)]
+    lifecycle_hook_type: String,
+}
+
+#[derive(Deserialize)]
+struct GroupHooks {
+    #[serde(default)]
+    lifecycle_hooks: Vec<RawGroupHook>,
+}
+
 #[derive(Deserialize)]
 struct HangingInfo {
     #[serde(default)]
@@ -105,6 +126,23 @@ impl AutoScaling {
             .await
     }
 
+    /// The group's hooks by name, with what each holds (ListLifeCycleHooks). A type this agent does
+    /// not know is left out.
+    pub async fn hook_kinds(
+        &self,
+        group: &ScalingGroupId,
+    ) -> Result<Vec<(String, HookKind)>, CloudError> {
+        let op = format!("ListLifeCycleHooks group={group}");
+        let path = format!(
+            "/autoscaling-api/v1/{}/scaling_lifecycle_hook/{group}/list",
+            self.project
+        );
+        let req = Request::new(&op, Method::GET, path);
+        self.service
+            .send_then(&req, |reply| parse_hook_kinds(&op, &reply.body))
+            .await
+    }
+
     /// Answers a hook by its action key.
     pub async fn answer(
         &self,
@@ -150,4 +188,49 @@ pub fn parse_hooks(op: &str, body: &[u8]) -> Result<Vec<Hook>, CloudError> {
             default_result: h.default_result,
         })
         .collect())
+}
+
+/// A ListLifeCycleHooks answer (`{"lifecycle_hooks": [...]}`): each hook's name and kind; hooks of a
+/// type other than INSTANCE_LAUNCHING or INSTANCE_TERMINATING are left out.
+pub fn parse_hook_kinds(op: &str, body: &[u8]) -> Result<Vec<(String, HookKind)>, CloudError> {
+    let hooks: GroupHooks = serde_json::from_slice(body).map_err(|e| CloudError::Decode {
+        op: op.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(hooks
+        .lifecycle_hooks
+        .into_iter()
+        .filter_map(|h| {
+            let kind = match h.lifecycle_hook_type.as_str() {
+                "INSTANCE_LAUNCHING" => HookKind::Launching,
+                "INSTANCE_TERMINATING" => HookKind::Terminating,
+                _ => return None,
+            };
+            Some((h.lifecycle_hook_name, kind))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_groups_hooks_are_read_with_their_kind_and_unknown_kinds_left_out() {
+        let body = br#"{"lifecycle_hooks": [
+            {"lifecycle_hook_name": "warm-up", "lifecycle_hook_type": "INSTANCE_LAUNCHING", "default_timeout": 3600},
+            {"lifecycle_hook_name": "elb-drain", "lifecycle_hook_type": "INSTANCE_TERMINATING"},
+            {"lifecycle_hook_name": "future", "lifecycle_hook_type": "INSTANCE_HIBERNATING"}
+        ]}"#;
+        assert_eq!(
+            parse_hook_kinds("ListLifeCycleHooks", body).unwrap(),
+            [
+                ("warm-up".to_owned(), HookKind::Launching),
+                ("elb-drain".to_owned(), HookKind::Terminating)
+            ]
+        );
+        assert_eq!(parse_hook_kinds("ListLifeCycleHooks", b"{}").unwrap(), []);
+        let e = parse_hook_kinds("ListLifeCycleHooks", b"[").unwrap_err();
+        assert!(e.to_string().contains("ListLifeCycleHooks"), "{e}");
+    }
 }

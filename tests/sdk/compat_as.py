@@ -2,8 +2,8 @@
 elb-sim's lifecycle hooks.
 
 Run by tests/sdk_compat.rs with ELB_SIM_ENDPOINT, ELB_SIM_AK, ELB_SIM_SK, ELB_SIM_PROJECT, ELB_SIM_GROUP,
-ELB_SIM_INSTANCE and ELB_SIM_HOOK set, after a scale-in of that instance has started (its terminating hook
-HANGING). Lists the hook, EXTENDs it by key, CONTINUEs it by instance and hook name, and checks that a
+ELB_SIM_INSTANCE and ELB_SIM_HOOK and ELB_SIM_LAUNCHING_HOOK set, after a scale-in of that instance has started (its terminating hook
+HANGING). Reads the group's hooks and their types, lists the hanging hook, EXTENDs it by key, CONTINUEs it by instance and hook name, and checks that a
 third answer comes back as the SDK's typed 400 AS.7042. Prints one summary line; exits non-zero on any
 failure.
 """
@@ -12,7 +12,7 @@ import sys
 
 from huaweicloudsdkas.v1 import (
     AsClient, AttachCallbackInstanceLifeCycleHookRequest, CallbackLifeCycleHookOption,
-    ListHookInstancesRequest,
+    ListHookInstancesRequest, ListLifeCycleHooksRequest,
 )
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.exceptions import exceptions
@@ -40,6 +40,14 @@ def main():
         resp = client.list_hook_instances(ListHookInstancesRequest(scaling_group_id=group, instance_id=instance))
         calls += 1
         return resp.instance_hanging_info
+
+    # The group's hooks and what each holds: how the agent tells a launching hook from a scale-in.
+    group_hooks = client.list_life_cycle_hooks(ListLifeCycleHooksRequest(scaling_group_id=group))
+    calls += 1
+    kinds = {h.lifecycle_hook_name: h.lifecycle_hook_type for h in group_hooks.lifecycle_hooks}
+    launching = os.environ["ELB_SIM_LAUNCHING_HOOK"]
+    assert kinds == {hook: "INSTANCE_TERMINATING", launching: "INSTANCE_LAUNCHING"}, kinds
+    assert all(h.default_result == "ABANDON" and h.default_timeout > 0 for h in group_hooks.lifecycle_hooks)
 
     infos = hanging()
     assert len(infos) == 1, infos
@@ -74,7 +82,7 @@ def main():
         assert e.status_code == 400 and e.error_code == "AS.7042", (e.status_code, e.error_code, e.error_msg)
         code = e.error_code
 
-    print(f"AS SDK compat ok: {calls} calls, EXTEND moved the deadline, CONTINUE, 400 {code}")
+    print(f"AS SDK compat ok: {calls} calls, hook types read, EXTEND moved the deadline, CONTINUE, 400 {code}")
 
 
 if __name__ == "__main__":
