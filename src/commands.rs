@@ -244,6 +244,8 @@ pub async fn exec(
         agent.memberships().len(),
         child.pid()
     ));
+    // The unit's main process is this supervisor: its watchdog is ours to feed, as under `run`.
+    notifier.spawn_watchdog();
     tracing::info!(
         memberships = agent.memberships().len(),
         "ready: supervising"

@@ -355,3 +355,58 @@ async fn a_stderr_nobody_reads_does_not_hold_the_stop() {
     assert_eq!(exit.code(), Some(3), "{}", agent.stdout());
     drop(pipe);
 }
+
+/// `ExecStart=elb-drain exec -- app` in a unit with `WatchdogSec=`: the supervisor is the unit's main
+/// process, so it is the one that must ping, at half the interval, while the child serves and while a
+/// stop drains (before: `exec` never pinged, and systemd would have killed a healthy service at the
+/// first timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_watchdog_the_supervisor_pings_while_serving_and_while_draining() {
+    let (s, port) = exec_setup().await;
+    let notify = NotifySocket::bind(s.dir.path());
+    let mut cmd = under_watchdog(exec_command(&s, port, &[]), Duration::from_millis(200));
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut agent = ProcGuard::spawn(cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.has("READY=1")),
+        "{}",
+        agent.stderr()
+    );
+    let pings = || {
+        notify
+            .all()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+    };
+    let in_a_second = || {
+        let start = pings();
+        std::thread::sleep(Duration::from_secs(1));
+        pings() - start
+    };
+    let serving = in_a_second();
+    assert!(
+        (5..=15).contains(&serving),
+        "{serving} pings in 1 s while serving at WatchdogSec=200ms (expected about 10)"
+    );
+    let held = s.connections_to_us(1);
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait_stderr("drain: draining", Duration::from_secs(5)),
+        "{}",
+        agent.stderr()
+    );
+    let draining = in_a_second();
+    assert!(
+        (5..=15).contains(&draining),
+        "{draining} pings in 1 s while draining (expected about 10)"
+    );
+    drop(held);
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        exit.code(),
+        Some(3),
+        "the child's status: {}",
+        agent.stderr()
+    );
+}

@@ -419,19 +419,8 @@ async fn watchdog_pings_at_half_the_interval_only_when_asked() {
     let s = setup().await;
     let notify = NotifySocket::bind(s.dir.path());
     let config = s.config("settle = \"100ms\"\npoll_interval = \"20ms\"");
-    // systemd sets WATCHDOG_PID to the main process: a shell that execs the agent knows it ($$).
-    let base = agent(&config, &["run"]);
-    let mut cmd = std::process::Command::new("sh");
-    cmd.env_clear()
-        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "200000")
-        .args([
-            "-c",
-            "export WATCHDOG_PID=$$; exec \"$0\" \"$@\"",
-            env!("CARGO_BIN_EXE_elb-drain"),
-        ])
-        .args(base.get_args());
+    let mut cmd = under_watchdog(agent(&config, &["run"]), Duration::from_millis(200));
+    cmd.env("NOTIFY_SOCKET", &notify.path);
     let agent = ProcGuard::spawn(cmd);
     assert!(
         wait_until(Duration::from_secs(10), || notify.has("READY=1")),

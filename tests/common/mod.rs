@@ -385,6 +385,20 @@ pub fn agent(config: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `agent` as the main process of a unit with `WatchdogSec=` of `interval`: systemd sets
+/// `WATCHDOG_USEC`, and `WATCHDOG_PID` to the main process, which a shell that execs the agent knows
+/// (`$$`).
+pub fn under_watchdog(agent: Command, interval: std::time::Duration) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.env_clear()
+        .envs(agent.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("WATCHDOG_USEC", interval.as_micros().to_string())
+        .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\""])
+        .arg(agent.get_program())
+        .args(agent.get_args());
+    cmd
+}
+
 /// An echo server on 127.0.0.1:0 that serves each connection in its own thread until the peer closes.
 /// It stands for the application behind the load balancer.
 pub struct EchoServer {
