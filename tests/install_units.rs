@@ -13,11 +13,20 @@ fn elb_drain(args: &[&str]) -> Output {
     run(Path::new(env!("CARGO_BIN_EXE_elb-drain")), args)
 }
 
+/// Runs `binary`. A copy just written can be refused with ETXTBSY for a moment: another test of this
+/// process that forked while the copy was open for writing holds that descriptor in its child until
+/// the child's exec closes it. So that refusal is retried, for at most a second.
 fn run(binary: &Path, args: &[&str]) -> Output {
-    Command::new(binary)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()))
+    let mut tries = 0;
+    loop {
+        match Command::new(binary).args(args).output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap_or_else(|e| panic!("{}: {e}", binary.display())),
+        }
+    }
 }
 
 /// This build's binary copied into `root` at `path` (as an image bake puts it there).
