@@ -67,6 +67,8 @@ pub struct Agent {
     /// This server as the metadata service describes it, when it was asked.
     pub identity: Option<Identity>,
     memberships: Arc<RwLock<Vec<Membership>>>,
+    /// When `memberships` was last resolved (at start, or by a re-discovery that succeeded).
+    resolved_at: Arc<std::sync::Mutex<std::time::Instant>>,
     /// The load balancers' cut that bounds the drain (`binding_cut`): none, or the pool whose
     /// `connection_drain` timeout is the latest, when every pool has one.
     pub lb_drain: Vec<(PoolId, Duration)>,
@@ -79,6 +81,15 @@ pub struct Agent {
     /// use instead of asking again before a stop's DELETEs.
     shown: std::sync::Mutex<HashMap<(PoolId, MemberId), Option<Member>>>,
 }
+
+/// Memberships resolved this recently are not discovered again at the stop: `drain` resolved them a
+/// moment before.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The discovery at the stop ([`Agent::deregister`]) gives up after this. The DELETEs of the
+/// memberships known never wait for it; the drain's deregistration phase does, so an API that stopped
+/// answering lists costs a stop at most this.
+pub const STOP_DISCOVERY_BOUND: Duration = Duration::from_secs(5);
 
 /// Who this server is, for discovery and for `check`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -226,6 +237,7 @@ impl Agent {
             elb,
             identity,
             memberships: Arc::new(RwLock::new(memberships)),
+            resolved_at: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             lb_drain,
             credential,
             metadata,
@@ -254,6 +266,7 @@ impl Agent {
     pub async fn rediscover(&self) -> Result<(), PrepareError> {
         let found = resolve(&self.config, &self.elb, self.identity.as_ref()).await?;
         *self.memberships.write().unwrap_or_else(|p| p.into_inner()) = found;
+        *self.resolved_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         Ok(())
     }
 
@@ -263,17 +276,20 @@ impl Agent {
         if !self.discovers() {
             return None;
         }
-        let (config, elb, identity, live) = (
+        let (config, elb, identity, live, resolved_at) = (
             self.config.clone(),
             self.elb.clone(),
             self.identity.clone(),
             self.memberships.clone(),
+            self.resolved_at.clone(),
         );
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 match resolve(&config, &elb, identity.as_ref()).await {
                     Ok(found) => {
+                        *resolved_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                            std::time::Instant::now();
                         let mut current = live.write().unwrap_or_else(|p| p.into_inner());
                         if *current != found {
                             tracing::info!(
@@ -361,13 +377,100 @@ impl Agent {
         }
     }
 
-    /// Deletes every membership in parallel. One result per membership, in order.
+    /// Deletes every membership in parallel, those known at once and, where memberships are
+    /// discovered, those a discovery run beside them finds that were not known (up to
+    /// [`STOP_DISCOVERY_BOUND`], not when resolved under a second ago): one result per membership, in the order of
+    /// [`Agent::memberships`] afterwards. `on_each(done, total)` as each is answered.
     pub async fn deregister(
         &self,
-        on_each: &(dyn Fn(usize) + Sync),
+        on_each: &(dyn Fn(usize, usize) + Sync),
     ) -> Vec<Result<DeleteOutcome, CloudError>> {
+        let known = self.memberships();
         let done = std::sync::atomic::AtomicUsize::new(0);
-        let memberships = self.memberships();
+        let (mut results, late) = tokio::join!(
+            self.deregister_these(&known, known.len(), &done, on_each),
+            self.discover_at_stop(&known),
+        );
+        if !late.is_empty() {
+            self.memberships
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(late.iter().cloned());
+            let total = known.len() + late.len();
+            results.extend(self.deregister_these(&late, total, &done, on_each).await);
+        }
+        results
+    }
+
+    /// One more discovery at the stop, run beside the DELETEs of the memberships known: the
+    /// memberships it finds that were not known (added since the latest re-discovery, up to
+    /// `cloud.discovery_interval` ago). None when memberships are not discovered, when they were
+    /// resolved less than [`FRESH`] ago (`drain` just did), or when it fails or takes longer than
+    /// [`STOP_DISCOVERY_BOUND`] (said: the stop goes on with what was known).
+    async fn discover_at_stop(&self, known: &[Membership]) -> Vec<Membership> {
+        let age = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if !self.discovers() || age < FRESH {
+            return Vec::new();
+        }
+        let found = tokio::time::timeout(
+            STOP_DISCOVERY_BOUND,
+            resolve(&self.config, &self.elb, self.identity.as_ref()),
+        )
+        .await;
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "discovery at the stop failed; the memberships known are deregistered");
+                return Vec::new();
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bound_s = STOP_DISCOVERY_BOUND.as_secs(),
+                    "discovery at the stop did not finish in time; the memberships known are deregistered"
+                );
+                return Vec::new();
+            }
+        };
+        let late: Vec<Membership> = found
+            .into_iter()
+            .filter(|f| {
+                !known
+                    .iter()
+                    .any(|k| k.pool_id == f.pool_id && k.member_id == f.member_id)
+            })
+            .collect();
+        if !late.is_empty() {
+            let ids: Vec<String> = late
+                .iter()
+                .map(|m| format!("{}/{}", m.pool_id, m.member_id))
+                .collect();
+            tracing::warn!(memberships = ?ids, "memberships added since the latest discovery: deregistering them too");
+            let counted = self.census_spec().ports;
+            let uncounted: Vec<u16> = late
+                .iter()
+                .filter_map(|m| m.protocol_port)
+                .filter(|p| !counted.contains(p))
+                .collect();
+            if !uncounted.is_empty() {
+                tracing::warn!(ports = ?uncounted, counted = ?counted, "a membership found at the stop serves a port the drain does not count: its connections are not waited for (set drain.ports)");
+            }
+        }
+        late
+    }
+
+    /// Deregisters `memberships`, calling `on_each(done, total)` as each is answered (`done` counts
+    /// across calls), and records what was done in the state file.
+    async fn deregister_these(
+        &self,
+        memberships: &[Membership],
+        total: usize,
+        done: &std::sync::atomic::AtomicUsize,
+        on_each: &(dyn Fn(usize, usize) + Sync),
+    ) -> Vec<Result<DeleteOutcome, CloudError>> {
         let mode = self.config.drain.mode;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let results = join_all(memberships.iter().map(|m| async {
@@ -391,14 +494,14 @@ impl Agent {
                 Err(e) => tracing::error!(pool = %m.pool_id, member = %m.member_id, elapsed_ms, error = %e,
                     "deregistration failed"),
             }
-            on_each(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            on_each(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
             result
         }))
         .await;
         // Record what was done, after the fact: the DELETEs were not delayed by a disk write.
         let state = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            Self::record_removals(&mut state, &memberships, &results, mode);
+            Self::record_removals(&mut state, memberships, &results, mode);
             state.clone()
         };
         // Off the runtime's thread, within a bound: a filesystem that stopped answering holds
@@ -573,7 +676,7 @@ impl Agent {
         &self,
         started: Instant,
         sink: &dyn Sink,
-        on_deregistered: &(dyn Fn(usize) + Sync),
+        on_deregistered: &(dyn Fn(usize, usize) + Sync),
     ) -> Verdict {
         let spec = self.census_spec();
         let n = self.memberships().len();

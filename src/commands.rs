@@ -316,7 +316,11 @@ fn forward(child: &mut crate::supervise::Supervised, sig: i32) {
 /// Takes a dead child's server out of its pools. The exit code stays the child's (the contract of
 /// `exec`), so a failure here is only logged.
 async fn deregister_after_child_died(agent: &Agent) {
-    let failed = agent.deregister(&|_| {}).await.iter().any(|r| r.is_err());
+    let failed = agent
+        .deregister(&|_, _| {})
+        .await
+        .iter()
+        .any(|r| r.is_err());
     if failed {
         tracing::error!("deregistration failed after the child died");
     }
@@ -468,8 +472,8 @@ async fn drain_with_abort(
     ];
     sinks.extend(extra);
     let sink = Fanout(sinks);
-    let on_deregistered = |n: usize| {
-        notifier.deregistered(n);
+    let on_deregistered = |n: usize, total: usize| {
+        notifier.deregistered(n, total);
         if let Some(b) = &board {
             b.set("deregistered", n.into());
         }

@@ -171,8 +171,8 @@ impl Notifier {
     }
 
     /// One more membership is out of its pool.
-    pub fn deregistered(&self, done: usize) {
-        let messages = self.lock().deregistered(done);
+    pub fn deregistered(&self, done: usize, total: usize) {
+        let messages = self.lock().deregistered(done, total);
         self.deliver(messages);
     }
 
@@ -229,8 +229,8 @@ impl State {
         self.extend_if_earned(now).into_iter().collect()
     }
 
-    fn deregistered(&mut self, done: usize) -> Vec<Message> {
-        self.deregistered.0 = done;
+    fn deregistered(&mut self, done: usize, total: usize) -> Vec<Message> {
+        self.deregistered = (done, total);
         self.progressed = true;
         let line = status_line(self);
         self.last_status.clone_from(&line);
@@ -744,7 +744,7 @@ mod tests {
         let mut st = State::new(window);
         assert_eq!(extends(&st.stopping(1, at(0))), [window]);
         assert!(extends(&st.on_event(&phase(Phase::Deregistering), at(10))).is_empty());
-        st.deregistered(1);
+        st.deregistered(1, 1);
         st.on_event(&phase(Phase::Settling), at(50));
         // Settling is the stop's own step: progress at every census, renewed once a second.
         let mut renewed = Vec::new();

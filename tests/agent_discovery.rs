@@ -184,6 +184,111 @@ async fn no_secret_no_member_ids_every_pool_drained() {
     );
 }
 
+/// `run` on `sim`, re-discovering only every hour, ready; its directory lives as long as it.
+fn serving(sim: &Sim, port: u16) -> (tempfile::TempDir, ProcGuard) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), sim, port, "1h");
+    let agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    (dir, agent)
+}
+
+/// This server added to a fourth pool after the latest discovery (the next one an hour away): the
+/// stop discovers once more beside the DELETEs of the three memberships known, finds the fourth and
+/// deletes it too (before: it was left in its pool, routing to a stopped server). Then the same with
+/// ListPools failing at the stop: the three known are deleted, the failure is said, and the stop is
+/// not held past the discovery's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_stop() {
+    let app = EchoServer::start_on("127.0.0.2");
+    let port = app.addr.port();
+    let add_fourth = |sim: &Sim| {
+        sim.shared().lock_for_tests(|inner| {
+            inner
+                .add_member(&elb_sim::scenario::MemberConfig {
+                    id: Some(member_id(3, 2)),
+                    pool_id: POOLS[3].into(),
+                    address: "127.0.0.2".into(),
+                    protocol_port: port,
+                    weight: 1,
+                    instance_id: None,
+                    name: String::new(),
+                    subnet_cidr_id: None,
+                })
+                .unwrap();
+        })
+    };
+    let ours = |sim: &Sim| -> Vec<bool> {
+        (0..4)
+            .map(|i| sim.member_exists(POOLS[i], &member_id(i, 2)))
+            .collect()
+    };
+
+    let sim = cloud(port, Duration::from_secs(86_400)).await;
+    let (_dir, mut agent) = serving(&sim, port);
+    add_fourth(&sim);
+    // Past FRESH (1 s): the list is not new enough to skip the discovery at the stop.
+    std::thread::sleep(Duration::from_millis(1100));
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert_eq!(ours(&sim), [false; 4], "{}", agent.stderr());
+    assert!(
+        agent
+            .stderr()
+            .contains("memberships added since the latest discovery"),
+        "{}",
+        agent.stderr()
+    );
+    let deletes = sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .count();
+    assert_eq!(deletes, 4);
+
+    // ListPools failing at the stop: what is known is deleted, and the stop is not held past the bound.
+    let sim = cloud(port, Duration::from_secs(86_400)).await;
+    let (_dir, mut agent) = serving(&sim, port);
+    add_fourth(&sim);
+    sim.inject_fault(
+        elb_sim::Fault::new(
+            "GET",
+            "/v3/*/elb/pools",
+            vec![elb_sim::FaultAction::Status {
+                status: 503,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let stopped = std::time::Instant::now();
+    agent.signal(libc::SIGTERM);
+    let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
+    let took = stopped.elapsed();
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert_eq!(
+        ours(&sim),
+        [false, false, false, true],
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.stderr().contains("discovery at the stop"),
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?}: the discovery's 5 s bound and a drain of nothing"
+    );
+}
+
 /// A run spanning several lifetimes of the agency's temporary keys: each is renewed by the background
 /// refresher while nothing else is on the wire, well before the one in use expires, so no request is
 /// ever refused and the DELETEs at the stop go out at once with a live key.
