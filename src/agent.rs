@@ -87,8 +87,8 @@ pub struct Agent {
 const FRESH: Duration = Duration::from_secs(1);
 
 /// The discovery at the stop ([`Agent::deregister`]) gives up after this. The DELETEs of the
-/// memberships known never wait for it; the drain's deregistration phase does, so an API that stopped
-/// answering lists costs a stop at most this.
+/// memberships known never wait for it (it follows them); the drain's deregistration phase does, so an
+/// API that stopped answering lists costs a stop at most this.
 pub const STOP_DISCOVERY_BOUND: Duration = Duration::from_secs(5);
 
 /// Who this server is, for discovery and for `check`.
@@ -378,7 +378,7 @@ impl Agent {
     }
 
     /// Deletes every membership in parallel, those known at once and, where memberships are
-    /// discovered, those a discovery run beside them finds that were not known (up to
+    /// discovered, those a discovery run right after them finds that were not known (up to
     /// [`STOP_DISCOVERY_BOUND`], not when resolved under a second ago): one result per membership, in the order of
     /// [`Agent::memberships`] afterwards. `on_each(done, total)` as each is answered.
     pub async fn deregister(
@@ -387,10 +387,13 @@ impl Agent {
     ) -> Vec<Result<DeleteOutcome, CloudError>> {
         let known = self.memberships();
         let done = std::sync::atomic::AtomicUsize::new(0);
-        let (mut results, late) = tokio::join!(
-            self.deregister_these(&known, known.len(), &done, on_each),
-            self.discover_at_stop(&known),
-        );
+        let mut results = self
+            .deregister_these(&known, known.len(), &done, on_each)
+            .await;
+        // After the DELETEs, not beside them: a listing paged while our own DELETEs take this server
+        // out of pools is a listing of a changing set (a marker naming a pool it just left is
+        // refused, or pages shift), and the DELETEs of what is known never wait for a listing.
+        let late = self.discover_at_stop(&known).await;
         if !late.is_empty() {
             self.memberships
                 .write()
@@ -402,7 +405,7 @@ impl Agent {
         results
     }
 
-    /// One more discovery at the stop, run beside the DELETEs of the memberships known: the
+    /// One more discovery at the stop, run once the DELETEs of the memberships known are answered: the
     /// memberships it finds that were not known (added since the latest re-discovery, up to
     /// `cloud.discovery_interval` ago). None when memberships are not discovered, when they were
     /// resolved less than [`FRESH`] ago (`drain` just did), or when it fails or takes longer than

@@ -198,8 +198,11 @@ fn serving(sim: &Sim, port: u16) -> (tempfile::TempDir, ProcGuard) {
 }
 
 /// This server added to a fourth pool after the latest discovery (the next one an hour away): the
-/// stop discovers once more beside the DELETEs of the three memberships known, finds the fourth and
-/// deletes it too (before: it was left in its pool, routing to a stopped server). Then the same with
+/// stop discovers once more right after the DELETEs of the three memberships known, finds the fourth
+/// and deletes it too (before: it was left in its pool, routing to a stopped server). After, not
+/// beside: a listing paged (2 a page here) while those DELETEs take the server out of pools lists a
+/// changing set, and elb-sim refused its marker (a pool the server had just left), which CI caught
+/// once in the first version. Then the same with
 /// ListPools failing at the stop: the three known are deleted, the failure is said, and the stop is
 /// not held past the discovery's bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,12 +247,21 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
         "{}",
         agent.stderr()
     );
-    let deletes = sim
-        .request_log()
-        .iter()
-        .filter(|r| r.method == "DELETE")
-        .count();
-    assert_eq!(deletes, 4);
+    let log = sim.request_log();
+    let deletes: Vec<usize> = (0..log.len())
+        .filter(|&i| log[i].method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 4, "{log:?}");
+    let stop_listings: Vec<usize> = (deletes[0]..log.len())
+        .filter(|&i| log[i].method == "GET" && log[i].path.ends_with("/elb/pools"))
+        .collect();
+    assert!(
+        !stop_listings.is_empty()
+            && stop_listings
+                .iter()
+                .all(|&i| deletes[2] < i && i < deletes[3]),
+        "the stop's ListPools after the three DELETEs, before the fourth: {log:?}"
+    );
 
     // ListPools failing at the stop: what is known is deleted, and the stop is not held past the bound.
     let sim = cloud(port, Duration::from_secs(86_400)).await;
