@@ -648,6 +648,13 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
     if memberships.is_empty() {
         problems.push("no membership of this server found in any pool".to_owned());
     }
+    let hooks = match &agent.hooks {
+        Some(watch) => Some((watch, watch.audit().await)),
+        None => None,
+    };
+    if let Some((_, audit)) = &hooks {
+        problems.extend(audit.problems.iter().cloned());
+    }
 
     if json {
         let mut identity = serde_json::to_value(&agent.identity).unwrap_or_default();
@@ -682,6 +689,16 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
                 "procfs_error": census.procfs_error,
             },
             "connection_drain": agent.lb_drain.iter().map(|(p, t)| serde_json::json!({"pool_id": p.as_str(), "timeout_s": t.as_secs()})).collect::<Vec<_>>(),
+            "autoscaling": hooks.as_ref().map(|(watch, audit)| serde_json::json!({
+                "scaling_group_id": watch.group.as_str(),
+                "hook_name": watch.name,
+                "group_hooks": audit.group_hooks.as_ref().ok().map(|hooks| hooks
+                    .iter()
+                    .map(|(n, k)| serde_json::json!({"name": n, "kind": k.as_str()}))
+                    .collect::<Vec<_>>()),
+                "group_hooks_error": audit.group_hooks.as_ref().err(),
+                "listing_error": audit.listing_error,
+            })),
         });
         println!("{out:#}");
     } else {
@@ -735,6 +752,20 @@ pub async fn check(args: &Args, json: bool) -> Result<Exit, Exit> {
                 "the memberships' ports"
             }
         );
+        if let Some((watch, audit)) = &hooks {
+            let group_hooks = match &audit.group_hooks {
+                Ok(h) => crate::hook::describe(h),
+                Err(e) => format!("not readable ({e})"),
+            };
+            println!(
+                "autoscaling:  group {}, hook_name {}, hooks: {group_hooks}",
+                watch.group,
+                watch
+                    .name
+                    .as_deref()
+                    .unwrap_or("- (a lone terminating hook)")
+            );
+        }
         match (census.backend, census.established) {
             (Some(b), Some(n)) if !spec.ports.is_empty() => {
                 println!("census:       {}, {n} established now", backend_label(b))

@@ -75,6 +75,84 @@ impl Hanging {
     }
 }
 
+/// What `check` learns of the hooks: the group's hooks and what each holds (or why they could not be
+/// read), and what a scale-in would run into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookAudit {
+    pub group_hooks: Result<Vec<(String, HookKind)>, String>,
+    /// Why this instance's hooks could not be listed, which is how a scale-in is noticed.
+    pub listing_error: Option<String>,
+    pub problems: Vec<String>,
+}
+
+impl HookAudit {
+    /// The problems a scale-in would run into, given the configured `hook_name`.
+    pub fn new(
+        name: Option<&str>,
+        group_hooks: Result<Vec<(String, HookKind)>, String>,
+        listing_error: Option<String>,
+    ) -> HookAudit {
+        let mut problems = Vec::new();
+        if let Some(e) = &listing_error {
+            problems.push(format!(
+                "autoscaling: this instance's lifecycle hooks cannot be listed ({e}): a scale-in would not be noticed"
+            ));
+        }
+        match (&group_hooks, name) {
+            (Ok(hooks), Some(name)) => match hooks.iter().find(|(n, _)| n == name) {
+                None => problems.push(format!(
+                    "autoscaling.hook_name {name:?}: the scaling group has no such hook (it has: {}); a scale-in would not be answered",
+                    describe(hooks)
+                )),
+                Some((_, HookKind::Launching)) => problems.push(format!(
+                    "autoscaling.hook_name {name:?} is a launching hook (INSTANCE_LAUNCHING): it holds new instances, not leaving ones; name the terminating hook"
+                )),
+                Some((_, HookKind::Terminating)) => {}
+            },
+            (Ok(hooks), None) => {
+                let leaving: Vec<&str> = hooks
+                    .iter()
+                    .filter(|(_, k)| *k == HookKind::Terminating)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                match leaving.len() {
+                    0 => problems.push(format!(
+                        "autoscaling: the scaling group has no terminating lifecycle hook (INSTANCE_TERMINATING; it has: {}): a scale-in holds nothing for elb-drain to answer",
+                        describe(hooks)
+                    )),
+                    1 => {}
+                    n => problems.push(format!(
+                        "autoscaling: the scaling group has {n} terminating hooks ({}): set autoscaling.hook_name to elb-drain's, or a scale-in drains but answers none",
+                        leaving.join(", ")
+                    )),
+                }
+            }
+            (Err(e), None) => problems.push(format!(
+                "autoscaling: the scaling group's lifecycle hooks cannot be read ({e}): without autoscaling.hook_name a launching hook would be taken for a scale-in; set hook_name, or allow as:lifecycleHooks:list"
+            )),
+            // With a name they are not needed at the stop.
+            (Err(_), Some(_)) => {}
+        }
+        HookAudit {
+            group_hooks,
+            listing_error,
+            problems,
+        }
+    }
+}
+
+/// `a (terminating), b (launching)`, or `none`.
+pub fn describe(hooks: &[(String, HookKind)]) -> String {
+    if hooks.is_empty() {
+        return "none".into();
+    }
+    hooks
+        .iter()
+        .map(|(n, k)| format!("{n} ({})", k.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// When the drain last made progress (a phase change, fewer connections, new arrivals while settling).
 #[derive(Clone)]
 pub struct ProgressClock(Arc<Mutex<(Instant, Option<usize>)>>);
@@ -155,6 +233,19 @@ impl HookWatch {
             }
             tokio::time::sleep(self.poll_interval).await;
         }
+    }
+
+    /// For `check`: lists this instance's hooks and reads the group's, changing nothing.
+    pub async fn audit(&self) -> HookAudit {
+        let (listing, kinds) = tokio::join!(
+            self.api.hooks(&self.group, &self.instance),
+            self.api.hook_kinds(&self.group)
+        );
+        HookAudit::new(
+            self.name.as_deref(),
+            kinds.map_err(|e| e.to_string()),
+            listing.err().map(|e| e.to_string()),
+        )
     }
 
     /// Reads which of the group's hooks are launching hooks into `launching`; every name of `hooks`
@@ -276,6 +367,68 @@ impl HookWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_names_a_hook_name_that_is_missing_or_launching_and_an_unclear_group() {
+        let group = |hooks: &[(&str, HookKind)]| -> Result<Vec<(String, HookKind)>, String> {
+            Ok(hooks.iter().map(|(n, k)| (n.to_string(), *k)).collect())
+        };
+        let (t, l) = (HookKind::Terminating, HookKind::Launching);
+        let problems = |name, hooks, listing: Option<&str>| {
+            HookAudit::new(name, hooks, listing.map(str::to_owned)).problems
+        };
+        // Fine: the named terminating hook; a lone terminating hook beside a launching one.
+        assert!(problems(Some("drain"), group(&[("warm-up", l), ("drain", t)]), None).is_empty());
+        assert!(problems(None, group(&[("warm-up", l), ("drain", t)]), None).is_empty());
+        // With a name the group's hooks are not needed at the stop.
+        assert!(problems(Some("drain"), Err("403".into()), None).is_empty());
+        type Group = Result<Vec<(String, HookKind)>, String>;
+        let cases: [(Option<&str>, Group, Option<&str>, &str); 6] = [
+            (
+                Some("drian"),
+                group(&[("drain", t)]),
+                None,
+                "has no such hook (it has: drain (terminating))",
+            ),
+            (
+                Some("warm-up"),
+                group(&[("warm-up", l)]),
+                None,
+                "is a launching hook",
+            ),
+            (
+                None,
+                group(&[("warm-up", l)]),
+                None,
+                "no terminating lifecycle hook",
+            ),
+            (
+                None,
+                group(&[("logs", t), ("drain", t)]),
+                None,
+                "2 terminating hooks (logs, drain)",
+            ),
+            (
+                None,
+                Err("403 AS.0001".into()),
+                None,
+                "cannot be read (403 AS.0001)",
+            ),
+            (
+                Some("drain"),
+                group(&[("drain", t)]),
+                Some("timed out"),
+                "cannot be listed (timed out)",
+            ),
+        ];
+        for (name, hooks, listing, want) in cases {
+            let got = problems(name, hooks, listing);
+            assert!(
+                got.len() == 1 && got[0].contains(want),
+                "{name:?} {listing:?}: {got:?} should say {want:?}"
+            );
+        }
+    }
 
     fn hook(name: &str, status: &str) -> Hook {
         Hook {

@@ -586,3 +586,67 @@ async fn without_permission_to_read_the_groups_hooks_a_lone_hanging_hook_is_stil
         "the lookup was refused"
     );
 }
+
+/// `check` reads the group's hooks and names what a scale-in would run into: a `hook_name` the group
+/// does not have (a typo), or several terminating hooks and no name. With the right name it passes and
+/// lists the hooks with what each holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_a_hook_name_the_group_lacks_and_a_group_that_needs_one() {
+    let check = |autoscaling: &str| {
+        let autoscaling = autoscaling.to_owned();
+        async move {
+            let (s, config) = scaling_setup_with(
+                HOOK_TIMEOUT,
+                &["ship-logs"],
+                "timeout = \"30s\"",
+                &autoscaling,
+            )
+            .await;
+            s.sim
+                .shared()
+                .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
+            let mut check = ProcGuard::spawn(agent(&config, &["check", "--json"]));
+            let exit = check.wait_timeout(Duration::from_secs(20)).expect("exits");
+            let report: serde_json::Value = serde_json::from_str(&check.stdout()).expect("JSON");
+            let log = s.sim.request_log();
+            assert!(
+                log.iter()
+                    .all(|r| r.method == "GET" || r.path.ends_with("/auth/tokens")),
+                "check changes nothing: {log:?}"
+            );
+            (exit.code(), report)
+        }
+    };
+    let (code, report) = check("hook_name = \"drian-hook\"").await;
+    assert_eq!(code, Some(78), "{report:#}");
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([
+            "autoscaling.hook_name \"drian-hook\": the scaling group has no such hook (it has: \
+             ship-logs (terminating), drain-hook (terminating), warm-up (launching)); a scale-in \
+             would not be answered"
+        ])
+    );
+    let (code, report) = check("").await;
+    assert_eq!(code, Some(78), "{report:#}");
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.len() == 1
+            && problems[0]
+                .as_str()
+                .unwrap()
+                .contains("2 terminating hooks (ship-logs, drain-hook): set autoscaling.hook_name"),
+        "{report:#}"
+    );
+    let (code, report) = check("hook_name = \"drain-hook\"").await;
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(
+        report["autoscaling"]["group_hooks"],
+        serde_json::json!([
+            {"name": "ship-logs", "kind": "terminating"},
+            {"name": "drain-hook", "kind": "terminating"},
+            {"name": "warm-up", "kind": "launching"},
+        ])
+    );
+    assert_eq!(report["autoscaling"]["hook_name"], "drain-hook");
+}

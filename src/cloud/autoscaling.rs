@@ -46,6 +46,15 @@ pub enum HookKind {
     Terminating,
 }
 
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Launching => "launching",
+            HookKind::Terminating => "terminating",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawGroupHook {
     #[serde(default)]
