@@ -11,7 +11,8 @@
 //! listing of an instance's hooks says neither whose a hook is nor what it holds, and answering another
 //! tool's hook cuts its work short. With `hook_name` configured only that hook starts a drain and only
 //! it is extended and answered; others are logged once and left to their owners. Without it, the
-//! group's hooks are looked up (ListLifeCycleHooks, when a hook not seen before hangs) and launching
+//! group's hooks are looked up (ListLifeCycleHooks, when a hook not seen before hangs; given up after
+//! [`KINDS_BOUND`], since it stands between the hook and the drain) and launching
 //! hooks are left alone; one terminating hook hanging is taken as elb-drain's (a group with one needs no
 //! name); several hanging at once start the drain but none is answered, and the agent says which and
 //! exits 69: they take their default results. Where the group's hooks cannot be read (no permission),
@@ -38,6 +39,10 @@ pub struct HookWatch {
     /// `hook_name`: the only hook this agent drains for and answers; `None` takes a lone one.
     pub name: Option<String>,
 }
+
+/// The lookup of the group's hooks ([`HookWatch::wait_hanging`] without `hook_name`) gives up after
+/// this, within `cloud.retry_deadline`: it stands between a hanging hook and the drain.
+pub const KINDS_BOUND: Duration = Duration::from_secs(5);
 
 /// What a listing of the instance's hooks means for the drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +262,16 @@ impl HookWatch {
         launching: &mut HashSet<String>,
         looked_up: &mut HashSet<String>,
     ) {
-        match self.api.hook_kinds(&self.group).await {
+        let kinds = tokio::time::timeout(KINDS_BOUND, self.api.hook_kinds(&self.group))
+            .await
+            .map_err(|_| {
+                format!(
+                    "ListLifeCycleHooks: no answer within {} s",
+                    KINDS_BOUND.as_secs()
+                )
+            })
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match kinds {
             Ok(kinds) => {
                 for (name, kind) in kinds {
                     if kind == HookKind::Launching {

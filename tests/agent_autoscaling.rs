@@ -650,3 +650,68 @@ async fn check_tells_a_hook_name_the_group_lacks_and_a_group_that_needs_one() {
     );
     assert_eq!(report["autoscaling"]["hook_name"], "drain-hook");
 }
+
+/// No `hook_name`, and reading the group's hooks fails the way a struggling API does (503, retried
+/// within `cloud.retry_deadline`, here its default 60 s): the lookup is given up after 5 s and the
+/// hook taken for a scale-in, so the drain starts within that bound, not after the whole budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_struggling_lookup_of_the_groups_hooks_delays_the_drain_by_its_bound_at_most() {
+    let (s, config) = scaling_setup_with(
+        Duration::from_secs(600),
+        &[],
+        "timeout = \"30s\"",
+        "extend_margin = \"1s\"",
+    )
+    .await;
+    // The default retry budget (the tests' config has 3 s): without a bound of its own the lookup
+    // would hold the drain for all of it.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("retry_deadline = \"3s\"", "retry_deadline = \"60s\"");
+    assert!(text.contains("retry_deadline = \"60s\""));
+    std::fs::write(&config, text).unwrap();
+    s.sim.inject_fault(
+        Fault::new(
+            "GET",
+            "/autoscaling-api/v1/*/scaling_lifecycle_hook/*/list",
+            vec![FaultAction::Status {
+                status: 503,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let hung = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || !deletes(&s.sim).is_empty()),
+        "no DELETE within 10 s of the hook:\n{}",
+        agent.stderr()
+    );
+    let took = hung.elapsed();
+    assert!(
+        took < POLL + Duration::from_secs(6),
+        "the drain started {took:?} after the hook hung"
+    );
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert_eq!(
+        hook_named(&s, "drain-hook").status,
+        "CONTINUE",
+        "{}",
+        agent.stderr()
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains("could not read the scaling group's lifecycle hooks"),
+        "{}",
+        agent.stderr()
+    );
+}
