@@ -402,19 +402,18 @@ async fn with_hook_name_only_that_hook_is_drained_for_extended_and_answered() {
         "extend_margin = \"1s\"\nhook_name = \"drain-hook\"",
     )
     .await;
-    // A launching hook still holds the instance when the agent starts.
+    // A launching hook still holds the instance when the agent starts (with a long timeout of its
+    // own). At the scale-in, the other tool's hook times out with CONTINUE, which lets ours go on.
     s.sim.shared().lock_for_tests(|inner| {
-        inner.hooks.push(elb_sim::state::HookState {
-            scaling_group_id: GROUP.into(),
-            instance_id: INSTANCE.into(),
-            lifecycle_hook_name: "warm-up".into(),
-            lifecycle_action_key: "warm-up-key".into(),
-            status: "HANGING".into(),
-            default_result: "ABANDON".into(),
-            deadline: SystemTime::now() + Duration::from_secs(600),
-            callbacks: Vec::new(),
-            timed_out: false,
-        })
+        let group = &mut inner.groups[0];
+        group.launching_hooks = vec!["warm-up".into()];
+        group.hook_timeout = Duration::from_secs(600);
+    });
+    s.sim.start_launch(INSTANCE).unwrap();
+    s.sim.shared().lock_for_tests(|inner| {
+        let group = &mut inner.groups[0];
+        group.hook_timeout = HOOK_TIMEOUT;
+        group.default_result = "CONTINUE".into();
     });
     let held = s.connections_to_us(1);
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));

@@ -614,6 +614,47 @@ async fn several_hooks_hang_together_and_abandon_ends_them_all() {
     assert!(ended.callbacks.is_empty() && !ended.timed_out, "{ended:?}");
     let r = callback(&api, answer("drain-hook", "CONTINUE")).await;
     r.assert_error(400, "AS.7042");
+
+    // A hook that times out with ABANDON ends the others as an answer does: `drain-hook`, extended
+    // past the others' deadline, is ended when theirs passes.
+    let mut sc = scenario(Duration::from_millis(300), "ABANDON");
+    sc.scaling_group[0].other_hooks = vec!["ship-logs".into()];
+    sc.scaling_group[0].launching_hooks = vec!["warm-up".into(), "config".into()];
+    let sim = Sim::start(sc).await.unwrap();
+    let api = login(&sim, "alice", "acme", "pw", PROJECT).await;
+    sim.start_scale_in(INSTANCE).unwrap();
+    let r = callback(&api, answer("drain-hook", "EXTEND")).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+    let hook = |name: &str| {
+        sim.hooks(GROUP)
+            .into_iter()
+            .find(|h| h.lifecycle_hook_name == name)
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            hook("ship-logs").status != "HANGING"
+        })
+        .await,
+        "{:?}",
+        sim.hooks(GROUP)
+    );
+    let (logs, ours) = (hook("ship-logs"), hook("drain-hook"));
+    assert_eq!((logs.status.as_str(), logs.timed_out), ("ABANDON", true));
+    assert_eq!(
+        (ours.status.as_str(), ours.timed_out),
+        ("ABANDON", false),
+        "{ours:?}"
+    );
+    // Launching hooks are not a leaving instance's: ABANDON on one ends no other.
+    sim.shared().lock_for_tests(|inner| inner.hooks.clear());
+    sim.shared()
+        .lock_for_tests(|inner| inner.groups[0].hook_timeout = Duration::from_secs(3600));
+    sim.start_launch(INSTANCE).unwrap();
+    let r = callback(&api, answer("warm-up", "ABANDON")).await;
+    assert_eq!(r.status, 204, "{}", r.raw);
+    assert_eq!(hook("config").status, "HANGING");
+    assert!(hook("warm-up").launching && hook("config").launching);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1401,9 +1401,8 @@ fn autoscaling(
                 })
             };
             let hooks: Vec<Value> = g
-                .other_hooks
+                .terminating_hooks()
                 .iter()
-                .chain([&g.hook_name])
                 .map(|n| hook(n, "INSTANCE_TERMINATING"))
                 .chain(
                     g.launching_hooks
@@ -1414,7 +1413,7 @@ fn autoscaling(
             json_response(StatusCode::OK, json!({"lifecycle_hooks": hooks}))
         }
         (Method::GET, "scaling_instance_hook", "list") => {
-            if let Some(r) = denied(caller, "as:hooks:list") {
+            if let Some(r) = denied(caller, "as:instanceHooks:list") {
                 return r;
             }
             let instance = query
@@ -1433,7 +1432,7 @@ fn autoscaling(
             json_response(StatusCode::OK, json!({"instance_hanging_info": hanging}))
         }
         (Method::PUT, "scaling_instance_hook", "callback") => {
-            if let Some(r) = denied(caller, "as:hooks:callback") {
+            if let Some(r) = denied(caller, "as:instanceHooks:action") {
                 return r;
             }
             let Some(b) = body else {
@@ -1448,7 +1447,7 @@ fn autoscaling(
                 );
             }
             let extend = inner.settings.hook_extend;
-            let found = inner.hooks.iter_mut().find(|h| {
+            let found = inner.hooks.iter().position(|h| {
                 h.scaling_group_id == group
                     && match b["lifecycle_action_key"].as_str() {
                         Some(k) => h.lifecycle_action_key == k,
@@ -1459,9 +1458,10 @@ fn autoscaling(
                         }
                     }
             });
-            let Some(hook) = found else {
+            let Some(index) = found else {
                 return as_error(404, "AS.7041", "No such lifecycle action.");
             };
+            let hook = &mut inner.hooks[index];
             hook.callbacks.push((
                 result.into(),
                 SystemTime::now()
@@ -1478,19 +1478,7 @@ fn autoscaling(
             }
             match result {
                 "EXTEND" => hook.deadline += extend,
-                other => hook.status = other.into(),
-            }
-            // As the service documents it: on a terminating instance ABANDON ends the instance's other
-            // hooks too, where CONTINUE lets them finish.
-            if result == "ABANDON" {
-                let instance = hook.instance_id.clone();
-                for other in inner
-                    .hooks
-                    .iter_mut()
-                    .filter(|h| h.instance_id == instance && h.status == "HANGING")
-                {
-                    other.status = "ABANDON".into();
-                }
+                other => inner.end_hook(index, other, false),
             }
             StatusCode::NO_CONTENT.into_response()
         }
@@ -1514,12 +1502,14 @@ pub fn hook_json(h: &HookState) -> Value {
     })
 }
 
-/// Hangs the hooks `names` of `group` on an instance, one action key each.
+/// Hangs the hooks `names` of `group` on an instance, one action key each: `launching` ones, or
+/// terminating ones.
 fn hang(
     inner: &mut Inner,
     group: &crate::scenario::ScalingGroup,
     instance_id: &str,
     names: &[String],
+    launching: bool,
 ) {
     let deadline = SystemTime::now() + group.hook_timeout;
     for name in names {
@@ -1533,6 +1523,7 @@ fn hang(
             deadline,
             callbacks: Vec::new(),
             timed_out: false,
+            launching,
         });
     }
 }
@@ -1569,19 +1560,19 @@ pub fn start_scale_in(inner: &mut Inner, instance_id: &str) -> Result<(), String
         !(m.instance_id.as_deref() == Some(instance_id) || m.address == instance.local_ipv4)
     });
     inner.publish();
-    let names: Vec<String> = group
-        .other_hooks
-        .iter()
-        .chain([&group.hook_name])
-        .cloned()
-        .collect();
-    hang(inner, &group, instance_id, &names);
+    hang(
+        inner,
+        &group,
+        instance_id,
+        &group.terminating_hooks(),
+        false,
+    );
     Ok(())
 }
 
 /// A launch: the instance's launching hooks hang while it is set up (its pools are left as they are).
 pub fn start_launch(inner: &mut Inner, instance_id: &str) -> Result<(), String> {
     let (_, group) = group_of(inner, instance_id)?;
-    hang(inner, &group, instance_id, &group.launching_hooks);
+    hang(inner, &group, instance_id, &group.launching_hooks, true);
     Ok(())
 }

@@ -549,14 +549,13 @@ async fn hook_clock(shared: Arc<Shared>, cancel: CancellationToken) {
         {
             let mut inner = shared.lock();
             let now = SystemTime::now();
-            for h in inner
-                .hooks
-                .iter_mut()
-                .filter(|h| h.status == "HANGING" && h.deadline <= now)
-            {
-                h.status = h.default_result.clone();
-                h.timed_out = true;
-                tracing::info!(instance = %h.instance_id, result = %h.status, "lifecycle hook timed out");
+            for i in 0..inner.hooks.len() {
+                let h = &inner.hooks[i];
+                if h.status == "HANGING" && h.deadline <= now {
+                    let result = h.default_result.clone();
+                    tracing::info!(instance = %h.instance_id, hook = %h.lifecycle_hook_name, %result, "lifecycle hook timed out");
+                    inner.end_hook(i, &result, true);
+                }
             }
         }
         tokio::select! {

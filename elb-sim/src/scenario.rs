@@ -271,6 +271,18 @@ pub struct ScalingGroup {
     pub launching_hooks: Vec<String>,
 }
 
+impl ScalingGroup {
+    /// The group's INSTANCE_TERMINATING hooks, in the order a scale-in lists them: `other_hooks`,
+    /// then `hook_name`.
+    pub fn terminating_hooks(&self) -> Vec<String> {
+        self.other_hooks
+            .iter()
+            .chain([&self.hook_name])
+            .cloned()
+            .collect()
+    }
+}
+
 fn hook_name() -> String {
     "terminating-hook".into()
 }

@@ -335,6 +335,9 @@ pub struct HookState {
     pub callbacks: Vec<(String, f64)>,
     /// The hook ended by timing out (its default result applied), not by an answer.
     pub timed_out: bool,
+    /// An INSTANCE_LAUNCHING hook (a launch hung it), not a terminating one.
+    #[serde(default)]
+    pub launching: bool,
 }
 
 pub struct Inner {
@@ -363,6 +366,26 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// Ends the hook at `index` with `result` (CONTINUE or ABANDON), by an answer or by its timeout.
+    /// As the service documents it, on a terminating instance ABANDON ends the instance's other
+    /// terminating hooks too, where CONTINUE lets them finish.
+    pub fn end_hook(&mut self, index: usize, result: &str, timed_out: bool) {
+        let hook = &mut self.hooks[index];
+        hook.status = result.into();
+        hook.timed_out = timed_out;
+        if result != "ABANDON" || hook.launching {
+            return;
+        }
+        let instance = hook.instance_id.clone();
+        for other in self
+            .hooks
+            .iter_mut()
+            .filter(|h| h.instance_id == instance && !h.launching && h.status == "HANGING")
+        {
+            other.status = "ABANDON".into();
+        }
+    }
+
     pub fn from_scenario(s: &Scenario) -> Result<Inner, String> {
         crate::scenario::check_page_size_cap(s.settings.page_size_cap)
             .map_err(|e| format!("settings.{e}"))?;
