@@ -12,13 +12,15 @@
 //! tool's hook cuts its work short. With `hook_name` configured only that hook starts a drain and only
 //! it is extended and answered; others are logged once and left to their owners. Without it, the
 //! group's hooks are looked up (ListLifeCycleHooks, when a hook not seen before hangs; given up after
-//! [`KINDS_BOUND`], since it stands between the hook and the drain) and launching
-//! hooks are left alone; one terminating hook hanging is taken as elb-drain's (a group with one needs no
-//! name); several hanging at once start the drain but none is answered, and the agent says which and
-//! exits 69: they take their default results. Where the group's hooks cannot be read (no permission),
-//! a hanging hook is taken for a terminating one, as before there was a lookup, and that is said once.
+//! [`KINDS_BOUND`], since it stands between the hook and the drain) and launching hooks are left
+//! alone; one terminating hook hanging, in a group that has one, is taken as elb-drain's; several
+//! hanging, or one of a group known to have several, start the drain but none is answered, and the
+//! agent says which and exits 69: they take their default results. Where the group's hooks cannot
+//! be read, a hook that appeared while the agent served is taken for a scale-in at once (said once);
+//! one already hanging when the agent started (which is how a launching hook looks at boot) waits for
+//! the lookup to answer, for at most [`START_PATIENCE`], unless the lookup is refused (403).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +46,10 @@ pub struct HookWatch {
 /// this, within `cloud.retry_deadline`: it stands between a hanging hook and the drain.
 pub const KINDS_BOUND: Duration = Duration::from_secs(5);
 
+/// See [`Kinds::undecided`]: how long a hook already hanging when the agent started waits for the
+/// group's hooks to be read before it is taken for a scale-in anyway.
+pub const START_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What a listing of the instance's hooks means for the drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hanging {
@@ -55,26 +61,99 @@ pub enum Hanging {
 }
 
 impl Hanging {
-    /// Which hooks of one listing start a drain: the one named `name` if it hangs; without a name,
-    /// of those hanging and not in `launching` (the group's launching hooks), the one, or all of
-    /// them, unclear, when several do.
+    /// Which hooks of one listing start a drain: the one named `name` if it hangs. Without a name,
+    /// those hanging and not in `not_leaving` (the group's launching hooks, and hooks not yet told
+    /// apart): the one, or all of them, unclear, when several do or when the group is known to have
+    /// several terminating hooks (`terminating`), whichever of them hangs.
     pub fn pick(
         hooks: Vec<Hook>,
         name: Option<&str>,
-        launching: &HashSet<String>,
+        not_leaving: &HashSet<String>,
+        terminating: usize,
     ) -> Option<Hanging> {
         let mut hanging = hooks.into_iter().filter(Hook::is_hanging);
         if let Some(name) = name {
             return hanging.find(|h| h.name == name).map(Hanging::Ours);
         }
-        let mut leaving: Vec<Hook> = hanging.filter(|h| !launching.contains(&h.name)).collect();
+        let mut leaving: Vec<Hook> = hanging.filter(|h| !not_leaving.contains(&h.name)).collect();
         match leaving.len() {
             0 => None,
-            1 => leaving.pop().map(Hanging::Ours),
+            1 if terminating < 2 => leaving.pop().map(Hanging::Ours),
             _ => {
                 let mut names: Vec<String> = leaving.into_iter().map(|h| h.name).collect();
                 names.sort();
                 Some(Hanging::Unclear(names))
+            }
+        }
+    }
+}
+
+/// What the agent knows of the group's hooks (without `hook_name`), from ListLifeCycleHooks.
+#[derive(Debug, Default)]
+struct Kinds {
+    launching: HashSet<String>,
+    /// How many terminating hooks the group has, once read.
+    terminating: usize,
+    /// Names told apart, or given up on (then taken for terminating hooks).
+    known: HashSet<String>,
+    /// Hooks already hanging at the agent's first listing whose lookup failed for a reason that may
+    /// pass, and since when. A launching hook hangs at boot, a scale-in's hook appears while the
+    /// agent serves: these are not taken for a scale-in until the lookup answers, or for at most
+    /// [`START_PATIENCE`].
+    undecided: HashMap<String, std::time::Instant>,
+    /// The names hanging at the first listing (`None` before it).
+    at_start: Option<HashSet<String>>,
+}
+
+impl Kinds {
+    /// Hooks that do not start a drain: launching ones, and those not yet told apart.
+    fn not_leaving(&self) -> HashSet<String> {
+        self.launching
+            .iter()
+            .chain(self.undecided.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Takes in what a lookup for the hanging hooks `need` answered, at `now`.
+    fn learn(
+        &mut self,
+        need: &[String],
+        answer: Result<Vec<(String, HookKind)>, (bool, String)>,
+        now: std::time::Instant,
+    ) {
+        let (fatal, error) = match answer {
+            Ok(kinds) => {
+                self.terminating = kinds
+                    .iter()
+                    .filter(|(_, k)| *k == HookKind::Terminating)
+                    .count();
+                for (name, kind) in kinds {
+                    if kind == HookKind::Launching {
+                        self.launching.insert(name.clone());
+                    }
+                    self.known.insert(name);
+                }
+                self.known.extend(need.iter().cloned());
+                self.undecided.clear();
+                return;
+            }
+            Err(e) => e,
+        };
+        for name in need {
+            let since = self.undecided.get(name).copied();
+            let waiting = !fatal
+                && self.at_start.as_ref().is_some_and(|s| s.contains(name))
+                && since.is_none_or(|t| now.duration_since(t) < START_PATIENCE);
+            if waiting {
+                if since.is_none() {
+                    tracing::warn!(hook = %name, %error, patience_s = START_PATIENCE.as_secs(), "lifecycle hook HANGING since the agent started, and the scaling group's hooks cannot be read to tell a launching hook from a scale-in: not taken for a scale-in until they can, or for at most {} s", START_PATIENCE.as_secs());
+                    self.undecided.insert(name.clone(), now);
+                }
+            } else {
+                self.undecided.remove(name);
+                self.known.insert(name.clone());
+                tracing::warn!(hook = %name, %error, "could not read the scaling group's lifecycle hooks to tell launching hooks from terminating ones: the hook is taken for a scale-in (set [autoscaling] hook_name to need no lookup)");
             }
         }
     }
@@ -195,25 +274,32 @@ impl HookWatch {
     /// hanging that are not this agent's are logged once each. API errors are logged and polling
     /// goes on.
     pub async fn wait_hanging(&self) -> Hanging {
-        // The group's launching hooks, and the names already looked up (or tried).
-        let mut launching: HashSet<String> = HashSet::new();
-        let mut looked_up: HashSet<String> = HashSet::new();
+        let mut kinds = Kinds::default();
         let mut told: HashSet<String> = HashSet::new();
         loop {
             match self.api.hooks(&self.group, &self.instance).await {
                 Ok(hooks) => {
-                    if self.name.is_none()
-                        && hooks
-                            .iter()
-                            .any(|h| h.is_hanging() && !looked_up.contains(&h.name))
-                    {
-                        self.look_up_kinds(&hooks, &mut launching, &mut looked_up)
-                            .await;
+                    let hanging: Vec<String> = hooks
+                        .iter()
+                        .filter(|h| h.is_hanging())
+                        .map(|h| h.name.clone())
+                        .collect();
+                    if kinds.at_start.is_none() {
+                        kinds.at_start = Some(hanging.iter().cloned().collect());
+                    }
+                    let need: Vec<String> = hanging
+                        .iter()
+                        .filter(|n| !kinds.known.contains(*n))
+                        .cloned()
+                        .collect();
+                    if self.name.is_none() && !need.is_empty() {
+                        let answer = self.hook_kinds().await;
+                        kinds.learn(&need, answer, std::time::Instant::now());
                     }
                     for h in hooks.iter().filter(|h| h.is_hanging()) {
                         let whose = match &self.name {
                             Some(ours) if h.name != *ours => "not elb-drain's (hook_name)",
-                            None if launching.contains(&h.name) => {
+                            None if kinds.launching.contains(&h.name) => {
                                 "a launching hook (INSTANCE_LAUNCHING), not a scale-in"
                             }
                             _ => continue,
@@ -222,13 +308,19 @@ impl HookWatch {
                             tracing::info!(hook = %h.name, "lifecycle hook HANGING is {whose}: left to its owner");
                         }
                     }
-                    match Hanging::pick(hooks, self.name.as_deref(), &launching) {
+                    let pick = Hanging::pick(
+                        hooks,
+                        self.name.as_deref(),
+                        &kinds.not_leaving(),
+                        kinds.terminating,
+                    );
+                    match pick {
                         Some(Hanging::Ours(h)) => {
                             tracing::info!(hook = %h.name, action_key = %h.action_key, "lifecycle hook HANGING: scale-in, draining");
                             return Hanging::Ours(h);
                         }
                         Some(Hanging::Unclear(names)) => {
-                            tracing::warn!(hooks = ?names, "lifecycle hooks HANGING: scale-in, draining; several hold this instance and no [autoscaling] hook_name says which is elb-drain's, so none will be answered");
+                            tracing::warn!(hooks = ?names, terminating = kinds.terminating, "lifecycle hooks HANGING: scale-in, draining; the scaling group has several terminating hooks and no [autoscaling] hook_name says which is elb-drain's, so none will be answered");
                             return Hanging::Unclear(names);
                         }
                         None => {}
@@ -253,39 +345,23 @@ impl HookWatch {
         )
     }
 
-    /// Reads which of the group's hooks are launching hooks into `launching`; every name of `hooks`
-    /// and of the group counts as looked up afterwards, also when the read failed (said then: the
-    /// hooks are taken for terminating ones).
-    async fn look_up_kinds(
-        &self,
-        hooks: &[Hook],
-        launching: &mut HashSet<String>,
-        looked_up: &mut HashSet<String>,
-    ) {
-        let kinds = tokio::time::timeout(KINDS_BOUND, self.api.hook_kinds(&self.group))
-            .await
-            .map_err(|_| {
+    /// The group's hooks, within [`KINDS_BOUND`]; an error says whether it is final (the lookup is
+    /// refused: asking again will not help) and what it was.
+    async fn hook_kinds(&self) -> Result<Vec<(String, HookKind)>, (bool, String)> {
+        match tokio::time::timeout(KINDS_BOUND, self.api.hook_kinds(&self.group)).await {
+            Ok(Ok(kinds)) => Ok(kinds),
+            Ok(Err(e)) => Err((
+                e.is_auth() || e.is_not_found() || e.status() == Some(400),
+                e.to_string(),
+            )),
+            Err(_) => Err((
+                false,
                 format!(
                     "ListLifeCycleHooks: no answer within {} s",
                     KINDS_BOUND.as_secs()
-                )
-            })
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match kinds {
-            Ok(kinds) => {
-                for (name, kind) in kinds {
-                    if kind == HookKind::Launching {
-                        launching.insert(name.clone());
-                    }
-                    looked_up.insert(name);
-                }
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "could not read the scaling group's lifecycle hooks to tell launching hooks from terminating ones: a hook that hangs is taken for a scale-in (set [autoscaling] hook_name to need no lookup)"
-            ),
+                ),
+            )),
         }
-        looked_up.extend(hooks.iter().map(|h| h.name.clone()));
     }
 
     /// Keeps `hook` alive while the drain runs: EXTEND when it would time out within the margin, only
@@ -381,6 +457,61 @@ impl HookWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_known_to_have_several_terminating_hooks_is_unclear_whichever_hangs() {
+        let one = vec![hook("drain", "HANGING")];
+        assert_eq!(
+            Hanging::pick(one.clone(), None, &HashSet::new(), 2),
+            Some(Hanging::Unclear(vec!["drain".into()]))
+        );
+        assert_eq!(
+            Hanging::pick(one, Some("drain"), &HashSet::new(), 2),
+            Some(Hanging::Ours(hook("drain", "HANGING")))
+        );
+    }
+
+    #[test]
+    fn a_hook_hanging_at_start_waits_for_the_lookup_a_later_one_does_not() {
+        let t0 = std::time::Instant::now();
+        let failing = || Err((false, "503".to_owned()));
+        let mut kinds = Kinds {
+            at_start: Some(["warm-up".to_owned()].into()),
+            ..Kinds::default()
+        };
+        // Hanging since the start, the lookup failing for a reason that may pass: not a scale-in yet.
+        kinds.learn(&["warm-up".into()], failing(), t0);
+        assert!(kinds.not_leaving().contains("warm-up"));
+        kinds.learn(&["warm-up".into()], failing(), t0 + START_PATIENCE / 2);
+        assert!(kinds.not_leaving().contains("warm-up"));
+        // Past the patience: taken for a scale-in.
+        kinds.learn(&["warm-up".into()], failing(), t0 + START_PATIENCE);
+        assert!(!kinds.not_leaving().contains("warm-up") && kinds.known.contains("warm-up"));
+        // A hook that appears while serving is a scale-in's: taken at once.
+        kinds.learn(&["drain".into()], failing(), t0);
+        assert!(!kinds.not_leaving().contains("drain") && kinds.known.contains("drain"));
+        // A refusal is final, also for a hook hanging at the start.
+        let mut kinds = Kinds {
+            at_start: Some(["warm-up".to_owned()].into()),
+            ..Kinds::default()
+        };
+        kinds.learn(&["warm-up".into()], Err((true, "403".into())), t0);
+        assert!(!kinds.not_leaving().contains("warm-up"));
+        // An answer tells them apart and ends the waiting.
+        let mut kinds = Kinds {
+            at_start: Some(["warm-up".to_owned()].into()),
+            ..Kinds::default()
+        };
+        kinds.learn(&["warm-up".into()], failing(), t0);
+        let group = vec![
+            ("warm-up".to_owned(), HookKind::Launching),
+            ("drain".to_owned(), HookKind::Terminating),
+        ];
+        kinds.learn(&["warm-up".into()], Ok(group), t0);
+        assert!(kinds.undecided.is_empty() && kinds.launching.contains("warm-up"));
+        assert_eq!(kinds.terminating, 1);
+        assert!(kinds.known.contains("drain"));
+    }
 
     #[test]
     fn check_names_a_hook_name_that_is_missing_or_launching_and_an_unclear_group() {
@@ -485,7 +616,7 @@ mod tests {
         let none = HashSet::new();
         for (hooks, name, want) in cases {
             assert_eq!(
-                Hanging::pick(listing(hooks), name, &none),
+                Hanging::pick(listing(hooks), name, &none, 0),
                 want,
                 "{hooks:?} {name:?}"
             );
@@ -503,7 +634,7 @@ mod tests {
         ];
         for (hooks, name, want) in cases {
             assert_eq!(
-                Hanging::pick(listing(hooks), name, &launching),
+                Hanging::pick(listing(hooks), name, &launching, 1),
                 want,
                 "{hooks:?} {name:?}"
             );

@@ -714,3 +714,62 @@ async fn a_struggling_lookup_of_the_groups_hooks_delays_the_drain_by_its_bound_a
         agent.stderr()
     );
 }
+
+/// No `hook_name`, a launching hook hanging when the agent starts, and the group's hooks unreadable
+/// for a while (503): the hook is not taken for a scale-in while the lookup may still answer (the
+/// server is not drained at boot); once it answers, the hook is known for a launching one, and the
+/// scale-in after it drains as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_hanging_at_start_is_not_taken_for_a_scale_in_while_the_lookup_fails() {
+    let (s, config) = scaling_setup_with(
+        Duration::from_secs(600),
+        &[],
+        "timeout = \"30s\"",
+        "extend_margin = \"1s\"",
+    )
+    .await;
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
+    s.sim.start_launch(INSTANCE).unwrap();
+    s.sim.inject_fault(
+        Fault::new(
+            "GET",
+            "/autoscaling-api/v1/*/scaling_lifecycle_hook/*/list",
+            vec![FaultAction::Status {
+                status: 503,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
+    assert!(
+        agent.wait_stderr("not taken for a scale-in until", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    // Several listings and failed lookups later: still serving.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.is_running(), "{}", agent.stderr());
+    assert!(
+        deletes(&s.sim).is_empty(),
+        "drained at boot:\n{}",
+        agent.stderr()
+    );
+    // The lookup answers again.
+    s.sim.shared().lock_for_tests(|inner| inner.faults.clear());
+    assert!(
+        agent.wait_stderr("a launching hook", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.hooks[0].status = "CONTINUE".into());
+    s.sim.start_scale_in(INSTANCE).unwrap();
+    let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
+    assert_eq!(hook_named(&s, "drain-hook").status, "CONTINUE");
+    assert!(hook_named(&s, "warm-up").callbacks.is_empty());
+}
