@@ -46,8 +46,9 @@ pub struct HookWatch {
 /// this, within `cloud.retry_deadline`: it stands between a hanging hook and the drain.
 pub const KINDS_BOUND: Duration = Duration::from_secs(5);
 
-/// See [`Kinds::undecided`]: how long a hook already hanging when the agent started waits for the
-/// group's hooks to be read before it is taken for a scale-in anyway.
+/// How long a hook already hanging when the agent started (a launching hook at boot looks like that)
+/// waits for the group's hooks to be read, when that fails for a reason that may pass, before it is
+/// taken for a scale-in anyway.
 pub const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What a listing of the instance's hooks means for the drain.
