@@ -217,6 +217,7 @@ impl Agent {
             None => None,
         };
         let mut memberships = resolve(&config, &elb, identity.as_ref()).await?;
+        let resolved_at = std::time::Instant::now();
         let shown = if config.drain.ports.is_empty() {
             learn_ports(&elb, &mut memberships).await
         } else {
@@ -237,7 +238,7 @@ impl Agent {
             elb,
             identity,
             memberships: Arc::new(RwLock::new(memberships)),
-            resolved_at: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            resolved_at: Arc::new(std::sync::Mutex::new(resolved_at)),
             lb_drain,
             credential,
             metadata,
@@ -265,8 +266,8 @@ impl Agent {
     /// Resolves the memberships again now (after registering, the member IDs are new).
     pub async fn rediscover(&self) -> Result<(), PrepareError> {
         let found = resolve(&self.config, &self.elb, self.identity.as_ref()).await?;
-        *self.memberships.write().unwrap_or_else(|p| p.into_inner()) = found;
         *self.resolved_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        *self.memberships.write().unwrap_or_else(|p| p.into_inner()) = found;
         Ok(())
     }
 
@@ -386,6 +387,12 @@ impl Agent {
         on_each: &(dyn Fn(usize, usize) + Sync),
     ) -> Vec<Result<DeleteOutcome, CloudError>> {
         let known = self.memberships();
+        // How old the list is as the stop begins, not once its DELETEs are answered.
+        let age = self
+            .resolved_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
         let done = std::sync::atomic::AtomicUsize::new(0);
         let mut results = self
             .deregister_these(&known, known.len(), &done, on_each)
@@ -393,7 +400,11 @@ impl Agent {
         // After the DELETEs, not beside them: a listing paged while our own DELETEs take this server
         // out of pools is a listing of a changing set (a marker naming a pool it just left is
         // refused, or pages shift), and the DELETEs of what is known never wait for a listing.
-        let late = self.discover_at_stop(&known).await;
+        let late = if !self.discovers() || age < FRESH {
+            Vec::new()
+        } else {
+            self.discover_at_stop(&known).await
+        };
         if !late.is_empty() {
             self.memberships
                 .write()
@@ -405,20 +416,12 @@ impl Agent {
         results
     }
 
-    /// One more discovery at the stop, run once the DELETEs of the memberships known are answered: the
-    /// memberships it finds that were not known (added since the latest re-discovery, up to
-    /// `cloud.discovery_interval` ago). None when memberships are not discovered, when they were
-    /// resolved less than [`FRESH`] ago (`drain` just did), or when it fails or takes longer than
-    /// [`STOP_DISCOVERY_BOUND`] (said: the stop goes on with what was known).
+    /// One more discovery at the stop, run once the DELETEs of the memberships known are answered
+    /// (where memberships are discovered, and were resolved at least [`FRESH`] before the stop: not
+    /// for `drain`, which just did): the memberships it finds that were not known (added since the
+    /// latest re-discovery, up to `cloud.discovery_interval` ago). None when it fails or takes longer
+    /// than [`STOP_DISCOVERY_BOUND`] (said: the stop goes on with what was known).
     async fn discover_at_stop(&self, known: &[Membership]) -> Vec<Membership> {
-        let age = self
-            .resolved_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
-        if !self.discovers() || age < FRESH {
-            return Vec::new();
-        }
         let found = tokio::time::timeout(
             STOP_DISCOVERY_BOUND,
             resolve(&self.config, &self.elb, self.identity.as_ref()),
@@ -689,14 +692,26 @@ impl Agent {
         // counting only the sockets the latest census counted (by cookie).
         let setup = move || census::open_with_destroy(&setup_spec);
         let deregistration = async {
+            let known = n;
             let results = self.deregister(on_deregistered).await;
+            // The load balancers' cut binds only when every pool has one; a pool found at the stop
+            // was never asked (ShowPool), so then none is known to bind and drain.timeout applies.
+            let late = results.len() > known;
+            if late && !self.lb_drain.is_empty() {
+                tracing::info!(
+                    "a membership found at the stop is in a pool whose connection_drain is not known: drain.timeout bounds the drain"
+                );
+            }
             Deregistration {
                 failed: results.iter().any(|r| r.is_err()),
-                lb_drain: self
-                    .lb_drain
-                    .iter()
-                    .map(|(p, t)| (p.to_string(), *t))
-                    .collect(),
+                lb_drain: if late {
+                    Vec::new()
+                } else {
+                    self.lb_drain
+                        .iter()
+                        .map(|(p, t)| (p.to_string(), *t))
+                        .collect()
+                },
             }
         };
         drain::drive(self.plan(), started, deregistration, setup, sink).await

@@ -689,13 +689,15 @@ async fn a_struggling_lookup_of_the_groups_hooks_delays_the_drain_by_its_bound_a
     s.sim.start_scale_in(INSTANCE).unwrap();
     let hung = std::time::Instant::now();
     assert!(
-        wait_until(Duration::from_secs(10), || !deletes(&s.sim).is_empty()),
-        "no DELETE within 10 s of the hook:\n{}",
+        wait_until(Duration::from_secs(20), || !deletes(&s.sim).is_empty()),
+        "no DELETE within 20 s of the hook:\n{}",
         agent.stderr()
     );
+    // About the bound (5 s) after it: well short of the retry budget (60 s), with room for a busy
+    // machine.
     let took = hung.elapsed();
     assert!(
-        took < POLL + Duration::from_secs(6),
+        took < Duration::from_secs(15),
         "the drain started {took:?} after the hook hung"
     );
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");

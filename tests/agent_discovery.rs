@@ -199,12 +199,13 @@ fn serving(sim: &Sim, port: u16) -> (tempfile::TempDir, ProcGuard) {
 
 /// This server added to a fourth pool after the latest discovery (the next one an hour away): the
 /// stop discovers once more right after the DELETEs of the three memberships known, finds the fourth
-/// and deletes it too (before: it was left in its pool, routing to a stopped server). After, not
-/// beside: a listing paged (2 a page here) while those DELETEs take the server out of pools lists a
-/// changing set, and elb-sim refused its marker (a pool the server had just left), which CI caught
-/// once in the first version. Then the same with
-/// ListPools failing at the stop: the three known are deleted, the failure is said, and the stop is
-/// not held past the discovery's bound.
+/// and deletes it too (before: it was left in its pool, routing to a stopped server). It is recorded
+/// as removed, at its listed weight, for `register` after a reboot; and the known pools' cut
+/// (connection_drain, 30 s) no longer bounds the drain, since the fourth pool's was never read.
+/// After the DELETEs, not beside them: a listing paged (2 a page here) while they take the server out
+/// of pools lists a changing set, and elb-sim refused its marker (a pool the server had just left),
+/// which CI caught once in the first version. Then the same with ListPools failing at the stop: the
+/// three known are deleted, the failure is said, and the stop is not held past the discovery's bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_stop() {
     let app = EchoServer::start_on("127.0.0.2");
@@ -232,7 +233,20 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
     };
 
     let sim = cloud(port, Duration::from_secs(86_400)).await;
-    let (_dir, mut agent) = serving(&sim, port);
+    // The known pools cut their connections after 30 s; the fourth is not known to.
+    sim.shared().lock_for_tests(|inner| {
+        for pool in inner
+            .pools
+            .iter_mut()
+            .filter(|p| POOLS[..3].contains(&p.id.as_str()))
+        {
+            pool.connection_drain = Some(elb_sim::scenario::ConnectionDrain {
+                enable: true,
+                timeout: 30,
+            });
+        }
+    });
+    let (dir, mut agent) = serving(&sim, port);
     add_fourth(&sim);
     // Past FRESH (1 s): the list is not new enough to skip the discovery at the stop.
     std::thread::sleep(Duration::from_millis(1100));
@@ -261,6 +275,27 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
                 .iter()
                 .all(|&i| deletes[2] < i && i < deletes[3]),
         "the stop's ListPools after the three DELETEs, before the fourth: {log:?}"
+    );
+    // The known pools' cut no longer binds: the fourth pool's was never asked.
+    assert!(
+        !agent.stderr().contains("connection_drain (30 s) applies"),
+        "{}",
+        agent.stderr()
+    );
+    // Recorded as removed, at its listed weight, for `register` after a reboot.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
+            .unwrap();
+    let fourth = state["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["pool_id"] == POOLS[3])
+        .unwrap_or_else(|| panic!("the fourth recorded: {state:#}"));
+    assert_eq!(
+        (&fourth["removed"], &fourth["weight"]),
+        (&serde_json::json!("delete"), &serde_json::json!(1)),
+        "{state:#}"
     );
 
     // ListPools failing at the stop: what is known is deleted, and the stop is not held past the bound.
@@ -296,7 +331,7 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
         agent.stderr()
     );
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(12),
         "the stop took {took:?}: the discovery's 5 s bound and a drain of nothing"
     );
 }
@@ -340,4 +375,43 @@ async fn agency_keys_are_renewed_in_the_background_ahead_of_expiry() {
             "DELETE with an expired key: {d:?} {key:?}"
         );
     }
+}
+
+/// `drain` resolves the memberships the moment it starts: its stop lists nothing again (no ListPools
+/// after its first DELETE), however long those DELETEs take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_does_not_discover_again_at_its_stop() {
+    let app = EchoServer::start_on("127.0.0.2");
+    let port = app.addr.port();
+    let sim = cloud(port, Duration::from_secs(86_400)).await;
+    // DELETEs slower than FRESH (1 s): the age of the list is taken as the stop begins.
+    sim.inject_fault(
+        elb_sim::Fault::new(
+            "DELETE",
+            "/v3/*/elb/pools/*/members/*",
+            vec![elb_sim::FaultAction::Delay { ms: 1200 }],
+        )
+        .repeating(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sim, port, "1h");
+    let mut drain = ProcGuard::spawn(agent(&config, &["drain"]));
+    let exit = drain.wait_timeout(Duration::from_secs(20)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{}", drain.stderr());
+    let log = sim.request_log();
+    let first_delete = log
+        .iter()
+        .position(|r| r.method == "DELETE")
+        .expect("a DELETE");
+    assert_eq!(
+        log.iter().filter(|r| r.method == "DELETE").count(),
+        3,
+        "{log:?}"
+    );
+    assert!(
+        log[first_delete..]
+            .iter()
+            .all(|r| !(r.method == "GET" && r.path.ends_with("/elb/pools"))),
+        "no ListPools at the stop: {log:?}"
+    );
 }

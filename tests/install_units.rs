@@ -13,27 +13,26 @@ fn elb_drain(args: &[&str]) -> Output {
     run(Path::new(env!("CARGO_BIN_EXE_elb-drain")), args)
 }
 
-/// Runs `binary`. A copy just written can be refused with ETXTBSY for a moment: another test of this
-/// process that forked while the copy was open for writing holds that descriptor in its child until
-/// the child's exec closes it. So that refusal is retried, for at most a second.
 fn run(binary: &Path, args: &[&str]) -> Output {
-    let mut tries = 0;
-    loop {
-        match Command::new(binary).args(args).output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other.unwrap_or_else(|e| panic!("{}: {e}", binary.display())),
-        }
-    }
+    Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()))
 }
 
-/// This build's binary copied into `root` at `path` (as an image bake puts it there).
+/// This build's binary copied into `root` at `path` (as an image bake puts it there). By cp(1), not
+/// in this process: a copy written here is open for writing for a moment, and a child another test
+/// forks meanwhile holds that descriptor until its own exec, so running the copy could fail with
+/// ETXTBSY (it did once in CI).
 fn copy_into(root: &Path, path: &str) -> PathBuf {
     let to = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_elb-drain"), &to).unwrap();
+    let status = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_elb-drain"))
+        .arg(&to)
+        .status()
+        .expect("cp(1)");
+    assert!(status.success(), "cp to {}", to.display());
     to
 }
 
