@@ -85,6 +85,40 @@ async fn scaling_setup_with(
     (s, config)
 }
 
+/// `run` on `config`, ready: waiting for SIGTERM or a hook.
+fn serving(config: &std::path::Path) -> ProcGuard {
+    let agent = ProcGuard::spawn(agent(config, &["run"]));
+    assert!(
+        agent.wait_stderr("ready", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    agent
+}
+
+/// The group gets a launching hook, `warm-up`, and our instance is launched: it hangs.
+fn launch_with_warm_up_hook(s: &Setup) {
+    s.sim
+        .shared()
+        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
+    s.sim.start_launch(INSTANCE).unwrap();
+}
+
+/// From now on ListLifeCycleHooks answers 503, as a struggling API does.
+fn group_hooks_unreadable(s: &Setup) {
+    s.sim.inject_fault(
+        Fault::new(
+            "GET",
+            "/autoscaling-api/v1/*/scaling_lifecycle_hook/*/list",
+            vec![FaultAction::Status {
+                status: 503,
+                retry_after: None,
+            }],
+        )
+        .repeating(),
+    );
+}
+
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -240,12 +274,7 @@ async fn when_deregistration_fails_the_configured_result_is_sent_and_the_exit_co
             )
             .repeating(),
         );
-        let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-        assert!(
-            agent.wait_stderr("ready", Duration::from_secs(10)),
-            "{}",
-            agent.stderr()
-        );
+        let mut agent = serving(&config);
         s.sim.start_scale_in(INSTANCE).unwrap();
         let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
         assert_eq!(exit.code(), Some(69), "{result}: {}", agent.stderr());
@@ -278,12 +307,7 @@ async fn a_drain_deadline_before_the_hooks_timeout_continues_at_the_deadline_wit
     )
     .await;
     let held = s.connections_to_us(1);
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let mut agent = serving(&config);
     s.sim.start_scale_in(INSTANCE).unwrap();
     let hanging_at = s.sim.hooks(GROUP)[0].deadline - Duration::from_secs(5);
     let exit = agent.wait_timeout(Duration::from_secs(15)).expect("exits");
@@ -315,12 +339,7 @@ async fn a_drain_deadline_before_the_hooks_timeout_continues_at_the_deadline_wit
 async fn a_hook_already_answered_is_not_answered_again_and_sigterm_joins_the_drain() {
     let (s, config) = scaling_setup().await;
     let held = s.connections_to_us(1);
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let mut agent = serving(&config);
     s.sim.start_scale_in(INSTANCE).unwrap();
     assert!(
         agent.wait_stderr("lifecycle hook HANGING", Duration::from_secs(3)),
@@ -472,12 +491,7 @@ async fn without_hook_name_several_hanging_hooks_drain_and_none_is_answered() {
         "extend_margin = \"1s\"",
     )
     .await;
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let mut agent = serving(&config);
     s.sim.start_scale_in(INSTANCE).unwrap();
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(69), "{}", agent.stderr());
@@ -503,10 +517,7 @@ async fn without_hook_name_several_hanging_hooks_drain_and_none_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_hook_name_a_launching_hook_starts_no_drain_and_the_scale_in_after_it_does() {
     let (s, config) = scaling_setup().await;
-    s.sim
-        .shared()
-        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
-    s.sim.start_launch(INSTANCE).unwrap();
+    launch_with_warm_up_hook(&s);
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         agent.wait_stderr("a launching hook", Duration::from_secs(10)),
@@ -555,12 +566,7 @@ async fn without_permission_to_read_the_groups_hooks_a_lone_hanging_hook_is_stil
             u.deny.push("as:lifecycleHooks:list".into());
         }
     });
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    let mut agent = serving(&config);
     s.sim.start_scale_in(INSTANCE).unwrap();
     let exit = agent.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
@@ -669,23 +675,8 @@ async fn a_struggling_lookup_of_the_groups_hooks_delays_the_drain_by_its_bound_a
         .replace("retry_deadline = \"3s\"", "retry_deadline = \"60s\"");
     assert!(text.contains("retry_deadline = \"60s\""));
     std::fs::write(&config, text).unwrap();
-    s.sim.inject_fault(
-        Fault::new(
-            "GET",
-            "/autoscaling-api/v1/*/scaling_lifecycle_hook/*/list",
-            vec![FaultAction::Status {
-                status: 503,
-                retry_after: None,
-            }],
-        )
-        .repeating(),
-    );
-    let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
-    assert!(
-        agent.wait_stderr("ready", Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    group_hooks_unreadable(&s);
+    let mut agent = serving(&config);
     s.sim.start_scale_in(INSTANCE).unwrap();
     let hung = std::time::Instant::now();
     assert!(
@@ -730,21 +721,8 @@ async fn a_hook_hanging_at_start_is_not_taken_for_a_scale_in_while_the_lookup_fa
         "extend_margin = \"1s\"",
     )
     .await;
-    s.sim
-        .shared()
-        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
-    s.sim.start_launch(INSTANCE).unwrap();
-    s.sim.inject_fault(
-        Fault::new(
-            "GET",
-            "/autoscaling-api/v1/*/scaling_lifecycle_hook/*/list",
-            vec![FaultAction::Status {
-                status: 503,
-                retry_after: None,
-            }],
-        )
-        .repeating(),
-    );
+    launch_with_warm_up_hook(&s);
+    group_hooks_unreadable(&s);
     let mut agent = ProcGuard::spawn(agent(&config, &["run"]));
     assert!(
         agent.wait_stderr("not taken for a scale-in until", Duration::from_secs(10)),

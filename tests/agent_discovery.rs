@@ -56,6 +56,24 @@ async fn cloud(our_port: u16, key_lifetime: Duration) -> Sim {
     Sim::start(s.build()).await.expect("elb-sim")
 }
 
+/// Someone else puts this server (127.0.0.2, at `port`) in the fourth pool.
+fn add_fourth(sim: &Sim, port: u16) {
+    sim.shared().lock_for_tests(|inner| {
+        inner
+            .add_member(&elb_sim::scenario::MemberConfig {
+                id: Some(member_id(3, 2)),
+                pool_id: POOLS[3].into(),
+                address: "127.0.0.2".into(),
+                protocol_port: port,
+                weight: 1,
+                instance_id: None,
+                name: String::new(),
+                subnet_cidr_id: None,
+            })
+            .unwrap();
+    })
+}
+
 fn config(
     dir: &std::path::Path,
     sim: &Sim,
@@ -134,20 +152,7 @@ async fn no_secret_no_member_ids_every_pool_drained() {
         agent.stderr()
     );
     // Someone else registers this server in a fourth pool after the start: re-discovery picks it up.
-    sim.shared().lock_for_tests(|inner| {
-        inner
-            .add_member(&elb_sim::scenario::MemberConfig {
-                id: Some(member_id(3, 2)),
-                pool_id: POOLS[3].into(),
-                address: "127.0.0.2".into(),
-                protocol_port: port,
-                weight: 1,
-                instance_id: None,
-                name: String::new(),
-                subnet_cidr_id: None,
-            })
-            .unwrap();
-    });
+    add_fourth(&sim, port);
     assert!(
         agent.wait_stderr("memberships changed", Duration::from_secs(10)),
         "{}",
@@ -210,22 +215,6 @@ fn serving(sim: &Sim, port: u16) -> (tempfile::TempDir, ProcGuard) {
 async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_stop() {
     let app = EchoServer::start_on("127.0.0.2");
     let port = app.addr.port();
-    let add_fourth = |sim: &Sim| {
-        sim.shared().lock_for_tests(|inner| {
-            inner
-                .add_member(&elb_sim::scenario::MemberConfig {
-                    id: Some(member_id(3, 2)),
-                    pool_id: POOLS[3].into(),
-                    address: "127.0.0.2".into(),
-                    protocol_port: port,
-                    weight: 1,
-                    instance_id: None,
-                    name: String::new(),
-                    subnet_cidr_id: None,
-                })
-                .unwrap();
-        })
-    };
     let ours = |sim: &Sim| -> Vec<bool> {
         (0..4)
             .map(|i| sim.member_exists(POOLS[i], &member_id(i, 2)))
@@ -247,7 +236,7 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
         }
     });
     let (dir, mut agent) = serving(&sim, port);
-    add_fourth(&sim);
+    add_fourth(&sim, port);
     // Past FRESH (1 s): the list is not new enough to skip the discovery at the stop.
     std::thread::sleep(Duration::from_millis(1100));
     agent.signal(libc::SIGTERM);
@@ -301,7 +290,7 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
     // ListPools failing at the stop: what is known is deleted, and the stop is not held past the bound.
     let sim = cloud(port, Duration::from_secs(86_400)).await;
     let (_dir, mut agent) = serving(&sim, port);
-    add_fourth(&sim);
+    add_fourth(&sim, port);
     sim.inject_fault(
         elb_sim::Fault::new(
             "GET",

@@ -372,17 +372,10 @@ async fn under_a_watchdog_the_supervisor_pings_while_serving_and_while_draining(
         "{}",
         agent.stderr()
     );
-    let pings = || {
-        notify
-            .all()
-            .iter()
-            .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
-            .count()
-    };
     let in_a_second = || {
-        let start = pings();
+        let start = notify.count_lines("WATCHDOG=1");
         std::thread::sleep(Duration::from_secs(1));
-        pings() - start
+        notify.count_lines("WATCHDOG=1") - start
     };
     let serving = in_a_second();
     assert!(

@@ -427,16 +427,9 @@ async fn watchdog_pings_at_half_the_interval_only_when_asked() {
         "{}",
         agent.stderr()
     );
-    let pings = || {
-        notify
-            .all()
-            .iter()
-            .filter(|m| m.trim_end() == "WATCHDOG=1")
-            .count()
-    };
-    let start = pings();
+    let start = notify.count_lines("WATCHDOG=1");
     std::thread::sleep(Duration::from_millis(1000));
-    let n = pings() - start;
+    let n = notify.count_lines("WATCHDOG=1") - start;
     assert!(
         (5..=15).contains(&n),
         "{n} pings in 1 s at WatchdogSec=200ms (expected about 10)"

@@ -941,6 +941,14 @@ impl NotifySocket {
         self.all().iter().any(|m| m.contains(needle))
     }
 
+    /// How many datagrams carry `line` as one of their lines (`WATCHDOG=1`, alone or with others).
+    pub fn count_lines(&self, line: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
     /// When the first message containing `needle` was sent.
     pub fn sent_at(&self, needle: &str) -> Option<u64> {
         self.timed()
