@@ -378,10 +378,11 @@ impl Agent {
         }
     }
 
-    /// Deletes every membership in parallel, those known at once and, where memberships are
-    /// discovered, those a discovery run right after them finds that were not known (up to
-    /// [`STOP_DISCOVERY_BOUND`], not when resolved under a second ago): one result per membership, in the order of
-    /// [`Agent::memberships`] afterwards. `on_each(done, total)` as each is answered.
+    /// Deletes every membership in parallel: those known at once, then, where memberships are
+    /// discovered, those a discovery run right after them finds that were not known (given up after
+    /// [`STOP_DISCOVERY_BOUND`]; none when the list is under [`FRESH`] old as the stop begins). One
+    /// result per membership, in the order of [`Agent::memberships`] afterwards; `on_each(done,
+    /// total)` as each is answered.
     pub async fn deregister(
         &self,
         on_each: &(dyn Fn(usize, usize) + Sync),
