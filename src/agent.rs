@@ -380,7 +380,7 @@ impl Agent {
 
     /// Deletes every membership in parallel: those known at once, then, where memberships are
     /// discovered, those a discovery run right after them finds that were not known (given up after
-    /// [`STOP_DISCOVERY_BOUND`]; none when the list is under [`FRESH`] old as the stop begins). One
+    /// [`STOP_DISCOVERY_BOUND`]; none when the list is under a second old as the stop begins). One
     /// result per membership, in the order of [`Agent::memberships`] afterwards; `on_each(done,
     /// total)` as each is answered.
     pub async fn deregister(
