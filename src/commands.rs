@@ -472,9 +472,18 @@ async fn drain_with_abort(
     ];
     sinks.extend(extra);
     let sink = Fanout(sinks);
+    // The status document lists what is deregistered: memberships the stop's last discovery found
+    // join the list (once, as the first of them is answered).
+    let listed = std::sync::atomic::AtomicUsize::new(agent.memberships().len());
     let on_deregistered = |n: usize, total: usize| {
         notifier.deregistered(n, total);
         if let Some(b) = &board {
+            if listed.swap(total, std::sync::atomic::Ordering::Relaxed) < total {
+                b.set(
+                    "memberships",
+                    serde_json::to_value(agent.memberships()).unwrap_or_default(),
+                );
+            }
             b.set("deregistered", n.into());
         }
     };

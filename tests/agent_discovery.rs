@@ -86,9 +86,11 @@ fn config(
         &format!(
             "[cloud]\nelb_endpoint = \"{}\"\nmetadata_endpoint = \"{}\"\ndiscovery_interval = \"{discovery_interval}\"\npage_size = 2\n\
              [auth]\nmethod = \"metadata\"\n\
-             [drain]\nports = [{port}]\nexclude_peers = []\nsettle = \"100ms\"\npoll_interval = \"20ms\"\n",
+             [drain]\nports = [{port}]\nexclude_peers = []\nsettle = \"100ms\"\npoll_interval = \"20ms\"\n\
+             [status]\nsocket = \"{}\"\n",
             sim.api_url(),
-            sim.metadata_url()
+            sim.metadata_url(),
+            dir.join("status.sock").display()
         ),
     )
 }
@@ -237,9 +239,37 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
     });
     let (dir, mut agent) = serving(&sim, port);
     add_fourth(&sim, port);
+    let held = std::net::TcpStream::connect(app.addr).unwrap();
     // Past FRESH (1 s): the list is not new enough to skip the discovery at the stop.
     std::thread::sleep(Duration::from_millis(1100));
     agent.signal(libc::SIGTERM);
+    let deleted = || {
+        sim.request_log()
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || deleted() == 4),
+        "{}",
+        agent.stderr()
+    );
+    // While the held connection drains, the status document lists the fourth among what is out.
+    let config_path = dir.path().join("elb-drain.toml");
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let mut st = ProcGuard::spawn(common::agent(&config_path, &["status", "--json"]));
+            st.wait_timeout(Duration::from_secs(5));
+            last = format!("{}{}", st.stdout(), st.stderr());
+            serde_json::from_str::<serde_json::Value>(&st.stdout()).is_ok_and(|d| {
+                let d = &d["daemon"];
+                d["memberships"].as_array().map(Vec::len) == Some(4) && d["deregistered"] == 4
+            })
+        }),
+        "status: {last}"
+    );
+    drop(held);
     let exit = agent.wait_timeout(Duration::from_secs(20)).expect("exits");
     assert_eq!(exit.code(), Some(0), "{}", agent.stderr());
     assert_eq!(ours(&sim), [false; 4], "{}", agent.stderr());
@@ -255,14 +285,12 @@ async fn a_membership_added_since_the_latest_discovery_is_deregistered_at_the_st
         .filter(|&i| log[i].method == "DELETE")
         .collect();
     assert_eq!(deletes.len(), 4, "{log:?}");
-    let stop_listings: Vec<usize> = (deletes[0]..log.len())
+    // (`status` lists pools of its own later on.)
+    let stop_listings: Vec<usize> = (deletes[0]..deletes[3])
         .filter(|&i| log[i].method == "GET" && log[i].path.ends_with("/elb/pools"))
         .collect();
     assert!(
-        !stop_listings.is_empty()
-            && stop_listings
-                .iter()
-                .all(|&i| deletes[2] < i && i < deletes[3]),
+        !stop_listings.is_empty() && stop_listings.iter().all(|&i| deletes[2] < i),
         "the stop's ListPools after the three DELETEs, before the fourth: {log:?}"
     );
     // The known pools' cut no longer binds: the fourth pool's was never asked.
