@@ -1745,6 +1745,17 @@ mod tests {
         }
     }
 
+    /// `works` × [`crate::census::RECHECK_WORK`] counted connections that a wave takes away: each
+    /// recheck finds one bound's worth gone, for 2 ms of CPU; a census costs `census_cost`.
+    fn wave(works: usize, census_cost: Duration) -> Rechecking {
+        let work = crate::census::RECHECK_WORK;
+        let mut census = Rechecking::new(works * work, true);
+        census.per_recheck = work;
+        census.cost = ms(2);
+        census.census_cost = census_cost;
+        census
+    }
+
     /// Drives a [`Rechecking`] census whose connections leave ESTABLISHED at 400 ms (draining from
     /// 100 ms on, polls 1000 ms apart): when the drain ended, and the census and recheck times.
     async fn leave_at_400(census: Rechecking) -> (Duration, Vec<Duration>, Vec<Duration>) {
@@ -1823,12 +1834,7 @@ mod tests {
         // One that found RECHECK_WORK gone stopped at its bound: the next goes on at once, so the
         // first (idle-paced) recheck after the wave and the four after it find it all gone.
         // (A census dearer than the four rechecks left: see the next test for the other case.)
-        let work = crate::census::RECHECK_WORK;
-        let mut census = Rechecking::new(5 * work, true);
-        census.per_recheck = work;
-        census.cost = ms(2);
-        census.census_cost = ms(20);
-        let (ended, censuses, rechecked) = leave_at_400(census).await;
+        let (ended, censuses, rechecked) = leave_at_400(wave(5, ms(20))).await;
         let after: Vec<_> = rechecked.iter().filter(|t| **t >= ms(400)).collect();
         assert!(
             after.len() == 5 && ended <= *after[0] + ms(1),
@@ -1842,12 +1848,7 @@ mod tests {
     /// comes first and the rechecks start again from it.
     #[tokio::test(start_paused = true)]
     async fn a_wave_dearer_to_recheck_than_to_count_is_counted() {
-        let work = crate::census::RECHECK_WORK;
-        let mut census = Rechecking::new(70 * work, true);
-        census.per_recheck = work;
-        census.cost = ms(2);
-        census.census_cost = ms(5);
-        let (ended, censuses, rechecked) = leave_at_400(census).await;
+        let (ended, censuses, rechecked) = leave_at_400(wave(70, ms(5))).await;
         let after: Vec<_> = rechecked.iter().filter(|t| **t >= ms(400)).collect();
         let counted: Vec<_> = censuses.iter().filter(|t| **t >= ms(400)).collect();
         assert!(
@@ -1855,11 +1856,7 @@ mod tests {
             "ended {ended:?}; rechecks {rechecked:?}; censuses {censuses:?}"
         );
         // Rechecking all 70 would have ended 140 ms (70 x 2 ms) after the wave at the soonest.
-        let mut census = Rechecking::new(70 * work, true);
-        census.per_recheck = work;
-        census.cost = ms(2);
-        census.census_cost = ms(500);
-        let (ended, ..) = leave_at_400(census).await;
+        let (ended, ..) = leave_at_400(wave(70, ms(500))).await;
         assert!(ended >= ms(400) + ms(140), "ended {ended:?}");
     }
 

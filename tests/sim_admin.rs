@@ -1,7 +1,7 @@
 //! elb-sim's admin side, what tests use to stage trouble and to look behind the scenes: fault injection
 //! per route (through the admin HTTP API and `Sim::inject_fault`), the per-project token-bucket rate
 //! limit (429 `APIGW.0308` with `Retry-After`), the request log and its fields, and the other admin
-//! routes (hooks, members behind the API's back, scale-in).
+//! routes (hooks, members behind the API's back, scale-in, launch).
 
 mod common;
 mod simkit;
@@ -630,6 +630,23 @@ async fn admin_routes_stage_and_show_the_world() {
     );
     assert!(!sim.member_exists(POOL, MEMBER));
     assert!(sim.member_exists(POOL, &id), "another address stays");
+    // A launch hangs the group's launching hooks, and leaves the pools alone.
+    sim.shared()
+        .lock_for_tests(|inner| inner.groups[0].launching_hooks = vec!["warm-up".into()]);
+    let r = admin_post(&sim, "/launch", json!({"instance_id": INSTANCE})).await;
+    assert_eq!(r.status(), 200);
+    let hooks = admin_get(&sim, "/hooks").await;
+    assert_eq!(
+        (
+            hooks[1]["lifecycle_hook_name"].as_str(),
+            hooks[1]["status"].as_str(),
+            hooks[1]["launching"].as_bool()
+        ),
+        (Some("warm-up"), Some("HANGING"), Some(true))
+    );
+    assert!(sim.member_exists(POOL, &id));
+    let r = admin_post(&sim, "/launch", json!({"instance_id": "no-such-instance"})).await;
+    assert_eq!(r.status(), 400);
     // No data plane here: no connections to report.
     assert_eq!(admin_get(&sim, "/connections").await, json!([]));
     let r = simkit::client(&sim)

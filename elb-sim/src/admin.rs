@@ -99,20 +99,16 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             shared.expire_tokens();
             Ok(ok(json!({})))
         }
-        (Method::POST, ["scale-in"]) => {
+        (Method::POST, [op @ ("scale-in" | "launch")]) => {
             let v = parse(&body)?;
             let id = v["instance_id"]
                 .as_str()
                 .ok_or_else(|| bad("instance_id".into()))?;
-            crate::api::start_scale_in(&mut shared.lock(), id).map_err(bad)?;
-            Ok(ok(json!({})))
-        }
-        (Method::POST, ["launch"]) => {
-            let v = parse(&body)?;
-            let id = v["instance_id"]
-                .as_str()
-                .ok_or_else(|| bad("instance_id".into()))?;
-            crate::api::start_launch(&mut shared.lock(), id).map_err(bad)?;
+            let start = match *op {
+                "scale-in" => crate::api::start_scale_in,
+                _ => crate::api::start_launch,
+            };
+            start(&mut shared.lock(), id).map_err(bad)?;
             Ok(ok(json!({})))
         }
         (Method::GET, ["hooks"]) => Ok(ok(
